@@ -1,0 +1,163 @@
+/* model.h - a Hugging Face LLaMA-family checkpoint: config.json, safetensors weights (mmap,
+ * single or sharded, F32/F16/BF16), the RoPE scaling method and the forward pass over backend
+ * ops. models/ describes the math; it holds opaque bk_buf handles and never touches device
+ * memory itself.
+ *
+ * Lifecycle: model_config_load() (config.json only, cheap: the `rope` subcommand and the
+ * server's validation use it) -> model_load() (weights into the backend) -> model_kv_init()
+ * (the paged pool) -> model_forward() per step -> model_free().
+ *
+ * Thread-safety: a model is used by one thread at a time (the engine thread). The config and
+ * rope structs are read-only after load and may be read from any thread. */
+#ifndef ROPESERVE_MODEL_H
+#define ROPESERVE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/backend.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * config.json */
+
+/* rope_scaling exactly as the config (or --rope-scaling-json, or CLI flags) gives it: raw keys,
+ * no derived values. has_* flags say whether a key was present. REFERENCES-rope.md §9. */
+struct rope_scaling {
+    int present;                 /* rope_scaling was a non-null object */
+    char type[32];               /* rope_type, falling back to type; "default" when absent */
+    double factor;               int has_factor;
+    int original_max_pos;        /* rope_scaling.original_max_position_embeddings, 0 = absent */
+    double attention_factor;     int has_attention_factor;
+    double beta_fast;            int has_beta_fast;
+    double beta_slow;            int has_beta_slow;
+    double mscale;               int has_mscale;
+    double mscale_all_dim;       int has_mscale_all_dim;
+    int truncate;                /* yarn: default 1 */
+    int finetuned;               /* legacy yarn key, default 0 */
+    char yarn_variant[16];       /* "standard" (default) | "revised" (PoSE) */
+    double low_freq_factor;      int has_low_freq_factor;   /* llama3 */
+    double high_freq_factor;     int has_high_freq_factor;
+    float *short_factor;         int n_short_factor;        /* longrope, owned */
+    float *long_factor;          int n_long_factor;
+    double short_mscale;         int has_short_mscale;
+    double long_mscale;          int has_long_mscale;
+    int max_factor;              /* clex */
+    int param_factor;            /* clex */
+    char act[16];                /* clex: "silu" (default) | "tanh" */
+    double time_dt;              /* clex: default 0.01 */
+    double gene_random_scale;    int has_gene_random_scale;  /* gene */
+    int num_rotations;           /* gene: default 3 */
+    int training_seq_len;        /* gene: default 16384 */
+};
+
+struct model_config {
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;                /* num_hidden_layers */
+    int n_heads;                 /* num_attention_heads */
+    int n_kv_heads;              /* num_key_value_heads, default n_heads */
+    int head_dim;                /* head_dim, default hidden_size / n_heads */
+    int max_pos;                 /* max_position_embeddings */
+    int original_max_pos;        /* top-level original_max_position_embeddings (Phi-3 style), 0 = absent */
+    float rms_norm_eps;
+    double rope_theta;           /* default 10000 */
+    double partial_rotary_factor;/* default 1 */
+    int tie_word_embeddings;     /* default 0 */
+    int bos_id, eos_id, pad_id;  /* -1 when absent */
+    int log_scale;               /* top-level log_scale (CLEX/GeNE), default 0 */
+    int string_shift, string_local; /* string_config {shifted_offset, local_value}; 0 = off */
+    enum bk_dtype torch_dtype;   /* as stated by the config (informational) */
+    struct rope_scaling rope;
+};
+
+/* Parse DIR/config.json. Errors name the file and the field, e.g.
+ * "DIR/config.json: field 'num_attention_heads': expected a positive integer". */
+int model_config_load(struct model_config *c, const char *dir, char *err);
+/* Replace c->rope with the rope_scaling object in json ("{...}" or "null"). */
+int model_config_set_rope_json(struct model_config *c, const char *json, char *err);
+void model_config_free(struct model_config *c); /* frees owned arrays; NULL-safe */
+
+/* ---------------------------------------------------------------------------------------------
+ * RoPE (rope.c): the scaling method turned into per-pair inverse frequencies and an attention
+ * factor, in fp32 with Hugging Face's operation order (REFERENCES-rope.md §1, §2, §10). */
+
+enum rope_type {
+    ROPE_TYPE_DEFAULT = 0,
+    ROPE_TYPE_LINEAR,
+    ROPE_TYPE_DYNAMIC,       /* HF dynamic NTK, per sequence length */
+    ROPE_TYPE_NTK,           /* static NTK-aware: "ntk" / "vanilla_ntk" */
+    ROPE_TYPE_YARN,          /* static YaRN, standard or revised variant */
+    ROPE_TYPE_DYNAMIC_YARN,  /* legacy jquesnelle dynamic-yarn */
+    ROPE_TYPE_LLAMA3,
+    ROPE_TYPE_LONGROPE,
+    ROPE_TYPE_CLEX,
+    ROPE_TYPE_GENE,
+};
+
+#define ROPE_MAX_PAIRS 512
+
+struct rope {
+    enum rope_type type;
+    char name[32];             /* canonical name for logs and /v1/models */
+    int rotary_dim;            /* d = head_dim * partial_rotary_factor (even) */
+    double base;               /* rope_theta */
+    double factor;             /* configured scale factor s (1 when none) */
+    int original_max_pos;      /* L0 after the precedence rules of §2.5 */
+    int max_pos;               /* config max_position_embeddings */
+    int yarn_revised;          /* yarn: PoSE's harmonic blend (§5.3) */
+    double beta_fast, beta_slow;
+    double ramp_low, ramp_high;/* yarn: correction range in pair indices; -1 when no ramp */
+    float attn_factor;         /* static attention factor (cos and sin are multiplied by it) */
+    float inv_freq[ROPE_MAX_PAIRS];      /* static frequencies (or the short set, LongRoPE) */
+    float inv_freq_long[ROPE_MAX_PAIRS]; /* longrope: long set */
+    int length_dependent;      /* 1 when rope_freqs() depends on seq_len */
+    enum bk_k_storage k_storage;
+    int max_model_len;         /* the context this method supports by default */
+    const struct model_config *cfg; /* borrowed: the config it was built from */
+    void *priv;                /* method state (e.g. CLEX frequency table), owned */
+};
+
+/* Build the RoPE of a config (and, for methods with weights such as CLEX, the model directory;
+ * dir may be NULL otherwise). Errors name the rope_scaling field. */
+int rope_init(struct rope *r, const struct model_config *c, const char *dir, char *err);
+void rope_free(struct rope *r);
+/* Frequencies for a sequence whose total length (tokens in its context, incl. this step) is
+ * seq_len: inv_freq (rotary_dim/2 floats) and the attention factor. Pure; thread-safe. */
+void rope_freqs(const struct rope *r, int seq_len, float *inv_freq, float *attn_factor);
+/* One line for the start-up log: method, parameters, attention factor, ramp. */
+void rope_describe(const struct rope *r, char *buf, size_t len);
+
+/* ---------------------------------------------------------------------------------------------
+ * The model */
+
+typedef struct model model_t;
+
+struct model_params {
+    int max_batch_tokens;   /* most tokens in one forward (activation buffers are this big) */
+    int max_out_rows;       /* most logits rows in one forward */
+};
+
+struct model_params model_default_params(void);
+
+/* Load DIR (config.json + safetensors) into backend b, which the model borrows. On failure
+ * nothing stays allocated and err names the file and field. */
+int model_load(model_t **out, const char *dir, const struct model_config *cfg, struct backend *b,
+               const struct model_params *p, char *err);
+void model_free(model_t *m);
+
+const struct model_config *model_get_config(const model_t *m);
+const struct rope *model_get_rope(const model_t *m);
+size_t model_weight_bytes(const model_t *m);        /* as stored in the backend */
+size_t model_kv_bytes_per_token(const model_t *m);  /* k + v, all layers, backend dtype */
+/* Backend memory left for the KV pool (0: no device limit, the caller budgets). */
+size_t model_mem_free(const model_t *m);
+
+/* Allocate the paged KV pool (n_blocks incl. the null block 0). */
+int model_kv_init(model_t *m, int n_blocks, int block_size, char *err);
+
+/* Run one batch (struct bk_batch, filled by the engine's runner, RoPE fields included) and
+ * write the logits of its out_rows to logits (n_out, vocab) host fp32. */
+int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err);
+
+#endif
