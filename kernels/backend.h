@@ -1,0 +1,173 @@
+/* backend.h - the compute backend interface: a table of function pointers plus a context
+ * pointer (struct backend), filled by the CPU backend (kernels/cpu/, fp32 reference, OpenBLAS)
+ * and the CUDA backend (kernels/cuda/, cuBLAS + own kernels).
+ *
+ * Memory: everything an op reads or writes lives in backend memory behind an opaque bk_buf
+ * (host memory on the CPU, device memory on CUDA). models/ holds bk_buf handles, never raw
+ * device pointers. Weights are uploaded once with weight_new(), which picks the storage dtype
+ * (fp32 on the CPU; bf16/f16 on CUDA). Activations are allocated with act_new() and hold fp32
+ * on the CPU (a backend may choose another activation dtype; act_read/act_write convert).
+ *
+ * One batch format for prefill and decode (struct bk_batch): a flat list of n_tokens new
+ * tokens from n_seqs sequences, sequence s owning rows [query_start[s], query_start[s+1]).
+ * batch_begin() hands the metadata to the backend; the ops after it (until the next
+ * batch_begin) run over that batch. Worked example, block_size 4:
+ *
+ *     seq 0: decode, 6 tokens cached in blocks [7, 2], its new token is at position 6
+ *     seq 1: prefill chunk, positions 0..2 of a new prompt, blocks [5]
+ *     n_tokens = 4, n_seqs = 2
+ *     tokens       = [t6, u0, u1, u2]
+ *     positions    = [6,  0,  1,  2]
+ *     query_start  = [0, 1, 4]
+ *     seq_lens     = [7, 3]              (context length including this step's tokens)
+ *     block_tables = [[7, 2], [5, 0]]    (block_table_stride 2; unused entries are ignored)
+ *     slot_mapping = [2*4+2, 5*4+0, 5*4+1, 5*4+2] = [10, 20, 21, 22]
+ *     out_rows     = [0, 3]              (the last token of each sequence -> 2 logits rows)
+ *
+ * Attention for the token at row r of sequence s reads keys 0..positions[r] of s through its
+ * block table (causal); keys are addressed by position: key j of s lives in block
+ * block_tables[s][j / block_size], offset j % block_size. New keys must be written by kv_store
+ * (slot_mapping) before attention reads them.
+ *
+ * KV layout per layer (both backends): k[n_blocks][block_size][n_kv_heads][head_dim], same
+ * for v, so one block of one head is block_size rows of head_dim contiguous-per-token values.
+ *
+ * Threading: a backend is used by one thread at a time (the engine thread). Ops are ordered:
+ * an op sees the results of every earlier op. act_read() waits for completion.
+ *
+ * Errors: functions that can fail for a reason outside the program (memory, device) return int
+ * (0 ok, <0 error, message in err). Ops given valid arguments cannot fail; a device error
+ * inside an op aborts with file:line (CUDA_CHECK). */
+#ifndef ROPESERVE_BACKEND_H
+#define ROPESERVE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum bk_dtype { BK_F32 = 0, BK_F16 = 1, BK_BF16 = 2 };
+
+enum bk_device { BK_DEVICE_AUTO = 0, BK_DEVICE_CPU = 1, BK_DEVICE_CUDA = 2 };
+
+typedef struct bk_buf bk_buf; /* opaque backend memory */
+
+/* How keys are stored in the cache (REFERENCES-rope.md §10.9). */
+enum bk_k_storage {
+    BK_K_POST_ROPE = 0, /* rotated before kv_store; attention reads keys as stored */
+    BK_K_PRE_ROPE = 1,  /* stored unrotated; attention rotates key j at position j with the
+                           sequence's current inv_freq/attn_factor as it reads it (CLEX) */
+};
+
+struct bk_kv_params {
+    int n_layers;
+    int n_blocks;   /* blocks in the pool, including the reserved null block 0 */
+    int block_size; /* tokens per block, a power of two */
+    int n_kv_heads;
+    int head_dim;
+    enum bk_k_storage k_storage;
+};
+
+/* The one batch format. All arrays are host memory owned by the caller and must stay valid
+ * until the next batch_begin. */
+struct bk_batch {
+    int n_tokens;
+    const int32_t *tokens;       /* (n_tokens) */
+    const int32_t *positions;    /* (n_tokens) position of each token in its sequence */
+    const int64_t *slot_mapping; /* (n_tokens) block_id * block_size + offset of its new k/v */
+    int n_seqs;
+    const int32_t *query_start;  /* (n_seqs + 1) rows of sequence s: [query_start[s], query_start[s+1]) */
+    const int32_t *seq_lens;     /* (n_seqs) context length after this step */
+    const int32_t *block_tables; /* (n_seqs, block_table_stride) */
+    int block_table_stride;
+    int n_out;
+    const int32_t *out_rows;     /* (n_out) rows whose final hidden state is wanted, ascending */
+    /* RoPE, per sequence, so that length-dependent methods (dynamic NTK, LongRoPE, CLEX) use
+     * each sequence's own frequencies (REFERENCES-rope.md §10.8). */
+    int rotary_dim;              /* <= head_dim; dims >= rotary_dim pass through */
+    const float *inv_freq;       /* (n_seqs, rotary_dim / 2) */
+    const float *attn_factor;    /* (n_seqs) multiplies cos and sin */
+};
+
+struct backend_ops {
+    const char *name; /* "cpu", "cuda" */
+    void (*free)(void *ctx);
+    /* One line describing the device for the start-up log (e.g. "cpu: 2 threads, OpenBLAS"). */
+    void (*describe)(void *ctx, char *buf, size_t len);
+    /* Bytes of backend memory free for the KV pool after weights and activations (CUDA);
+     * 0 = no device limit (CPU: the caller budgets host memory itself). */
+    size_t (*mem_free)(void *ctx);
+
+    /* --- memory --- */
+    /* Upload a weight of n_elems elements stored as src_dtype on the host. The backend converts
+     * to its storage dtype (CPU: fp32). Returns NULL and fills err when out of memory. */
+    bk_buf *(*weight_new)(void *ctx, const void *src, enum bk_dtype src_dtype, size_t n_elems, char *err);
+    /* An activation buffer of n_elems values (contents undefined). NULL + err when out of memory. */
+    bk_buf *(*act_new)(void *ctx, size_t n_elems, char *err);
+    void (*buf_free)(void *ctx, bk_buf *b); /* NULL is a no-op */
+    /* Copy activations between host fp32 and backend memory, starting at element offset. */
+    void (*act_write)(void *ctx, bk_buf *dst, size_t offset, const float *src, size_t n_elems);
+    void (*act_read)(void *ctx, float *dst, const bk_buf *src, size_t offset, size_t n_elems);
+
+    /* --- KV cache --- */
+    /* Allocate the paged pool; called once, before the first batch. */
+    int (*kv_init)(void *ctx, const struct bk_kv_params *p, char *err);
+    /* Copy whole blocks src[i] -> dst[i] in every layer (copy-on-write for a shared partial
+     * block). (optional: NULL when the engine never needs it) */
+    void (*kv_copy_blocks)(void *ctx, const int32_t *src, const int32_t *dst, int n);
+
+    /* --- one step --- */
+    int (*batch_begin)(void *ctx, const struct bk_batch *b, char *err);
+
+    /* x (n_tokens, dim) = table[tokens[r]] ; table (vocab, dim) */
+    void (*embed)(void *ctx, bk_buf *x, const bk_buf *table, int dim);
+    /* out (n_rows, dim) = x / rms(x) * w ; w (dim); out may equal x */
+    void (*rmsnorm)(void *ctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int dim, float eps);
+    /* out (n_rows, n_out) = x (n_rows, n_in) . w^T ; w (n_out, n_in) as in a HF checkpoint */
+    void (*matmul)(void *ctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int n_in, int n_out);
+    /* Rotate q (n_tokens, n_heads, head_dim) and k (n_tokens, n_kv_heads, head_dim) in place,
+     * HF rotate-half layout: pair (x[i], x[i + rotary_dim/2]), angle = (float)positions[r] *
+     * inv_freq[s][i] in fp32, cos and sin multiplied by attn_factor[s]. k may be NULL (q only). */
+    void (*rope)(void *ctx, bk_buf *q, bk_buf *k, int n_heads, int n_kv_heads, int head_dim);
+    /* Write k, v (n_tokens, n_kv_heads, head_dim) into layer's cache at slot_mapping. */
+    void (*kv_store)(void *ctx, int layer, const bk_buf *k, const bk_buf *v);
+    /* out (n_tokens, n_heads, head_dim) = softmax(scale * q k^T, causal) v over each sequence's
+     * cached keys, GQA: query head h reads kv head h / (n_heads / n_kv_heads). Never an n x n
+     * matrix: online softmax over key blocks. */
+    void (*attention)(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale);
+    /* out (n_rows, n) = silu(gate) * up */
+    void (*swiglu)(void *ctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, int n_rows, int n);
+    /* x (n) += y (n) */
+    void (*add)(void *ctx, bk_buf *x, const bk_buf *y, size_t n);
+    /* dst (n_out, dim) = src[out_rows[i]] */
+    void (*gather_rows)(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
+};
+
+struct backend {
+    const struct backend_ops *ops;
+    void *ctx;
+};
+
+struct backend_params {
+    enum bk_device device; /* AUTO: CUDA when compiled in and a device exists, else CPU */
+    int n_threads;         /* CPU worker threads; <= 0: number of cores */
+    int cuda_device;       /* device ordinal */
+    enum bk_dtype dtype;   /* CUDA weight/KV dtype: BK_BF16 or BK_F16 (F32 weights converted) */
+    double gpu_memory_utilization; /* fraction of total device memory ropeserve may use */
+};
+
+struct backend_params backend_default_params(void);
+
+/* Create a backend. Returns 0, or <0 with a message (e.g. "--device cuda: not compiled in"). */
+int backend_init(struct backend *b, const struct backend_params *p, char *err);
+void backend_free(struct backend *b); /* zeroed struct is a no-op */
+
+/* Comma-separated list of backends compiled in: "cpu" or "cpu,cuda". */
+const char *backend_list(void);
+
+/* The concrete backends (backend_init dispatches to these). */
+int backend_cpu_init(struct backend *b, const struct backend_params *p, char *err);
+#ifdef ROPESERVE_CUDA
+int backend_cuda_init(struct backend *b, const struct backend_params *p, char *err);
+int backend_cuda_device_count(void); /* 0 when no device or no driver */
+#endif
+
+#endif
