@@ -1,0 +1,396 @@
+/* engine.c - the engine thread and the public API (engine.h).
+ *
+ * The step loop, a few lines as in nano-vllm:
+ *     take new requests from the queue; finish cancelled ones (their blocks are freed now)
+ *     plan = schedule()                 (scheduler.c)
+ *     logits = run(plan)                (runner.c -> model_forward)
+ *     commit(plan); for each sequence that reached its end: sample, emit, maybe finish
+ * Only this thread touches the scheduler, the block manager and the model. Callers interact
+ * through the mutex-protected inbox (submit) and the streams (events out, cancel flag in).
+ *
+ * Limits are enforced at the door (engine_submit): a request longer than max_model_len or than
+ * the whole KV pool is refused with ENGINE_E_TOO_LONG, never accepted and dropped later. */
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../common/common.h"
+#include "engine_internal.h"
+
+struct engine {
+    struct engine_params p;
+    model_t *model;
+    int vocab, eos_id, max_model_len, n_blocks;
+    struct scheduler sched;
+    struct runner runner;
+    struct sched_plan plan;
+    float *scratch;
+    int *iscratch;
+
+    pthread_t thread;
+    pthread_mutex_t mu;            /* guards the inbox, stop, draining and stats snapshot */
+    pthread_cond_t cv;
+    struct sequence *inbox;        /* submitted, not yet seen by the engine thread */
+    int n_inbox;
+    int stop, draining;
+    uint64_t next_id, rng_state;
+    struct engine_stats stats;     /* snapshot published after every step (under mu) */
+    uint64_t n_steps, n_step_tokens, n_gen_tokens; /* engine-thread counters */
+};
+
+struct engine_params engine_default_params(void)
+{
+    struct engine_params p = {
+        .block_size = 16,
+        .kv_cache_gb = 0,
+        .max_model_len = 0,
+        .max_batched_tokens = 2048,
+        .max_num_seqs = 64,
+        .max_queue = 1024,
+        .enable_prefix_cache = 1,
+        .seed = 0x5eed,
+    };
+    return p;
+}
+
+const char *finish_reason_name(enum finish_reason r)
+{
+    switch (r) {
+    case FINISH_STOP: return "stop";
+    case FINISH_LENGTH: return "length";
+    case FINISH_CANCELLED: return "cancelled";
+    case FINISH_ERROR: return "error";
+    default: return "none";
+    }
+}
+
+int engine_max_model_len(const engine_t *e) { return e->max_model_len; }
+const model_t *engine_model(const engine_t *e) { return e->model; }
+
+/* ---------------------------------------------------------------------------------------------
+ * The engine thread */
+
+static void publish_stats(engine_t *e)
+{
+    pthread_mutex_lock(&e->mu);
+    struct engine_stats *st = &e->stats;
+    st->num_running = e->sched.n_running;
+    st->num_waiting = e->sched.n_waiting;
+    st->kv_blocks_total = e->n_blocks - 1;
+    st->kv_blocks_used = bm_used(&e->sched.bm);
+    st->kv_blocks_cached = e->sched.bm.n_cached;
+    st->prefix_queries = e->sched.bm.queries;
+    st->prefix_hits = e->sched.bm.hits;
+    st->preemptions = e->sched.preemptions;
+    st->steps = e->n_steps;
+    st->step_tokens = e->n_step_tokens;
+    st->generation_tokens = e->n_gen_tokens;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void finish(engine_t *e, struct sequence *seq, enum finish_reason why, const char *msg)
+{
+    sched_finish(&e->sched, seq);
+    publish_stats(e); /* a client that sees DONE must see its blocks released in the stats */
+    struct engine_event ev = {.type = ENGINE_EV_DONE, .reason = why};
+    if (msg) snprintf(ev.err, sizeof ev.err, "%s", msg);
+    stream_push(seq->stream, &ev);
+    double t = now_s();
+    LOG_D("%s: done (%s), prompt %d, generated %d, ttft %.3fs, total %.3fs", seq->req_id,
+          finish_reason_name(why), seq->n_prompt, seq->n_generated,
+          seq->t_first > 0 ? seq->t_first - seq->t_arrival : -1.0, t - seq->t_arrival);
+    stream_release(seq->stream);
+    seq_free(seq);
+}
+
+static void finish_cancelled(engine_t *e, struct sequence **list)
+{
+    for (struct sequence *s = *list, *next; s; s = next) {
+        next = s->next;
+        if (atomic_load(&s->stream->cancelled)) finish(e, s, FINISH_CANCELLED, NULL);
+    }
+}
+
+static int is_stop_token(const engine_t *e, const struct sequence *seq, int32_t tok)
+{
+    if (!seq->sp.ignore_eos && tok == e->eos_id) return 1;
+    for (int i = 0; i < seq->sp.n_stop_ids; i++)
+        if (seq->sp.stop_ids[i] == tok) return 1;
+    return 0;
+}
+
+/* Emit prompt-logprob events and sample where the plan reached the end of a sequence. */
+static void process_outputs(engine_t *e)
+{
+    const float *logits = e->runner.logits;
+    int row = 0;
+    for (int i = 0; i < e->plan.n; i++) {
+        struct sched_entry *en = &e->plan.e[i];
+        struct sequence *seq = en->seq;
+        int first_pos = seq->n_computed - en->n_tokens; /* already committed */
+        if (en->n_logits == en->n_tokens && seq->sp.prompt_logprobs) {
+            if (seq->prompt_lp_next == 0 && seq->n_prompt > 0) { /* first prompt token: no logprob */
+                struct engine_event ev = {.type = ENGINE_EV_PROMPT_TOKEN, .token = seq->tokens[0], .logprob = NAN};
+                stream_push(seq->stream, &ev);
+                seq->prompt_lp_next = 1;
+            }
+            for (int j = 0; j < en->n_tokens; j++) {
+                int target = first_pos + j + 1;
+                if (target < seq->prompt_lp_next || target >= seq->n_prompt) continue;
+                struct engine_event ev = {.type = ENGINE_EV_PROMPT_TOKEN};
+                sampler_logprobs(logits + (size_t)(row + j) * e->vocab, e->vocab, seq->tokens[target],
+                                 seq->sp.n_logprobs, &ev, e->scratch);
+                stream_push(seq->stream, &ev);
+                seq->prompt_lp_next = target + 1;
+            }
+        }
+        const float *last = logits + (size_t)(row + en->n_logits - 1) * e->vocab;
+        row += en->n_logits;
+        if (!en->sample) continue;
+        if (seq->sp.max_tokens == 0) { /* scoring only */
+            finish(e, seq, FINISH_LENGTH, NULL);
+            continue;
+        }
+        struct engine_event ev = {.type = ENGINE_EV_TOKEN};
+        int32_t tok = sampler_sample(seq, last, e->vocab, &ev, e->scratch, e->iscratch);
+        seq_append(seq, tok);
+        seq->n_generated++;
+        if (seq->t_first == 0) seq->t_first = now_s();
+        e->n_gen_tokens++;
+        stream_push(seq->stream, &ev);
+        if (is_stop_token(e, seq, tok)) finish(e, seq, FINISH_STOP, NULL);
+        else if (seq->n_generated >= seq->sp.max_tokens || seq->n_tokens >= e->max_model_len)
+            finish(e, seq, FINISH_LENGTH, NULL);
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    engine_t *e = arg;
+    char err[ERR_LEN];
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->stop && !e->inbox && e->sched.n_running == 0 && e->sched.n_waiting == 0)
+            pthread_cond_wait(&e->cv, &e->mu);
+        int stop = e->stop;
+        struct sequence *in = e->inbox;
+        e->inbox = NULL;
+        e->n_inbox = 0;
+        pthread_mutex_unlock(&e->mu);
+        while (in) {
+            struct sequence *next = in->next;
+            sched_add(&e->sched, in);
+            in = next;
+        }
+        if (stop) break;
+
+        finish_cancelled(e, &e->sched.running);
+        finish_cancelled(e, &e->sched.waiting);
+        sched_plan(&e->sched, &e->plan);
+        if (e->plan.n == 0) {
+            if (e->sched.n_running == 0 && e->sched.n_waiting > 0) {
+                /* cannot happen: requests larger than the pool are refused at the door */
+                finish(e, e->sched.waiting, FINISH_ERROR, "request does not fit in the KV cache");
+            }
+            publish_stats(e);
+            continue;
+        }
+        if (runner_run(&e->runner, &e->plan, e->p.block_size, err) < 0) {
+            LOG_E("forward failed: %s", err);
+            for (int i = 0; i < e->plan.n; i++) finish(e, e->plan.e[i].seq, FINISH_ERROR, err);
+            publish_stats(e);
+            continue;
+        }
+        sched_commit(&e->sched, &e->plan);
+        e->n_steps++;
+        e->n_step_tokens += e->plan.n_tokens;
+        process_outputs(e);
+        publish_stats(e);
+    }
+    /* shutdown: cancel everything */
+    while (e->sched.running) finish(e, e->sched.running, FINISH_CANCELLED, NULL);
+    while (e->sched.waiting) finish(e, e->sched.waiting, FINISH_CANCELLED, NULL);
+    publish_stats(e);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Public API */
+
+int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char *err)
+{
+    *out = NULL;
+    const struct model_config *c = model_get_config(m);
+    const struct rope *rope = model_get_rope(m);
+    int bs = p->block_size;
+    if (bs < 1 || (bs & (bs - 1)) || bs > 1024)
+        return set_err(err, -1, "--block-size %d: must be a power of two between 1 and 1024", bs);
+    if (p->max_batched_tokens < 1 || p->max_num_seqs < 1 || p->max_num_seqs > p->max_batched_tokens)
+        return set_err(err, -1, "--max-batched-tokens (%d) must be >= --max-num-seqs (%d) >= 1",
+                       p->max_batched_tokens, p->max_num_seqs);
+    int max_len = p->max_model_len > 0 ? p->max_model_len : rope->max_model_len;
+    if (max_len <= 0) max_len = c->max_pos;
+
+    /* KV pool: --kv-cache-gb, else enough for min(max_num_seqs, 4) full-length sequences,
+     * capped at 4 GiB of host memory (CPU) or what the device has free (CUDA). */
+    size_t per_token = model_kv_bytes_per_token(m);
+    size_t budget, dev_free = model_mem_free(m);
+    if (p->kv_cache_gb > 0) {
+        budget = (size_t)(p->kv_cache_gb * 1073741824.0);
+    } else {
+        int seqs = p->max_num_seqs < 4 ? p->max_num_seqs : 4;
+        budget = per_token * (size_t)max_len * seqs;
+        size_t cap = (size_t)4 << 30;
+        if (dev_free > 0) budget = dev_free; /* a GPU: everything the memory plan left */
+        else if (budget > cap) budget = cap;
+        size_t one = per_token * (size_t)(max_len + bs);
+        if (budget < one) budget = one;
+    }
+    long long n_blocks = (long long)(budget / (per_token * bs)) + 1; /* + the null block */
+    if (n_blocks < 2) return set_err(err, -1, "--kv-cache-gb %.3f holds no block of %d tokens", p->kv_cache_gb, bs);
+    if (n_blocks > 0x7fffffffLL / bs) n_blocks = 0x7fffffffLL / bs;
+    long long pool_tokens = (n_blocks - 1) * bs;
+    if (pool_tokens < max_len) {
+        LOG_W("KV pool holds %lld tokens, less than max_model_len %d: max_model_len lowered to %lld",
+              pool_tokens, max_len, pool_tokens);
+        max_len = (int)pool_tokens;
+    }
+
+    engine_t *e = xcalloc(1, sizeof *e);
+    e->p = *p;
+    e->model = m;
+    e->vocab = c->vocab_size;
+    e->eos_id = c->eos_id;
+    e->max_model_len = max_len;
+    e->n_blocks = (int)n_blocks;
+    e->rng_state = p->seed;
+    int max_logits = p->max_num_seqs > 256 ? p->max_num_seqs : 256;
+    if (max_logits > p->max_batched_tokens) max_logits = p->max_batched_tokens;
+    if (model_kv_init(m, e->n_blocks, bs, err) < 0) goto fail;
+    if (sched_init(&e->sched, e->n_blocks, bs, p->max_batched_tokens, p->max_num_seqs, max_logits,
+                   max_len, p->enable_prefix_cache) < 0) {
+        set_err(err, -1, "scheduler init failed");
+        goto fail;
+    }
+    runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
+    e->scratch = xmalloc(sizeof(float) * 2 * (size_t)e->vocab);
+    e->iscratch = xmalloc(sizeof(int) * (size_t)e->vocab);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    e->stats.max_model_len = max_len;
+    e->stats.block_size = bs;
+    e->stats.kv_blocks_total = e->n_blocks - 1;
+    LOG_I("KV cache: %d blocks x %d tokens = %lld tokens (%.2f GiB, %zu bytes/token); "
+          "max_model_len %d -> holds %lld sequences of max_model_len",
+          e->n_blocks - 1, bs, pool_tokens, (double)budget / 1073741824.0, per_token, max_len,
+          pool_tokens / max_len);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        set_err(err, -1, "cannot start the engine thread");
+        goto fail;
+    }
+    *out = e;
+    return 0;
+fail:
+    runner_free(&e->runner);
+    if (e->sched.bm.ref) sched_free(&e->sched);
+    free(e->scratch);
+    free(e->iscratch);
+    free(e);
+    return -1;
+}
+
+void engine_free(engine_t *e)
+{
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = 1;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    for (struct sequence *s = e->inbox, *n; s; s = n) { /* submitted after the thread stopped */
+        n = s->next;
+        struct engine_event ev = {.type = ENGINE_EV_DONE, .reason = FINISH_CANCELLED};
+        stream_push(s->stream, &ev);
+        stream_release(s->stream);
+        seq_free(s);
+    }
+    runner_free(&e->runner);
+    sched_free(&e->sched);
+    plan_free(&e->plan);
+    free(e->scratch);
+    free(e->iscratch);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t **out, char *err)
+{
+    *out = NULL;
+    const struct sampling_params *sp = &req->sp;
+    if (req->n_prompt < 1) return set_err(err, ENGINE_E_INVALID, "the prompt is empty");
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= e->vocab)
+            return set_err(err, ENGINE_E_INVALID, "prompt token %d at index %d is outside the vocabulary (0..%d)",
+                           req->prompt[i], i, e->vocab - 1);
+    if (sp->max_tokens < 0) return set_err(err, ENGINE_E_INVALID, "max_tokens must be >= 0");
+    if (sp->n_logprobs < 0 || sp->n_logprobs > ENGINE_MAX_LOGPROBS)
+        return set_err(err, ENGINE_E_INVALID, "logprobs must be between 0 and %d", ENGINE_MAX_LOGPROBS);
+    if (sp->temperature < 0 || !isfinite(sp->temperature))
+        return set_err(err, ENGINE_E_INVALID, "temperature must be >= 0");
+    if (sp->top_p <= 0 || sp->top_p > 1) return set_err(err, ENGINE_E_INVALID, "top_p must be in (0, 1]");
+    if (sp->min_p < 0 || sp->min_p > 1) return set_err(err, ENGINE_E_INVALID, "min_p must be in [0, 1]");
+    if (sp->n_logit_bias < 0 || sp->n_logit_bias > ENGINE_MAX_LOGIT_BIAS)
+        return set_err(err, ENGINE_E_INVALID, "at most %d logit_bias entries", ENGINE_MAX_LOGIT_BIAS);
+    long long total = (long long)req->n_prompt + sp->max_tokens;
+    if (total > e->max_model_len)
+        return set_err(err, ENGINE_E_TOO_LONG,
+                       "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+                       "(%d in the prompt, %d for the completion). Please reduce the prompt or max_tokens.",
+                       e->max_model_len, total, req->n_prompt, sp->max_tokens);
+
+    struct sequence *seq = seq_new(req, 0, e->max_model_len);
+    pthread_mutex_lock(&e->mu);
+    if (e->draining || e->stop) {
+        pthread_mutex_unlock(&e->mu);
+        seq_free(seq);
+        return set_err(err, ENGINE_E_DRAINING, "the server is shutting down");
+    }
+    if (e->stats.num_waiting + e->n_inbox >= e->p.max_queue) {
+        pthread_mutex_unlock(&e->mu);
+        seq_free(seq);
+        return set_err(err, ENGINE_E_QUEUE_FULL, "too many requests waiting (%d); retry later", e->p.max_queue);
+    }
+    seq->id = ++e->next_id;
+    uint64_t seed = sp->has_seed ? sp->seed : (e->rng_state += 0x9e3779b97f4a7c15ull);
+    sampler_seed(seq->rng, seed);
+    seq->stream = stream_new();
+    seq->next = NULL;
+    struct sequence **tail = &e->inbox;
+    while (*tail) tail = &(*tail)->next;
+    *tail = seq;
+    e->n_inbox++;
+    e->stats.prompt_tokens += req->n_prompt;
+    *out = seq->stream;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return ENGINE_OK;
+}
+
+void engine_drain(engine_t *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->draining = 1;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_get_stats(engine_t *e, struct engine_stats *st)
+{
+    pthread_mutex_lock(&e->mu);
+    *st = e->stats;
+    st->num_waiting = e->stats.num_waiting + e->n_inbox;
+    pthread_mutex_unlock(&e->mu);
+}

@@ -1,0 +1,281 @@
+/* scheduler.c - iteration-level scheduling over the paged KV cache (the vLLM contract: plan a
+ * step as {sequence: n_tokens}, run it, commit it).
+ *
+ * Each step:
+ *   1. every running sequence in decode (one uncomputed token) gets 1 token; when its next
+ *      slot starts a new block and none is left, the newest running sequence is preempted
+ *      (blocks released, back to the front of the waiting queue, recomputed later);
+ *   2. running sequences still prefilling get a chunk of the remaining token budget;
+ *   3. waiting sequences are admitted in FCFS order while the budget, --max-num-seqs and the
+ *      KV pool allow: a sequence is admitted only when blocks for ALL its tokens are available
+ *      (after prefix-cache hits), and those blocks are allocated at admission, so a prefill
+ *      never stalls half-way for lack of blocks; the head of the queue blocks the rest (FCFS).
+ * Decodes always come first, so a 128k prompt being prefilled in chunks never freezes the
+ * other streams: it only gets what the budget leaves.
+ *
+ * Prefix caching: full blocks are registered by chain hash as their k/v get computed; at
+ * admission the longest cached prefix of whole blocks is reused (at most n_tokens - 1 tokens,
+ * since the last token must be computed to get logits). Requests that want prompt logprobs
+ * skip the lookup: they need the logits of every prompt token.
+ *
+ * No device memory and no model here: the runner turns a plan into a batch. */
+#include <string.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../common/common.h"
+#include "engine_internal.h"
+
+int sched_init(struct scheduler *s, int n_blocks, int block_size, int max_batched_tokens,
+               int max_num_seqs, int max_logits, int max_model_len, int prefix_cache)
+{
+    memset(s, 0, sizeof *s);
+    if (bm_init(&s->bm, n_blocks, block_size) < 0) return -1;
+    s->max_batched_tokens = max_batched_tokens;
+    s->max_num_seqs = max_num_seqs;
+    s->max_logits = max_logits;
+    s->max_model_len = max_model_len;
+    s->prefix_cache = prefix_cache;
+    return 0;
+}
+
+void sched_free(struct scheduler *s)
+{
+    bm_free(&s->bm);
+}
+
+static void list_append(struct sequence **head, struct sequence *seq)
+{
+    seq->next = NULL;
+    while (*head) head = &(*head)->next;
+    *head = seq;
+}
+
+static int list_remove(struct sequence **head, struct sequence *seq)
+{
+    for (; *head; head = &(*head)->next) {
+        if (*head == seq) {
+            *head = seq->next;
+            seq->next = NULL;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void sched_add(struct scheduler *s, struct sequence *seq)
+{
+    seq->state = SEQ_STATE_WAITING;
+    list_append(&s->waiting, seq);
+    s->n_waiting++;
+}
+
+static void release_blocks(struct scheduler *s, struct sequence *seq)
+{
+    for (int i = 0; i < seq->n_blocks; i++) bm_decref(&s->bm, seq->block_table[i]);
+    seq->n_blocks = 0;
+    seq->n_hashed = 0;
+    seq->n_computed = 0;
+}
+
+void sched_finish(struct scheduler *s, struct sequence *seq)
+{
+    if (seq->state == SEQ_STATE_RUNNING) {
+        CHECK(list_remove(&s->running, seq), "running sequence not in the running list");
+        s->n_running--;
+    } else if (seq->state == SEQ_STATE_WAITING) {
+        CHECK(list_remove(&s->waiting, seq), "waiting sequence not in the waiting list");
+        s->n_waiting--;
+    }
+    release_blocks(s, seq);
+    seq->state = SEQ_STATE_FINISHED;
+}
+
+static void push_block(struct sequence *seq, int b)
+{
+    if (seq->n_blocks == seq->cap_blocks) {
+        seq->cap_blocks = seq->cap_blocks * 2 + 8;
+        seq->block_table = xrealloc(seq->block_table, sizeof(int) * seq->cap_blocks);
+        seq->block_hash = xrealloc(seq->block_hash, sizeof(uint64_t) * seq->cap_blocks);
+    }
+    seq->block_table[seq->n_blocks++] = b;
+}
+
+static void preempt(struct scheduler *s, struct sequence *seq)
+{
+    CHECK(list_remove(&s->running, seq), "preempting a sequence that is not running");
+    s->n_running--;
+    release_blocks(s, seq);
+    seq->state = SEQ_STATE_WAITING;
+    seq->next = s->waiting; /* front of the queue: it was admitted before everyone waiting */
+    s->waiting = seq;
+    s->n_waiting++;
+    seq->n_preempted++;
+    s->preemptions++;
+    LOG_D("%s: preempted (%d tokens will be recomputed)", seq->req_id, seq->n_tokens - 1);
+}
+
+static struct sequence *newest_running(struct scheduler *s)
+{
+    struct sequence *best = NULL;
+    for (struct sequence *q = s->running; q; q = q->next)
+        if (!best || q->admit_order > best->admit_order) best = q;
+    return best;
+}
+
+static uint64_t salt_of(const struct sequence *seq)
+{
+    uint64_t bits;
+    double f = seq->rope_factor;
+    memcpy(&bits, &f, sizeof bits);
+    return bits;
+}
+
+static void plan_push(struct sched_plan *p, struct sequence *seq, int n, int sample, int n_logits)
+{
+    if (p->n == p->cap) {
+        p->cap = p->cap * 2 + 16;
+        p->e = xrealloc(p->e, sizeof *p->e * p->cap);
+    }
+    p->e[p->n++] = (struct sched_entry){.seq = seq, .n_tokens = n, .sample = sample, .n_logits = n_logits};
+    p->n_tokens += n;
+    p->n_logits += n_logits;
+}
+
+void plan_free(struct sched_plan *p)
+{
+    free(p->e);
+    memset(p, 0, sizeof *p);
+}
+
+static int wants_prompt_logprobs(const struct sequence *seq)
+{
+    return seq->sp.prompt_logprobs && seq->prompt_lp_next < seq->n_prompt;
+}
+
+/* Add a prefill chunk of seq to the plan within the budgets; returns tokens planned. */
+static int plan_chunk(struct scheduler *s, struct sched_plan *p, struct sequence *seq)
+{
+    int remaining = seq->n_tokens - seq->n_computed;
+    int n = remaining;
+    int budget = s->max_batched_tokens - p->n_tokens;
+    if (n > budget) n = budget;
+    int lp = wants_prompt_logprobs(seq);
+    int logit_budget = s->max_logits - p->n_logits;
+    if (lp && n > logit_budget) n = logit_budget;
+    if (n <= 0) return 0;
+    int sample = seq->n_computed + n == seq->n_tokens;
+    if (sample && !lp && logit_budget < 1) {
+        if (--n <= 0) return 0; /* keep the last token for a step with room for its logits */
+        sample = 0;
+    }
+    plan_push(p, seq, n, sample, lp ? n : sample);
+    return n;
+}
+
+/* Try to admit the head of the waiting queue. Returns 1 when admitted. */
+static int admit(struct scheduler *s, struct sequence *seq)
+{
+    const int bs = s->bm.block_size;
+    int n_hit = 0;
+    /* prefix cache: reuse the longest run of cached full blocks, leaving >= 1 token to compute */
+    if (s->prefix_cache && !seq->sp.prompt_logprobs) {
+        uint64_t parent = 0, salt = salt_of(seq);
+        int max_hit = (seq->n_tokens - 1) / bs;
+        for (int i = 0; i < max_hit; i++) {
+            const int32_t *t = seq->tokens + (size_t)i * bs;
+            uint64_t h = bm_hash_block(parent, t, bs, salt);
+            int b = bm_lookup(&s->bm, h, parent, t);
+            if (b < 0) break;
+            bm_incref(&s->bm, b);
+            push_block(seq, b);
+            seq->block_hash[i] = h;
+            parent = h;
+            n_hit++;
+        }
+    }
+    int need = (seq->n_tokens + bs - 1) / bs - n_hit;
+    if (bm_available(&s->bm) < need) {
+        release_blocks(s, seq); /* give the hits back (they return to the cache) */
+        return 0;
+    }
+    for (int i = 0; i < need; i++) {
+        int b = bm_alloc(&s->bm);
+        CHECK(b > 0, "block allocation failed after the availability check");
+        push_block(seq, b);
+    }
+    seq->n_hashed = n_hit;
+    seq->n_computed = n_hit * bs;
+    CHECK(list_remove(&s->waiting, seq), "admitted sequence not waiting");
+    s->n_waiting--;
+    seq->state = SEQ_STATE_RUNNING;
+    seq->admit_order = ++s->admit_counter;
+    list_append(&s->running, seq);
+    s->n_running++;
+    return 1;
+}
+
+void sched_plan(struct scheduler *s, struct sched_plan *p)
+{
+    const int bs = s->bm.block_size;
+    p->n = p->n_tokens = p->n_logits = 0;
+
+    /* 1. decodes */
+    for (struct sequence *seq = s->running, *next; seq; seq = next) {
+        next = seq->next;
+        if (seq->n_tokens - seq->n_computed != 1) continue;
+        if (p->n_tokens >= s->max_batched_tokens || p->n_logits >= s->max_logits) break;
+        int preempted_self = 0;
+        while (seq->n_computed / bs >= seq->n_blocks) { /* its next slot starts a new block */
+            int b = bm_alloc(&s->bm);
+            if (b > 0) {
+                push_block(seq, b);
+                break;
+            }
+            struct sequence *victim = newest_running(s);
+            if (victim == next) next = victim->next;
+            preempt(s, victim);
+            if (victim == seq) {
+                preempted_self = 1;
+                break;
+            }
+        }
+        if (!preempted_self) plan_push(p, seq, 1, 1, 1);
+    }
+
+    /* 2. running sequences still prefilling (admitted earlier, chunked) */
+    for (struct sequence *seq = s->running; seq; seq = seq->next) {
+        if (seq->n_tokens - seq->n_computed <= 1) continue;
+        if (p->n >= s->max_num_seqs) break;
+        if (plan_chunk(s, p, seq) == 0) break;
+    }
+
+    /* 3. FCFS admission */
+    while (s->waiting && p->n < s->max_num_seqs && s->n_running < s->max_num_seqs &&
+           p->n_tokens < s->max_batched_tokens && p->n_logits < s->max_logits) {
+        struct sequence *seq = s->waiting;
+        if (!admit(s, seq)) break;
+        if (plan_chunk(s, p, seq) == 0) break;
+    }
+}
+
+void sched_commit(struct scheduler *s, const struct sched_plan *p)
+{
+    const int bs = s->bm.block_size;
+    for (int i = 0; i < p->n; i++) {
+        struct sequence *seq = p->e[i].seq;
+        seq->n_computed += p->e[i].n_tokens;
+        CHECK(seq->n_computed <= seq->n_tokens, "computed past the end of the sequence");
+        if (!s->prefix_cache) continue;
+        while ((seq->n_hashed + 1) * bs <= seq->n_computed) {
+            int k = seq->n_hashed;
+            uint64_t parent = k ? seq->block_hash[k - 1] : 0;
+            const int32_t *t = seq->tokens + (size_t)k * bs;
+            uint64_t h = bm_hash_block(parent, t, bs, salt_of(seq));
+            seq->block_hash[k] = h;
+            bm_register(&s->bm, seq->block_table[k], h, parent, t);
+            seq->n_hashed++;
+        }
+    }
+}

@@ -1,0 +1,296 @@
+/* llama.c - the LLaMA architecture over backend ops: loading a checkpoint's tensors into the
+ * backend and the forward pass of one batch.
+ *
+ *   embed -> for each layer:
+ *       h = rmsnorm(x) ; q,k,v = h.Wq,Wk,Wv ; rope(q, k) ; kv_store(k, v)
+ *       x += attention(q).Wo
+ *       h = rmsnorm(x) ; x += (silu(h.Wg) * h.Wu).Wd
+ *   -> gather the out_rows -> rmsnorm -> lm_head -> logits (host)
+ *
+ * Invariants: every tensor the architecture needs is checked for presence and exact shape
+ * before anything is uploaded, so a bad checkpoint fails with one message and no partial
+ * load. Activation buffers are sized once for max_batch_tokens / max_out_rows; a batch that
+ * exceeds them is a caller bug (CHECK). For methods that store pre-RoPE keys (CLEX) only q is
+ * rotated here and attention rotates keys as it reads them.
+ *
+ * Rejected alternative: fused QKV / gate-up weights. Separate projections keep the loader a
+ * 1:1 map of the checkpoint and cost little; a backend may fuse internally. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../common/common.h"
+#include "model.h"
+#include "model_internal.h"
+
+struct layer_weights {
+    bk_buf *attn_norm; /* (hidden) */
+    bk_buf *wq;        /* (n_heads * head_dim, hidden) */
+    bk_buf *wk;        /* (n_kv_heads * head_dim, hidden) */
+    bk_buf *wv;        /* (n_kv_heads * head_dim, hidden) */
+    bk_buf *wo;        /* (hidden, n_heads * head_dim) */
+    bk_buf *ffn_norm;  /* (hidden) */
+    bk_buf *w_gate;    /* (ffn, hidden) */
+    bk_buf *w_up;      /* (ffn, hidden) */
+    bk_buf *w_down;    /* (hidden, ffn) */
+};
+
+struct model {
+    struct model_config cfg;
+    struct rope rope;
+    struct backend *be;
+    struct model_params params;
+    size_t weight_bytes;
+
+    bk_buf *tok_emb;  /* (vocab, hidden) */
+    bk_buf *out_norm; /* (hidden) */
+    bk_buf *lm_head;  /* (vocab, hidden); == tok_emb when tied */
+    struct layer_weights *layers;
+
+    /* activations, sized for params.max_batch_tokens rows (T) or max_out_rows (O) */
+    bk_buf *x;      /* (T, hidden) residual stream */
+    bk_buf *h;      /* (T, hidden) normed */
+    bk_buf *q;      /* (T, n_heads * head_dim) */
+    bk_buf *k;      /* (T, n_kv_heads * head_dim) */
+    bk_buf *v;      /* (T, n_kv_heads * head_dim) */
+    bk_buf *att;    /* (T, n_heads * head_dim) */
+    bk_buf *proj;   /* (T, hidden) */
+    bk_buf *gate;   /* (T, ffn) */
+    bk_buf *up;     /* (T, ffn) */
+    bk_buf *xo;     /* (O, hidden) rows whose logits are wanted */
+    bk_buf *logits; /* (O, vocab) */
+    int kv_ready;
+};
+
+struct model_params model_default_params(void)
+{
+    struct model_params p = {.max_batch_tokens = 2048, .max_out_rows = 256};
+    return p;
+}
+
+const struct model_config *model_get_config(const model_t *m) { return &m->cfg; }
+const struct rope *model_get_rope(const model_t *m) { return &m->rope; }
+size_t model_weight_bytes(const model_t *m) { return m->weight_bytes; }
+
+size_t model_mem_free(const model_t *m)
+{
+    return m->be->ops->mem_free ? m->be->ops->mem_free(m->be->ctx) : 0;
+}
+
+size_t model_kv_bytes_per_token(const model_t *m)
+{
+    /* fp32 on the CPU; a CUDA backend stores 16-bit values */
+    size_t elt = strcmp(m->be->ops->name, "cpu") == 0 ? 4 : 2;
+    return 2 * (size_t)m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * elt;
+}
+
+static void free_buf(model_t *m, bk_buf **b)
+{
+    if (*b) m->be->ops->buf_free(m->be->ctx, *b);
+    *b = NULL;
+}
+
+void model_free(model_t *m)
+{
+    if (!m) return;
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            struct layer_weights *w = &m->layers[l];
+            bk_buf **all[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
+                              &w->ffn_norm, &w->w_gate, &w->w_up, &w->w_down};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free_buf(m, all[i]);
+        }
+        free(m->layers);
+    }
+    if (m->lm_head == m->tok_emb) m->lm_head = NULL;
+    bk_buf **top[] = {&m->tok_emb, &m->out_norm, &m->lm_head, &m->x, &m->h, &m->q, &m->k,
+                      &m->v, &m->att, &m->proj, &m->gate, &m->up, &m->xo, &m->logits};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) free_buf(m, top[i]);
+    rope_free(&m->rope);
+    model_config_free(&m->cfg);
+    free(m);
+}
+
+/* One tensor name + expected shape; filled into `dst` by the upload loop. */
+struct want {
+    char name[96];
+    int n_dims;
+    int64_t shape[2];
+    bk_buf **dst;
+};
+
+static void want_add(struct want *w, int *n, bk_buf **dst, int64_t d0, int64_t d1, const char *fmt, int layer)
+{
+    struct want *x = &w[(*n)++];
+    snprintf(x->name, sizeof x->name, fmt, layer);
+    x->n_dims = d1 ? 2 : 1;
+    x->shape[0] = d0;
+    x->shape[1] = d1;
+    x->dst = dst;
+}
+
+/* A deep copy of the config so the model owns its arrays (longrope factors). */
+static void config_copy(struct model_config *dst, const struct model_config *src)
+{
+    *dst = *src;
+    struct rope_scaling *r = &dst->rope;
+    if (r->short_factor) {
+        r->short_factor = xmalloc(sizeof(float) * r->n_short_factor);
+        memcpy(r->short_factor, src->rope.short_factor, sizeof(float) * r->n_short_factor);
+    }
+    if (r->long_factor) {
+        r->long_factor = xmalloc(sizeof(float) * r->n_long_factor);
+        memcpy(r->long_factor, src->rope.long_factor, sizeof(float) * r->n_long_factor);
+    }
+}
+
+int model_load(model_t **out, const char *dir, const struct model_config *cfg, struct backend *be,
+               const struct model_params *p, char *err)
+{
+    *out = NULL;
+    model_t *m = xcalloc(1, sizeof *m);
+    safetensors_t *st = NULL;
+    struct want *want = NULL;
+    const struct backend_ops *ops = be->ops;
+    void *bx = be->ctx;
+    config_copy(&m->cfg, cfg);
+    m->be = be;
+    m->params = *p;
+    const struct model_config *c = &m->cfg;
+
+    if (rope_init(&m->rope, c, dir, err) < 0) goto fail;
+    m->rope.cfg = &m->cfg;
+    if (st_open_dir(&st, dir, err) < 0) goto fail;
+
+    /* 1. Check every tensor before uploading anything. */
+    const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
+    m->layers = xcalloc(c->n_layers, sizeof *m->layers);
+    want = xcalloc(9 * (size_t)c->n_layers + 3, sizeof *want);
+    int nw = 0;
+    want_add(want, &nw, &m->tok_emb, V, H, "model.embed_tokens.weight", 0);
+    want_add(want, &nw, &m->out_norm, H, 0, "model.norm.weight", 0);
+    int tied = c->tie_word_embeddings;
+    if (!tied && !st_find(st, "lm_head.weight")) {
+        /* HF falls back the same way for checkpoints saved without the duplicate tensor */
+        LOG_W("%s: no lm_head.weight and tie_word_embeddings is false: using model.embed_tokens.weight", dir);
+        tied = 1;
+    }
+    if (!tied) want_add(want, &nw, &m->lm_head, V, H, "lm_head.weight", 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        struct layer_weights *w = &m->layers[l];
+        want_add(want, &nw, &w->attn_norm, H, 0, "model.layers.%d.input_layernorm.weight", l);
+        want_add(want, &nw, &w->wq, QD, H, "model.layers.%d.self_attn.q_proj.weight", l);
+        want_add(want, &nw, &w->wk, KD, H, "model.layers.%d.self_attn.k_proj.weight", l);
+        want_add(want, &nw, &w->wv, KD, H, "model.layers.%d.self_attn.v_proj.weight", l);
+        want_add(want, &nw, &w->wo, H, QD, "model.layers.%d.self_attn.o_proj.weight", l);
+        want_add(want, &nw, &w->ffn_norm, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        want_add(want, &nw, &w->w_gate, F, H, "model.layers.%d.mlp.gate_proj.weight", l);
+        want_add(want, &nw, &w->w_up, F, H, "model.layers.%d.mlp.up_proj.weight", l);
+        want_add(want, &nw, &w->w_down, H, F, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    const struct st_tensor **found = xcalloc(nw, sizeof *found);
+    for (int i = 0; i < nw; i++) {
+        if (st_get(st, want[i].name, want[i].n_dims, want[i].shape, &found[i], err) < 0) {
+            free(found);
+            goto fail;
+        }
+    }
+
+    /* 2. Upload. */
+    for (int i = 0; i < nw; i++) {
+        const struct st_tensor *t = found[i];
+        size_t n = t->nbytes / bk_dtype_size(t->dtype);
+        *want[i].dst = ops->weight_new(bx, t->data, t->dtype, n, err);
+        if (!*want[i].dst) {
+            free(found);
+            goto fail;
+        }
+        m->weight_bytes += n * (strcmp(ops->name, "cpu") == 0 ? 4 : 2);
+    }
+    free(found);
+    if (tied) m->lm_head = m->tok_emb;
+    st_close(st);
+    st = NULL;
+
+    /* 3. Activations. */
+    const size_t T = (size_t)p->max_batch_tokens, O = (size_t)p->max_out_rows;
+    struct { bk_buf **b; size_t n; } acts[] = {
+        {&m->x, T * H}, {&m->h, T * H}, {&m->q, T * QD}, {&m->k, T * KD}, {&m->v, T * KD},
+        {&m->att, T * QD}, {&m->proj, T * H}, {&m->gate, T * F}, {&m->up, T * F},
+        {&m->xo, O * H}, {&m->logits, O * V},
+    };
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        *acts[i].b = ops->act_new(bx, acts[i].n, err);
+        if (!*acts[i].b) goto fail;
+    }
+    free(want);
+    *out = m;
+    return 0;
+
+fail:
+    free(want);
+    st_close(st);
+    model_free(m);
+    return -1;
+}
+
+int model_kv_init(model_t *m, int n_blocks, int block_size, char *err)
+{
+    struct bk_kv_params kp = {
+        .n_layers = m->cfg.n_layers,
+        .n_blocks = n_blocks,
+        .block_size = block_size,
+        .n_kv_heads = m->cfg.n_kv_heads,
+        .head_dim = m->cfg.head_dim,
+        .k_storage = m->rope.k_storage,
+    };
+    if (m->be->ops->kv_init(m->be->ctx, &kp, err) < 0) return -1;
+    m->kv_ready = 1;
+    return 0;
+}
+
+int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err)
+{
+    const struct backend_ops *ops = m->be->ops;
+    void *bx = m->be->ctx;
+    const struct model_config *c = &m->cfg;
+    const int T = b->n_tokens, H = c->hidden_size, F = c->intermediate_size;
+    const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    CHECK(m->kv_ready, "model_forward before model_kv_init");
+    CHECK(T > 0 && T <= m->params.max_batch_tokens, "batch of %d tokens (max %d)", T, m->params.max_batch_tokens);
+    CHECK(b->n_out >= 0 && b->n_out <= m->params.max_out_rows, "%d logits rows (max %d)", b->n_out, m->params.max_out_rows);
+
+    if (ops->batch_begin(bx, b, err) < 0) return -1;
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    const int post_rope = m->rope.k_storage == BK_K_POST_ROPE;
+
+    ops->embed(bx, m->x, m->tok_emb, H);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *w = &m->layers[l];
+        ops->rmsnorm(bx, m->h, m->x, w->attn_norm, T, H, c->rms_norm_eps);
+        ops->matmul(bx, m->q, m->h, w->wq, T, H, QD);
+        ops->matmul(bx, m->k, m->h, w->wk, T, H, KD);
+        ops->matmul(bx, m->v, m->h, w->wv, T, H, KD);
+        ops->rope(bx, m->q, post_rope ? m->k : NULL, c->n_heads, c->n_kv_heads, c->head_dim);
+        ops->kv_store(bx, l, m->k, m->v);
+        ops->attention(bx, m->att, m->q, l, c->n_heads, scale);
+        ops->matmul(bx, m->proj, m->att, w->wo, T, QD, H);
+        ops->add(bx, m->x, m->proj, (size_t)T * H);
+        ops->rmsnorm(bx, m->h, m->x, w->ffn_norm, T, H, c->rms_norm_eps);
+        ops->matmul(bx, m->gate, m->h, w->w_gate, T, H, F);
+        ops->matmul(bx, m->up, m->h, w->w_up, T, H, F);
+        ops->swiglu(bx, m->gate, m->gate, m->up, T, F);
+        ops->matmul(bx, m->proj, m->gate, w->w_down, T, F, H);
+        ops->add(bx, m->x, m->proj, (size_t)T * H);
+    }
+    if (b->n_out == 0) return 0;
+    ops->gather_rows(bx, m->xo, m->x, H);
+    ops->rmsnorm(bx, m->xo, m->xo, m->out_norm, b->n_out, H, c->rms_norm_eps);
+    ops->matmul(bx, m->logits, m->xo, m->lm_head, b->n_out, H, c->vocab_size);
+    ops->act_read(bx, logits, m->logits, 0, (size_t)b->n_out * c->vocab_size);
+    return 0;
+}

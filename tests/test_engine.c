@@ -1,0 +1,283 @@
+/* test_engine.c - unit tests of the block manager and the scheduler, on a fake runner (no
+ * model): a "step" commits the plan and appends a token to every sequence that sampled. */
+#include <string.h>
+
+#include "../common/common.h"
+#include "../engine/engine_internal.h"
+#include "test.h"
+
+/* --------------------------------------------------------------------------------------------- */
+
+static void test_block_manager(void)
+{
+    struct block_manager bm;
+    TEST_COND("bm_init", bm_init(&bm, 9, 4) == 0); /* 8 usable + null block */
+    TEST_COND("available at start", bm_available(&bm) == 8);
+    int got[8], zero_seen = 0;
+    for (int i = 0; i < 8; i++) {
+        got[i] = bm_alloc(&bm);
+        if (got[i] == 0) zero_seen = 1;
+    }
+    TEST_COND("null block never handed out", !zero_seen);
+    TEST_COND("exhaustion returns -1", bm_alloc(&bm) == -1);
+    TEST_COND("used = 8", bm_used(&bm) == 8);
+    /* refcounts: a shared block stays used until both let go */
+    bm_incref(&bm, got[0]);
+    bm_decref(&bm, got[0]);
+    TEST_COND("shared block still used", bm_used(&bm) == 8);
+    bm_decref(&bm, got[0]);
+    TEST_COND("freed after last ref", bm_used(&bm) == 7 && bm_available(&bm) == 1);
+    /* hashing: register two full blocks, release them: they become cached, not free */
+    int32_t ta[4] = {1, 2, 3, 4}, tb[4] = {5, 6, 7, 8}, tc[4] = {1, 2, 3, 5};
+    uint64_t ha = bm_hash_block(0, ta, 4, 0), hb = bm_hash_block(ha, tb, 4, 0);
+    TEST_COND("hash depends on tokens", ha != bm_hash_block(0, tc, 4, 0));
+    TEST_COND("hash depends on parent", hb != bm_hash_block(0, tb, 4, 0));
+    TEST_COND("hash depends on salt", ha != bm_hash_block(0, ta, 4, 7));
+    bm_register(&bm, got[1], ha, 0, ta);
+    bm_register(&bm, got[2], hb, ha, tb);
+    bm_decref(&bm, got[1]);
+    bm_decref(&bm, got[2]);
+    TEST_COND("cached blocks count as available", bm_available(&bm) == 3 && bm.n_cached == 2);
+    TEST_COND("lookup hit", bm_lookup(&bm, ha, 0, ta) == got[1]);
+    TEST_COND("lookup verifies tokens", bm_lookup(&bm, ha, 0, tc) == -1);
+    TEST_COND("lookup verifies parent", bm_lookup(&bm, hb, 0, tb) == -1);
+    /* reuse a cached block: it leaves the LRU */
+    bm_incref(&bm, got[2]);
+    TEST_COND("incref of cached block", bm.n_cached == 1 && bm_used(&bm) == 6);
+    /* allocation takes free blocks first, then evicts the LRU cached block */
+    int f = bm_alloc(&bm);
+    TEST_COND("free block first", f == got[0]);
+    int ev = bm_alloc(&bm);
+    TEST_COND("then evicts the oldest cached", ev == got[1] && bm_lookup(&bm, ha, 0, ta) == -1);
+    TEST_COND("nothing left", bm_alloc(&bm) == -1);
+    bm_free(&bm);
+}
+
+/* --------------------------------------------------------------------------------------------- */
+
+static struct sequence *mkseq(int id, int n_prompt, int max_tokens, int first_tok)
+{
+    int32_t *p = xmalloc(sizeof(int32_t) * n_prompt);
+    for (int i = 0; i < n_prompt; i++) p[i] = first_tok + i;
+    struct engine_request req;
+    memset(&req, 0, sizeof req);
+    req.prompt = p;
+    req.n_prompt = n_prompt;
+    req.sp = sampling_default_params();
+    req.sp.max_tokens = max_tokens;
+    struct sequence *s = seq_new(&req, id, 1 << 20);
+    snprintf(s->req_id, sizeof s->req_id, "seq%d", id);
+    free(p);
+    return s;
+}
+
+/* One fake step: plan, commit, append token 7 to every sequence that sampled. */
+static void step(struct scheduler *s, struct sched_plan *p)
+{
+    sched_plan(s, p);
+    sched_commit(s, p);
+    for (int i = 0; i < p->n; i++)
+        if (p->e[i].sample) seq_append(p->e[i].seq, 7);
+}
+
+static int plan_has(const struct sched_plan *p, const struct sequence *seq, int *n)
+{
+    for (int i = 0; i < p->n; i++)
+        if (p->e[i].seq == seq) { if (n) *n = p->e[i].n_tokens; return 1; }
+    return 0;
+}
+
+static void test_budget_and_chunking(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    sched_init(&s, 1024, 16, 2048, 64, 256, 1 << 20, 1);
+    struct sequence *a = mkseq(1, 3000, 4, 10), *b = mkseq(2, 100, 4, 20), *c = mkseq(3, 50, 4, 30);
+    sched_add(&s, a);
+    sched_add(&s, b);
+    sched_add(&s, c);
+    sched_plan(&s, &p);
+    int n = 0;
+    TEST_COND("first step: the long prompt gets the whole budget", p.n == 1 && plan_has(&p, a, &n) && n == 2048);
+    TEST_COND("budget respected", p.n_tokens <= 2048);
+    sched_commit(&s, &p);
+    sched_plan(&s, &p);
+    TEST_COND("second step: rest of a, then b and c", plan_has(&p, a, &n) && n == 952 && plan_has(&p, b, NULL) && plan_has(&p, c, NULL));
+    TEST_COND("a samples when its prompt is done", p.e[0].sample == 1);
+    sched_commit(&s, &p);
+    for (int i = 0; i < p.n; i++) if (p.e[i].sample) seq_append(p.e[i].seq, 7);
+    /* a long prompt arrives: decodes of a, b, c must go on every step while it is chunked */
+    struct sequence *d = mkseq(4, 9000, 4, 40);
+    sched_add(&s, d);
+    int starved = 0, chunks = 0;
+    for (int k = 0; k < 3; k++) {
+        sched_plan(&s, &p);
+        if (!plan_has(&p, a, &n) || n != 1 || !plan_has(&p, b, NULL) || !plan_has(&p, c, NULL)) starved = 1;
+        if (plan_has(&p, d, &n)) chunks++;
+        if (p.n_tokens > 2048) starved = 1;
+        sched_commit(&s, &p);
+        for (int i = 0; i < p.n; i++) if (p.e[i].sample) seq_append(p.e[i].seq, 7);
+    }
+    TEST_COND("decodes never starved by a long prefill", !starved && chunks == 3);
+    TEST_COND("long prefill chunked", d->n_computed == 3 * (2048 - 3));
+    sched_finish(&s, a);
+    sched_finish(&s, b);
+    sched_finish(&s, c);
+    sched_finish(&s, d);
+    TEST_COND("all blocks released", bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c); seq_free(d);
+    plan_free(&p);
+    sched_free(&s);
+}
+
+static void test_fcfs_and_admission(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    sched_init(&s, 11, 16, 4096, 64, 256, 1 << 20, 0); /* 10 usable blocks = 160 tokens */
+    struct sequence *a = mkseq(1, 100, 4, 10), *b = mkseq(2, 100, 4, 20), *c = mkseq(3, 10, 4, 30);
+    sched_add(&s, a);
+    sched_add(&s, b);
+    sched_add(&s, c);
+    sched_plan(&s, &p);
+    TEST_COND("a admitted (7 blocks)", plan_has(&p, a, NULL) && a->state == SEQ_STATE_RUNNING);
+    TEST_COND("b does not fit: waits", !plan_has(&p, b, NULL) && b->state == SEQ_STATE_WAITING);
+    TEST_COND("FCFS: c waits behind b though it would fit", !plan_has(&p, c, NULL));
+    sched_commit(&s, &p);
+    sched_finish(&s, a);
+    sched_plan(&s, &p);
+    TEST_COND("after a finishes b is admitted", plan_has(&p, b, NULL));
+    sched_commit(&s, &p);
+    sched_finish(&s, b);
+    sched_finish(&s, c);
+    TEST_COND("cancel of a waiting sequence", c->state == SEQ_STATE_FINISHED && bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c);
+    plan_free(&p);
+    sched_free(&s);
+}
+
+static void test_preemption(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    sched_init(&s, 9, 4, 4096, 64, 256, 1 << 20, 1); /* 8 blocks of 4 tokens */
+    struct sequence *a = mkseq(1, 8, 100, 10), *b = mkseq(2, 8, 100, 50), *c = mkseq(3, 4, 100, 90);
+    sched_add(&s, a);
+    sched_add(&s, b);
+    sched_add(&s, c);
+    step(&s, &p); /* all admitted: 2 + 2 + 1 blocks */
+    TEST_COND("three running", s.n_running == 3 && bm_used(&s.bm) == 5);
+    int k = 0;
+    while (s.preemptions == 0 && k++ < 50) step(&s, &p);
+    TEST_COND("a preemption happened", s.preemptions >= 1);
+    TEST_COND("the newest (c) was preempted and waits at the front", c->state == SEQ_STATE_WAITING && s.waiting == c);
+    TEST_COND("preempted sequence holds no blocks", c->n_blocks == 0 && c->n_computed == 0);
+    TEST_COND("older ones still run", a->state == SEQ_STATE_RUNNING && b->state == SEQ_STATE_RUNNING);
+    int c_tokens = c->n_tokens;
+    sched_finish(&s, b);
+    step(&s, &p);
+    TEST_COND("c readmitted and recomputed in one chunk", c->state == SEQ_STATE_RUNNING && c->n_computed == c_tokens);
+    TEST_COND("recompute samples a new token", c->n_tokens == c_tokens + 1);
+    sched_finish(&s, a);
+    sched_finish(&s, c);
+    TEST_COND("everything released (cached blocks unreferenced)", bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c);
+    plan_free(&p);
+    sched_free(&s);
+}
+
+static void test_prefix_cache(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    sched_init(&s, 512, 16, 4096, 64, 256, 1 << 20, 1);
+    struct sequence *a = mkseq(1, 1000, 4, 10);
+    sched_add(&s, a);
+    step(&s, &p);
+    TEST_COND("first request computes everything", p.n_tokens == 1000);
+    sched_finish(&s, a);
+    struct sequence *b = mkseq(2, 1010, 4, 10); /* same first 1000 tokens */
+    sched_add(&s, b);
+    sched_plan(&s, &p);
+    int n = 0;
+    TEST_COND("second request reuses 62 cached blocks", plan_has(&p, b, &n) && n == 1010 - 992);
+    TEST_COND("hits counted", s.bm.hits == 62);
+    sched_commit(&s, &p);
+    sched_finish(&s, b);
+    /* an identical prompt keeps its last token to compute */
+    struct sequence *c = mkseq(3, 992, 4, 10);
+    sched_add(&s, c);
+    sched_plan(&s, &p);
+    TEST_COND("whole-prompt hit leaves the last block to compute", plan_has(&p, c, &n) && n == 16);
+    sched_commit(&s, &p);
+    sched_finish(&s, c);
+    /* prompt logprobs skip the cache */
+    struct sequence *d = mkseq(4, 100, 0, 10);
+    d->sp.prompt_logprobs = 1;
+    sched_add(&s, d);
+    sched_plan(&s, &p);
+    TEST_COND("prompt logprobs: no reuse, logits for every row", plan_has(&p, d, &n) && n == 100 && p.n_logits == 100);
+    sched_commit(&s, &p);
+    sched_finish(&s, d);
+    TEST_COND("no block referenced at the end", bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c); seq_free(d);
+    plan_free(&p);
+    sched_free(&s);
+}
+
+static void test_sampler(void)
+{
+    struct sequence *s = mkseq(1, 3, 4, 1);
+    float logits[8] = {0.5f, 2.0f, 2.0f, -1.0f, 0.0f, 1.0f, -3.0f, 0.25f};
+    float scratch[16];
+    int iscratch[8];
+    struct engine_event ev;
+    s->sp.temperature = 0;
+    s->sp.n_logprobs = 3;
+    int32_t t = sampler_sample(s, logits, 8, &ev, scratch, iscratch);
+    TEST_COND("greedy takes the lowest id on a tie", t == 1);
+    TEST_COND("top logprobs best first", ev.n_top == 3 && ev.top_ids[0] == 1 && ev.top_ids[1] == 2 && ev.top_ids[2] == 5);
+    double z = 0;
+    for (int i = 0; i < 8; i++) z += exp(logits[i]);
+    TEST_COND("logprob is the raw log-softmax", fabs(ev.logprob - (2.0 - log(z))) < 1e-5);
+    s->sp.logit_bias_ids[0] = 6;
+    s->sp.logit_bias_vals[0] = 100;
+    s->sp.n_logit_bias = 1;
+    TEST_COND("logit_bias", sampler_sample(s, logits, 8, &ev, scratch, iscratch) == 6);
+    s->sp.n_logit_bias = 0;
+    s->sp.temperature = 1.0f;
+    s->sp.top_k = 1;
+    int ok = 1;
+    for (int i = 0; i < 20; i++) ok &= sampler_sample(s, logits, 8, &ev, scratch, iscratch) == 1;
+    TEST_COND("top_k 1 is greedy", ok);
+    s->sp.top_k = 0;
+    s->sp.top_p = 0.5f;
+    ok = 1;
+    for (int i = 0; i < 50; i++) { int32_t x = sampler_sample(s, logits, 8, &ev, scratch, iscratch); ok &= x == 1 || x == 2; }
+    TEST_COND("top_p keeps the nucleus", ok);
+    s->sp.top_p = 1;
+    s->sp.min_p = 0.5f;
+    ok = 1;
+    for (int i = 0; i < 50; i++) { int32_t x = sampler_sample(s, logits, 8, &ev, scratch, iscratch); ok &= x == 1 || x == 2 || x == 5; }
+    TEST_COND("min_p", ok);
+    /* seeds reproduce */
+    s->sp.min_p = 0;
+    int32_t r1[16], r2[16];
+    sampler_seed(s->rng, 42);
+    for (int i = 0; i < 16; i++) r1[i] = sampler_sample(s, logits, 8, &ev, scratch, iscratch);
+    sampler_seed(s->rng, 42);
+    for (int i = 0; i < 16; i++) r2[i] = sampler_sample(s, logits, 8, &ev, scratch, iscratch);
+    TEST_COND("same seed, same tokens", memcmp(r1, r2, sizeof r1) == 0);
+    seq_free(s);
+}
+
+int main(void)
+{
+    test_block_manager();
+    test_budget_and_chunking();
+    test_fcfs_and_admission();
+    test_preemption();
+    test_prefix_cache();
+    test_sampler();
+    return test_report("test_engine");
+}
