@@ -1,0 +1,788 @@
+/* http.c - the libmicrohttpd glue: daemon lifecycle, routes, API key, CORS, body limit, the
+ * request lifecycle, and the blocking loop of a non-streaming generation.
+ *
+ * Threads: libmicrohttpd runs one thread per connection (MHD_USE_THREAD_PER_CONNECTION), so a
+ * handler may block while its request generates; parsing, validation and tokenization happen on
+ * that thread and the engine thread only ever sees engine_submit()/engine_cancel(). Many
+ * connections can wait at once; the engine queues them (--max-queue, then 429).
+ *
+ * Request lifecycle (libmicrohttpd's access-handler protocol, as in chunked_example.c):
+ *   call 1       allocate struct req_ctx; refuse a declared Content-Length over the limit (413)
+ *   call 2..k    append upload chunks (counting; over the limit -> discard, 413 at the end)
+ *   last call    route: auth -> method -> state -> handler; queue exactly one response
+ *   completed    free the context (streams: sse_free frees the job when the response goes)
+ *
+ * Status mapping: 400 bad input (param named), 401 key, 404 route/model, 405 method (Allow),
+ * 413 body, 429 queue full (Retry-After), 503 loading/draining, 500 only for engine failures.
+ * A client error never kills the server: every path returns a JSON error. */
+#include "server_internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct server_params server_default_params(void)
+{
+    struct server_params p;
+    memset(&p, 0, sizeof p);
+    p.host = "127.0.0.1";
+    p.port = 8080;
+    p.max_body_mb = 8;
+    p.max_n = 16;
+    p.n_threads = 16;
+    return p;
+}
+
+/* An idle keep-alive connection holds a thread; close it after this long without traffic. A
+ * handler that blocks while its request generates is not idle (libmicrohttpd does not time out
+ * a connection whose handler is running). */
+#ifndef HTTP_IDLE_TIMEOUT_S
+#define HTTP_IDLE_TIMEOUT_S 300
+#endif
+
+struct req_ctx {
+    struct strbuf body;
+    int too_big;
+    int responded; /* a response was queued early (413) */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * responses */
+
+static void add_cors(struct server *s, struct MHD_Connection *conn, struct MHD_Response *r)
+{
+    const char *allow = s->p.cors_origin;
+    if (!allow || !*allow) return;
+    if (!strcmp(allow, "*")) {
+        MHD_add_response_header(r, "Access-Control-Allow-Origin", "*");
+        return;
+    }
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (!origin) return;
+    /* a comma-separated list of allowed origins */
+    size_t ol = strlen(origin);
+    for (const char *p = allow; *p;) {
+        const char *q = strchr(p, ',');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        while (n && *p == ' ') p++, n--;
+        while (n && p[n - 1] == ' ') n--;
+        if (n == ol && !memcmp(p, origin, n)) {
+            MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+            MHD_add_response_header(r, "Vary", "Origin");
+            return;
+        }
+        if (!q) break;
+        p = q + 1;
+    }
+}
+
+/* Queue a response with body (malloc'd, taken). */
+static enum MHD_Result respond(struct server *s, struct MHD_Connection *conn, int status,
+                               char *body, const char *ctype)
+{
+    size_t n = body ? strlen(body) : 0;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(n, body ? body : (void *)"", body ? MHD_RESPMEM_MUST_FREE
+                                                                          : MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", ctype);
+    add_cors(s, conn, r);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    metrics_count_http(s->metrics, status);
+    return ret;
+}
+
+static enum MHD_Result respond_json(struct server *s, struct MHD_Connection *conn, int status,
+                                    cJSON *o)
+{
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return respond(s, conn, status, body, "application/json");
+}
+
+static enum MHD_Result respond_error(struct server *s, struct MHD_Connection *conn,
+                                     const struct oai_error *e, const char *allow)
+{
+    char *body = oai_error_json(e);
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body,
+                                                             MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (e->retry_after_s > 0) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", e->retry_after_s);
+        MHD_add_response_header(r, "Retry-After", v);
+    }
+    if (allow) MHD_add_response_header(r, "Allow", allow);
+    if (e->status == 401) MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    add_cors(s, conn, r);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)e->status, r);
+    MHD_destroy_response(r);
+    metrics_count_http(s->metrics, e->status);
+    if (e->status >= 500 && e->status != 503) LOG_W("HTTP %d: %s", e->status, e->message);
+    else LOG_D("HTTP %d: %s", e->status, e->message);
+    return ret;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * auth */
+
+/* Constant time in the length of the expected key: no early exit on the first difference. */
+static int key_equal(const char *want, const char *got)
+{
+    size_t wl = strlen(want), gl = strlen(got);
+    unsigned diff = (unsigned)(wl ^ gl);
+    for (size_t i = 0; i < wl; i++) diff |= (unsigned char)want[i] ^ (unsigned char)(gl ? got[i % gl] : 0);
+    return diff == 0;
+}
+
+static int authorized(struct server *s, struct MHD_Connection *conn)
+{
+    if (!s->api_key) return 1;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    return key_equal(s->api_key, h);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * helpers for handlers */
+
+static void new_id(struct server *s, const char *prefix, char *out, size_t cap)
+{
+    pthread_mutex_lock(&s->mu);
+    unsigned long long n = ++s->next_id;
+    pthread_mutex_unlock(&s->mu);
+    snprintf(out, cap, "%s-%s%08llx", prefix, s->id_prefix, n);
+}
+
+static int model_ok(struct server *s, const struct oai_request *r, struct oai_error *e)
+{
+    if (!r->model || !strcmp(r->model, s->model_name) ||
+        (s->model_dir && !strcmp(r->model, s->model_dir)))
+        return 0;
+    return oai_err(e, 404, "model", "model_not_found", "The model `%.200s` does not exist.",
+                   r->model);
+}
+
+/* Text prompts -> ids (BOS per tokenizer_config's add_bos_token); chat: template -> ids. */
+static int tokenize_prompts(struct server *s, struct oai_request *r, struct oai_error *e)
+{
+    char err[ERR_LEN];
+    if (r->kind == OAI_CHAT) {
+        char *text = NULL;
+        if (chat_render(s->tmpl, r->msgs, r->n_msgs, s->add_bos, &text, e)) return -1;
+        int32_t *ids = NULL;
+        int n = chat_encode(s->tok, text, &ids, e);
+        free(text);
+        if (n < 0) return -1;
+        r->prompts = xcalloc(1, sizeof *r->prompts);
+        r->n_prompts = 1;
+        r->prompts[0].ids = ids;
+        r->prompts[0].n_ids = n;
+    } else {
+        for (int i = 0; i < r->n_prompts; i++) {
+            struct oai_prompt *p = &r->prompts[i];
+            if (!p->text) continue;
+            int n = tokenizer_encode(s->tok, p->text, strlen(p->text),
+                                     s->add_bos && r->add_special_tokens, &p->ids, err);
+            if (n < 0) return oai_err(e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+            p->n_ids = n;
+        }
+    }
+    for (int i = 0; i < r->n_prompts; i++) {
+        if (r->prompts[i].n_ids == 0)
+            return oai_err(e, 400, r->kind == OAI_CHAT ? "messages" : "prompt", NULL,
+                           "the prompt is empty (0 tokens)");
+        if (oai_check_length(r, r->prompts[i].n_ids, s->max_model_len, e)) return -1;
+    }
+    return 0;
+}
+
+static int conn_fd(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * handlers */
+
+static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *conn,
+                                       enum oai_kind kind, struct req_ctx *rc)
+{
+    struct oai_error e;
+    memset(&e, 0, sizeof e);
+    struct job *j = xcalloc(1, sizeof *j);
+    j->srv = s;
+    j->sock = -1;
+    j->t_start = now_s();
+    if (oai_parse_request(kind, rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size,
+                          s->p.max_n > 0 ? s->p.max_n : 16, &j->req, &e) ||
+        model_ok(s, &j->req, &e) || tokenize_prompts(s, &j->req, &e)) {
+        job_free(j);
+        return respond_error(s, conn, &e, NULL);
+    }
+    new_id(s, kind == OAI_CHAT ? "chatcmpl" : "cmpl", j->id, sizeof j->id);
+    j->rc.kind = kind;
+    j->rc.id = j->id;
+    j->rc.model = s->model_name;
+    j->rc.created = (long long)time(NULL);
+    j->rc.logprobs = j->req.logprobs >= 0;
+    j->rc.top_n = j->req.logprobs > 0 ? j->req.logprobs : 0;
+    j->rc.token_text = token_text_cb;
+    j->rc.token_ctx = (void *)s->tok;
+    j->sock = conn_fd(conn);
+    if (s->p.request_timeout_s > 0) j->deadline = j->t_start + s->p.request_timeout_s;
+    if (job_submit(j, &e)) {
+        LOG_I("%s: refused (%d): %s", j->id, e.status, e.message);
+        job_free(j);
+        return respond_error(s, conn, &e, NULL);
+    }
+
+    if (j->req.stream) {
+        j->last_send = now_s();
+        struct MHD_Response *r =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_reader, j, sse_free);
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+        MHD_add_response_header(r, "X-Accel-Buffering", "no");
+        add_cors(s, conn, r);
+        enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
+        MHD_destroy_response(r); /* the job lives until sse_free */
+        metrics_count_http(s->metrics, 200);
+        return ret;
+    }
+
+    /* non-streaming: wait here (this connection's own thread) */
+    while (!job_step(j, 100)) {
+        if (job_client_gone(j)) {
+            job_cancel(j, "abort");
+            job_finish_log(j);
+            LOG_I("%s: client disconnected, cancelled", j->id);
+            job_free(j);
+            return MHD_NO; /* close the connection; nobody reads a response */
+        }
+        if (s->state == SERVER_STOPPING) job_cancel(j, "abort");
+        if (j->deadline > 0 && now_s() > j->deadline) {
+            LOG_W("%s: --request-timeout %d s passed, cancelled", j->id, s->p.request_timeout_s);
+            job_cancel(j, "abort");
+        }
+    }
+    job_finish_log(j);
+    for (int i = 0; i < j->n_ch; i++) {
+        if (j->ch[i].err[0]) { /* the engine failed this request: a 500, never a half answer */
+            oai_err(&e, 500, NULL, "engine_error", "%s", j->ch[i].err);
+            job_free(j);
+            return respond_error(s, conn, &e, NULL);
+        }
+    }
+    char *body = job_render_response(j);
+    job_free(j);
+    return respond(s, conn, 200, body, "application/json");
+}
+
+static cJSON *rope_json(const struct rope *r, const struct model_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", r->name);
+    cJSON_AddNumberToObject(o, "factor", r->factor);
+    cJSON_AddNumberToObject(o, "original_max_position_embeddings", r->original_max_pos);
+    cJSON_AddNumberToObject(o, "attention_factor", r->attn_factor);
+    cJSON_AddNumberToObject(o, "rope_theta", r->base);
+    cJSON_AddNumberToObject(o, "rotary_dim", r->rotary_dim);
+    if (r->type == ROPE_TYPE_YARN || r->type == ROPE_TYPE_DYNAMIC_YARN) {
+        cJSON_AddNumberToObject(o, "beta_fast", r->beta_fast);
+        cJSON_AddNumberToObject(o, "beta_slow", r->beta_slow);
+        cJSON_AddStringToObject(o, "yarn_variant", r->yarn_revised ? "revised" : "standard");
+    }
+    if (r->ramp_low >= 0 && r->ramp_high >= 0) {
+        cJSON *ramp = cJSON_AddArrayToObject(o, "ramp");
+        cJSON_AddItemToArray(ramp, cJSON_CreateNumber(r->ramp_low));
+        cJSON_AddItemToArray(ramp, cJSON_CreateNumber(r->ramp_high));
+    }
+    cJSON_AddBoolToObject(o, "length_dependent", r->length_dependent != 0);
+    if (c) cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos);
+    return o;
+}
+
+static enum MHD_Result handle_models(struct server *s, struct MHD_Connection *conn)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", s->model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)time(NULL));
+    cJSON_AddStringToObject(m, "owned_by", "ropeserve");
+    cJSON_AddStringToObject(m, "root", s->model_dir ? s->model_dir : s->model_name);
+    cJSON_AddNullToObject(m, "parent");
+    cJSON_AddNumberToObject(m, "max_model_len", s->max_model_len);
+    cJSON_AddStringToObject(m, "chat_template", chat_template_name(s->tmpl));
+    const model_t *md = engine_model(s->eng);
+    const struct rope *r = md ? model_get_rope(md) : NULL;
+    if (r) cJSON_AddItemToObject(m, "rope", rope_json(r, model_get_config(md)));
+    cJSON_AddItemToArray(data, m);
+    return respond_json(s, conn, 200, root);
+}
+
+static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *conn,
+                                       struct req_ctx *rc)
+{
+    struct oai_request r;
+    struct oai_error e;
+    if (oai_parse_tokenize(rc->body.p ? rc->body.p : "", rc->body.len, &r, &e))
+        return respond_error(s, conn, &e, NULL);
+    int32_t *ids = NULL;
+    int n;
+    char err[ERR_LEN];
+    if (r.kind == OAI_CHAT) {
+        char *text = NULL;
+        if (chat_render(s->tmpl, r.msgs, r.n_msgs, s->add_bos && r.add_special_tokens, &text, &e)) {
+            oai_request_free(&r);
+            return respond_error(s, conn, &e, NULL);
+        }
+        n = chat_encode(s->tok, text, &ids, &e);
+        free(text);
+    } else {
+        const char *t = r.prompts[0].text;
+        n = tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
+        if (n < 0) oai_err(&e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+    }
+    oai_request_free(&r);
+    if (n < 0) return respond_error(s, conn, &e, NULL);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "count", n);
+    cJSON_AddNumberToObject(o, "max_model_len", s->max_model_len);
+    cJSON *a = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *strs = cJSON_AddArrayToObject(o, "token_strs");
+    struct oai_render rdr = {.token_text = token_text_cb, .token_ctx = (void *)s->tok};
+    char buf[512];
+    for (int i = 0; i < n; i++) {
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+        cJSON_AddItemToArray(strs, cJSON_CreateString(oai_token_str(&rdr, ids[i], buf, sizeof buf)));
+    }
+    free(ids);
+    return respond_json(s, conn, 200, o);
+}
+
+static enum MHD_Result handle_detokenize(struct server *s, struct MHD_Connection *conn,
+                                         struct req_ctx *rc)
+{
+    struct oai_request r;
+    struct oai_error e;
+    if (oai_parse_detokenize(rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size, &r, &e))
+        return respond_error(s, conn, &e, NULL);
+    char *text = NULL, err[ERR_LEN];
+    size_t len = 0;
+    int rc2 = r.prompts[0].n_ids
+                  ? tokenizer_decode(s->tok, r.prompts[0].ids, r.prompts[0].n_ids, &text, &len, err)
+                  : 0;
+    oai_request_free(&r);
+    if (rc2 < 0) {
+        oai_err(&e, 400, "tokens", NULL, "%s", err);
+        return respond_error(s, conn, &e, NULL);
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "prompt", json_string_n(text ? text : "", text ? len : 0));
+    free(text);
+    return respond_json(s, conn, 200, o);
+}
+
+static enum MHD_Result handle_health(struct server *s, struct MHD_Connection *conn)
+{
+    cJSON *o = cJSON_CreateObject();
+    int st = s->state;
+    cJSON_AddStringToObject(o, "status", st == SERVER_READY     ? "ok"
+                                         : st == SERVER_LOADING ? "loading"
+                                                                : "draining");
+    return respond_json(s, conn, st == SERVER_READY ? 200 : 503, o);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * routing */
+
+enum route_id { R_HEALTH, R_METRICS, R_MODELS, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE,
+                R_VERSION };
+
+struct route {
+    const char *path;
+    const char *method; /* GET routes also answer HEAD */
+    enum route_id id;
+    int open;           /* no API key needed */
+};
+
+static const struct route routes[] = {
+    {"/health", "GET", R_HEALTH, 1},
+    {"/v1/health", "GET", R_HEALTH, 1},
+    {"/metrics", "GET", R_METRICS, 1},
+    {"/version", "GET", R_VERSION, 1},
+    {"/v1/models", "GET", R_MODELS, 0},
+    {"/v1/completions", "POST", R_COMPLETIONS, 0},
+    {"/v1/chat/completions", "POST", R_CHAT, 0},
+    {"/tokenize", "POST", R_TOKENIZE, 0},
+    {"/detokenize", "POST", R_DETOKENIZE, 0},
+};
+
+static const struct route *find_route(const char *url)
+{
+    size_t n = strlen(url);
+    while (n > 1 && url[n - 1] == '/') n--; /* "/v1/models/" too */
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (strlen(routes[i].path) == n && !memcmp(routes[i].path, url, n)) return &routes[i];
+    return NULL;
+}
+
+static enum MHD_Result preflight(struct server *s, struct MHD_Connection *conn)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    add_cors(s, conn, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    const char *rh = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 "Access-Control-Request-Headers");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                            rh ? rh : "Authorization, Content-Type");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    MHD_add_response_header(r, "Allow", "GET, POST, OPTIONS");
+    enum MHD_Result ret = MHD_queue_response(conn, 204, r);
+    MHD_destroy_response(r);
+    metrics_count_http(s->metrics, 204);
+    return ret;
+}
+
+static enum MHD_Result dispatch(struct server *s, struct MHD_Connection *conn, const char *url,
+                                const char *method, struct req_ctx *rc)
+{
+    struct oai_error e;
+    if (!strcmp(method, "OPTIONS")) return preflight(s, conn);
+    const struct route *rt = find_route(url);
+    if (!rt) {
+        oai_err(&e, 404, NULL, "not_found", "no route %.100s %.200s", method, url);
+        return respond_error(s, conn, &e, NULL);
+    }
+    if (!rt->open && !authorized(s, conn)) {
+        oai_err(&e, 401, NULL, "invalid_api_key", "Incorrect or missing API key (send "
+                "'Authorization: Bearer KEY').");
+        return respond_error(s, conn, &e, NULL);
+    }
+    int is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    if (strcmp(rt->method, method) != 0 && !(is_get && !strcmp(rt->method, "GET"))) {
+        oai_err(&e, 405, NULL, "method_not_allowed", "%s does not accept %.20s; use %s", rt->path,
+                method, rt->method);
+        return respond_error(s, conn, &e, !strcmp(rt->method, "GET") ? "GET, HEAD" : rt->method);
+    }
+    if (rc->too_big) {
+        oai_err(&e, 413, NULL, "payload_too_large", "the request body is over --max-body-mb %g MB",
+                s->p.max_body_mb);
+        return respond_error(s, conn, &e, NULL);
+    }
+    if (rt->id == R_HEALTH) return handle_health(s, conn);
+    if (rt->id == R_VERSION) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "version", ROPESERVE_VERSION);
+        return respond_json(s, conn, 200, o);
+    }
+    int st = s->state;
+    if (st == SERVER_LOADING || !s->eng) {
+        oai_err(&e, 503, NULL, "loading", "the model is still loading");
+        e.retry_after_s = 5;
+        return respond_error(s, conn, &e, NULL);
+    }
+    if (rt->id == R_METRICS) {
+        char *text = metrics_render(s->metrics, s->eng, s->model_name);
+        return respond(s, conn, 200, text, "text/plain; version=0.0.4; charset=utf-8");
+    }
+    if (st != SERVER_READY && (rt->id == R_COMPLETIONS || rt->id == R_CHAT)) {
+        oai_err(&e, 503, NULL, "draining", "the server is shutting down");
+        e.retry_after_s = 5;
+        return respond_error(s, conn, &e, NULL);
+    }
+    switch (rt->id) {
+    case R_MODELS: return handle_models(s, conn);
+    case R_COMPLETIONS: return handle_generate(s, conn, OAI_COMPLETION, rc);
+    case R_CHAT: return handle_generate(s, conn, OAI_CHAT, rc);
+    case R_TOKENIZE: return handle_tokenize(s, conn, rc);
+    case R_DETOKENIZE: return handle_detokenize(s, conn, rc);
+    default: break;
+    }
+    oai_err(&e, 404, NULL, "not_found", "no route %.200s", url);
+    return respond_error(s, conn, &e, NULL);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct server *s = cls;
+    struct req_ctx *rc = *con_cls;
+    size_t limit = (size_t)(s->p.max_body_mb * 1024.0 * 1024.0);
+    if (!rc) {
+        rc = xcalloc(1, sizeof *rc);
+        *con_cls = rc;
+        pthread_mutex_lock(&s->mu);
+        s->in_flight++;
+        pthread_mutex_unlock(&s->mu);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > limit) {
+            /* refuse before reading (and before "100 Continue"); MHD closes the connection */
+            struct oai_error e;
+            oai_err(&e, 413, NULL, "payload_too_large",
+                    "the request body (%.20s bytes) is over --max-body-mb %g MB", cl,
+                    s->p.max_body_mb);
+            rc->responded = 1;
+            return respond_error(s, conn, &e, NULL);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!rc->responded && !rc->too_big) {
+            if (rc->body.len + *upload_size > limit) {
+                rc->too_big = 1;
+                sb_free(&rc->body);
+            } else {
+                sb_append(&rc->body, upload, *upload_size);
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (rc->responded) return MHD_YES;
+    rc->responded = 1;
+    return dispatch(s, conn, url, method, rc);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct server *s = cls;
+    struct req_ctx *rc = *con_cls;
+    if (!rc) return;
+    sb_free(&rc->body);
+    free(rc);
+    *con_cls = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->in_flight--;
+    if (s->in_flight == 0) pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * lifecycle */
+
+static char *read_key_file(const char *path, char *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        set_err(err, -1, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char line[1024];
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ')) line[--n] = 0;
+    if (!n) {
+        set_err(err, -1, "%s: the API key file is empty", path);
+        return NULL;
+    }
+    return xstrdup(line);
+}
+
+int server_start(server_t **out, const struct server_params *p, char *err)
+{
+    *out = NULL;
+    struct server *s = xcalloc(1, sizeof *s);
+    s->p = *p;
+    if (!s->p.host) s->p.host = "127.0.0.1";
+    if (s->p.max_body_mb <= 0) s->p.max_body_mb = 8;
+    if (s->p.max_n <= 0) s->p.max_n = 16;
+    s->state = SERVER_LOADING;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->idle_cv, NULL);
+    s->metrics = metrics_new();
+    s->tmpl = CHAT_TEMPLATE_PLAIN;
+    if (p->api_key && *p->api_key) s->api_key = xstrdup(p->api_key);
+    else if (p->api_key_file && !(s->api_key = read_key_file(p->api_key_file, err))) goto fail;
+    if (p->chat_template && chat_template_from_name(p->chat_template) < 0) {
+        set_err(err, -1, "--chat-template %s: unknown (llama-2, chatml, plain)", p->chat_template);
+        goto fail;
+    }
+    {
+        FILE *f = fopen("/dev/urandom", "rb");
+        unsigned v = (unsigned)time(NULL) ^ (unsigned)getpid();
+        if (f) {
+            if (fread(&v, sizeof v, 1, f) != 1) v ^= 0x9e3779b9u;
+            fclose(f);
+        }
+        snprintf(s->id_prefix, sizeof s->id_prefix, "%08x", v);
+    }
+
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char port[16];
+    snprintf(port, sizeof port, "%d", p->port);
+    int gai = getaddrinfo(s->p.host, port, &hints, &ai);
+    if (gai != 0) {
+        set_err(err, -1, "--host %s: %s", s->p.host, gai_strerror(gai));
+        goto fail;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->daemon = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                                 MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->daemon) {
+        set_err(err, -1, "cannot listen on %s:%d (address in use or not permitted?)", s->p.host,
+                p->port);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : p->port;
+    *out = s;
+    return 0;
+fail:
+    server_stop(s);
+    return -1;
+}
+
+/* tokenizer_config.json: chat_template (a string, or a list of {name, template}) and
+ * add_bos_token. A missing or unreadable file leaves the defaults. */
+static void read_tokenizer_config(struct server *s, const char *dir, const char **tmpl_src)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return;
+    struct strbuf b = {0};
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) sb_append(&b, buf, n);
+    fclose(f);
+    cJSON *root = b.p ? cJSON_ParseWithLength(b.p, b.len) : NULL;
+    sb_free(&b);
+    if (!root) {
+        LOG_W("%s: not valid JSON, ignored", path);
+        return;
+    }
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "add_bos_token");
+    if (cJSON_IsBool(bos)) s->add_bos = cJSON_IsTrue(bos);
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+    const char *jinja = NULL;
+    if (cJSON_IsString(ct)) jinja = ct->valuestring;
+    else if (cJSON_IsArray(ct)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, ct) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
+            const cJSON *tp = cJSON_GetObjectItemCaseSensitive(it, "template");
+            if (cJSON_IsString(tp) && (!jinja || (cJSON_IsString(nm) && !strcmp(nm->valuestring, "default"))))
+                jinja = tp->valuestring;
+        }
+    }
+    if (jinja) {
+        s->tmpl = chat_template_detect(jinja);
+        *tmpl_src = "tokenizer_config.json";
+    }
+    cJSON_Delete(root);
+}
+
+int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const char *model_dir,
+                      char *err)
+{
+    if (!s || !e || !tok) return set_err(err, -1, "server_set_engine: engine and tokenizer needed");
+    s->tok = tok;
+    s->max_model_len = engine_max_model_len(e);
+    int tv = tokenizer_vocab_size(tok);
+    const model_t *m = engine_model(e);
+    int mv = m ? model_get_config(m)->vocab_size : tv;
+    s->vocab_size = (mv > 0 && mv < tv) ? mv : tv;
+    s->add_bos = tokenizer_bos_id(tok) >= 0;
+    const char *tmpl_src = "default";
+    if (model_dir) {
+        free(s->model_dir);
+        s->model_dir = xstrdup(model_dir);
+        read_tokenizer_config(s, model_dir, &tmpl_src);
+        if (tokenizer_bos_id(tok) < 0) s->add_bos = 0;
+    }
+    if (s->p.chat_template) {
+        s->tmpl = (enum chat_template)chat_template_from_name(s->p.chat_template);
+        tmpl_src = "--chat-template";
+    }
+    free(s->model_name);
+    if (s->p.served_model_name && *s->p.served_model_name) {
+        s->model_name = xstrdup(s->p.served_model_name);
+    } else if (model_dir) {
+        char *d = xstrdup(model_dir);
+        size_t n = strlen(d);
+        while (n > 1 && d[n - 1] == '/') d[--n] = 0;
+        const char *slash = strrchr(d, '/');
+        s->model_name = xstrdup(slash ? slash + 1 : d);
+        free(d);
+    } else {
+        s->model_name = xstrdup("ropeserve");
+    }
+    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s (%s), BOS %s%s",
+          s->model_name, s->max_model_len, s->vocab_size, chat_template_name(s->tmpl), tmpl_src,
+          s->add_bos ? "on" : "off", s->api_key ? ", API key required" : "");
+    __atomic_store_n(&s->eng, e, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->state, SERVER_READY, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+void server_drain(server_t *s)
+{
+    if (!s) return;
+    if (s->state == SERVER_READY || s->state == SERVER_LOADING)
+        __atomic_store_n(&s->state, SERVER_DRAINING, __ATOMIC_SEQ_CST);
+    if (s->eng) engine_drain(s->eng);
+    LOG_I("draining: /health 503, new requests refused, %d in flight", s->in_flight);
+}
+
+int server_wait_idle(server_t *s, double timeout_s)
+{
+    if (!s) return 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + (timeout_s > 0 ? timeout_s : 0);
+    ts.tv_sec = (time_t)t;
+    ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&s->mu);
+    while (s->in_flight > 0) {
+        if (timeout_s <= 0 || pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts) == ETIMEDOUT) break;
+    }
+    int idle = s->in_flight == 0;
+    pthread_mutex_unlock(&s->mu);
+    return idle;
+}
+
+void server_stop(server_t *s)
+{
+    if (!s) return;
+    __atomic_store_n(&s->state, SERVER_STOPPING, __ATOMIC_SEQ_CST);
+    if (s->daemon) MHD_stop_daemon(s->daemon); /* joins the connection threads */
+    metrics_free(s->metrics);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s->api_key);
+    free(s->model_name);
+    free(s->model_dir);
+    free(s);
+}

@@ -1,0 +1,47 @@
+/* server.h - the OpenAI-compatible HTTP front end on libmicrohttpd + cJSON. cJSON lives only
+ * in server/: requests are parsed and validated into plain C structs (struct engine_request)
+ * here, tokenized here, and results rendered here (JSON or SSE).
+ *
+ * Lifecycle (driven by main):
+ *   server_start()      listen; /health answers 503 {"status":"loading"} until ready
+ *   server_set_engine() the model is loaded: routes go live, /health 200
+ *   server_drain()      SIGTERM/SIGINT: /health 503, new requests 503, in-flight ones finish
+ *   server_wait_idle()  until no request is in flight or the timeout passes
+ *   server_stop()       close the daemon, free everything
+ *
+ * Thread-safety: libmicrohttpd's threads run the handlers; they talk to the engine only through
+ * engine.h. server_* functions are called from main's thread. */
+#ifndef ROPESERVE_SERVER_H
+#define ROPESERVE_SERVER_H
+
+#include "../engine/engine.h"
+#include "../tokenizer/tokenizer.h"
+
+struct server_params {
+    const char *host;              /* default "127.0.0.1" */
+    int port;                      /* default 8080 */
+    const char *api_key;           /* NULL: no auth */
+    const char *api_key_file;      /* a file holding the key (first line) */
+    const char *cors_origin;       /* NULL: no CORS headers */
+    double max_body_mb;            /* default 8 */
+    int request_timeout_s;         /* 0: none */
+    const char *served_model_name; /* default: the model directory's basename */
+    const char *chat_template;     /* NULL: recognised from tokenizer_config.json */
+    int max_n;                     /* most choices per request (n x prompts), default 16 */
+    int n_threads;                 /* HTTP worker threads, default 16 */
+};
+
+struct server_params server_default_params(void);
+
+typedef struct server server_t;
+
+int server_start(server_t **out, const struct server_params *p, char *err);
+/* Attach the loaded engine/tokenizer (borrowed: they outlive the server); model_dir is used for
+ * tokenizer_config.json (chat template) and the default served model name. */
+int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const char *model_dir, char *err);
+void server_drain(server_t *s);
+/* Returns 1 when idle, 0 when the timeout passed with requests still in flight. */
+int server_wait_idle(server_t *s, double timeout_s);
+void server_stop(server_t *s); /* NULL-safe */
+
+#endif

@@ -1,0 +1,310 @@
+/* server_internal.h - what the files of server/ share; never included from another module.
+ *
+ *   http.c     libmicrohttpd glue: lifecycle, routes, auth, CORS, body limits, the blocking
+ *              (non-streaming) request loop
+ *   openai.c   cJSON <-> C structs: request parsing/validation (struct oai_request), error and
+ *              response rendering; a growable string buffer
+ *   chat.c     chat templates (llama-2 [INST], ChatML, plain) -> prompt text
+ *   sse.c      the job: a set of choices (one engine stream each), events -> text with stop
+ *              strings, logprobs; the SSE content-reader callback
+ *   metrics.c  counters and histograms, Prometheus text
+ *
+ * Nothing here knows about the engine's internals: only engine.h / tokenizer.h. */
+#ifndef ROPESERVE_SERVER_INTERNAL_H
+#define ROPESERVE_SERVER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../common/common.h"
+#include "../engine/engine.h"
+#include "../tokenizer/tokenizer.h"
+#include "server.h"
+
+#define OAI_MAX_STOP 16          /* stop strings per request */
+#define OAI_MAX_STOP_LEN 512     /* bytes per stop string */
+#define OAI_MAX_STOP_IDS 64
+#define OAI_MAX_MESSAGES 4096
+#define SSE_KEEPALIVE_S 5.0      /* ": keep-alive" while nothing else is sent (issue: <= 10 s) */
+
+/* ---------------------------------------------------------------------------------------------
+ * string buffer (openai.c) */
+
+struct strbuf {
+    char *p;      /* NUL-terminated when non-NULL */
+    size_t len, cap;
+};
+void sb_append(struct strbuf *b, const char *s, size_t n);
+void sb_puts(struct strbuf *b, const char *s);
+void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_free(struct strbuf *b);
+
+/* ---------------------------------------------------------------------------------------------
+ * errors (openai.c) */
+
+struct oai_error {
+    int status;              /* HTTP status */
+    char message[ERR_LEN];
+    char param[64];          /* "" -> null */
+    const char *code;        /* NULL -> null */
+    int n_prompt_tokens;     /* context_length_exceeded extras (0: absent) */
+    int max_model_len;
+    int retry_after_s;       /* 429/503: Retry-After header (0: none) */
+};
+
+/* Fill e; returns -1 so that `return oai_err(...)` reads as one line. param may be NULL. */
+int oai_err(struct oai_error *e, int status, const char *param, const char *code, const char *fmt,
+            ...) __attribute__((format(printf, 5, 6)));
+/* "invalid_request_error", "authentication_error", ... from the status. */
+const char *oai_error_type(int status);
+/* {"error":{"message","type","param","code"}} as a malloc'd string. */
+char *oai_error_json(const struct oai_error *e);
+
+/* ---------------------------------------------------------------------------------------------
+ * requests (openai.c) */
+
+enum oai_kind { OAI_COMPLETION = 0, OAI_CHAT };
+
+enum chat_role { CHAT_SYSTEM = 0, CHAT_USER, CHAT_ASSISTANT };
+
+struct chat_message {
+    enum chat_role role;
+    char *content; /* owned, valid UTF-8 */
+};
+
+struct oai_prompt {
+    char *text;    /* owned; NULL when the prompt came as token ids */
+    int32_t *ids;  /* owned: the ids given, or (after tokenizing) the text's ids */
+    int n_ids;
+};
+
+struct oai_request {
+    enum oai_kind kind;
+    char *model;                    /* NULL when absent */
+    struct oai_prompt *prompts;     /* completions: >= 1; chat: exactly 1 after templating */
+    int n_prompts;
+    struct chat_message *msgs;      /* chat */
+    int n_msgs;
+    int n;                          /* choices per prompt */
+    int stream, include_usage, continuous_usage;
+    int echo;                       /* completions */
+    int logprobs;                   /* -1: none; else top-K (completions 0..20; chat top_logprobs) */
+    int max_tokens_set;             /* max_tokens / max_completion_tokens given */
+    char *stop[OAI_MAX_STOP];       /* owned */
+    int n_stop;
+    int include_stop_str;           /* vLLM extra include_stop_str_in_output */
+    int add_special_tokens;         /* /tokenize, completions: add BOS (default 1) */
+    struct sampling_params sp;      /* sp.stop_ids owned (xmalloc) */
+};
+
+/* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds
+ * n x prompts. Returns 0, or -1 with e filled (400 naming the param). The body need not be
+ * NUL-terminated. On success the caller owns *r (oai_request_free). */
+int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int vocab_size, int max_n,
+                      struct oai_request *r, struct oai_error *e);
+/* /tokenize: {"prompt": str | "messages": [...], "add_special_tokens": bool} -> r->prompts[0]
+ * text or r->msgs. /detokenize: {"tokens": [ids]} -> r->prompts[0].ids. */
+int oai_parse_tokenize(const char *body, size_t len, struct oai_request *r, struct oai_error *e);
+int oai_parse_detokenize(const char *body, size_t len, int vocab_size, struct oai_request *r,
+                         struct oai_error *e);
+void oai_request_free(struct oai_request *r); /* NULL-safe, idempotent */
+
+/* Validate prompt + max_tokens against max_model_len for one prompt of n_prompt tokens
+ * (vLLM's message, both numbers). Sets sp.max_tokens when it was not given (chat: the rest of
+ * the context). Returns 0 or -1 with e (400 context_length_exceeded). */
+int oai_check_length(struct oai_request *r, int n_prompt, int max_model_len, struct oai_error *e);
+
+/* ---------------------------------------------------------------------------------------------
+ * response rendering (openai.c) */
+
+/* One token's logprob record. logprob NaN renders as null (the first prompt token). */
+struct oai_lp {
+    int32_t token;
+    float logprob;
+    int n_top;
+    int32_t top_ids[ENGINE_MAX_LOGPROBS];
+    float top_lp[ENGINE_MAX_LOGPROBS];
+    int text_offset;  /* code points from the start of the choice's text */
+};
+
+/* Token id -> its text bytes (may be part of a UTF-8 character); returns the byte count. */
+typedef int (*oai_token_text_fn)(void *ctx, int32_t id, char *buf, int cap);
+
+struct oai_render {
+    enum oai_kind kind;
+    const char *id;         /* "cmpl-..." / "chatcmpl-..." */
+    const char *model;
+    long long created;
+    int top_n;              /* top logprobs per token (request's logprobs) */
+    int logprobs;           /* render logprobs at all */
+    oai_token_text_fn token_text;
+    void *token_ctx;
+};
+
+/* A piece of one choice: its text and the logprob records of its tokens. */
+struct oai_piece {
+    int index;
+    const char *text;
+    size_t len;
+    const struct oai_lp *lp;
+    int n_lp;
+    const char *finish_reason;  /* NULL -> null */
+    const char *stop_reason;    /* matched stop string; NULL -> null */
+    int role;                   /* chat stream: first chunk carries delta.role */
+};
+
+struct oai_usage {
+    int prompt_tokens, completion_tokens;
+};
+
+/* Non-streaming body: the choices in index order. Returns a malloc'd string. */
+char *oai_render_response(const struct oai_render *rc, const struct oai_piece *choices, int n,
+                          const struct oai_usage *u);
+/* One SSE chunk's JSON (no "data: " framing) for one piece, usage NULL -> no usage key (or
+ * null when usage_null). Returns a malloc'd string. */
+char *oai_render_chunk(const struct oai_render *rc, const struct oai_piece *p,
+                       const struct oai_usage *u, int usage_null);
+/* The final usage-only chunk (choices: []). */
+char *oai_render_usage_chunk(const struct oai_render *rc, const struct oai_usage *u);
+
+/* Token text as a JSON-safe string into buf: valid UTF-8 as is, else "bytes:\xAB" escapes
+ * (OpenAI's convention); returns buf. */
+const char *oai_token_str(const struct oai_render *rc, int32_t id, char *buf, size_t cap);
+
+/* A cJSON item holding the JSON string of n bytes of valid UTF-8 (NUL bytes included). */
+struct cJSON;
+struct cJSON *json_string_n(const char *s, size_t n);
+
+/* Count code points in s[0..n). */
+int utf8_cp_count(const char *s, size_t n);
+
+/* ---------------------------------------------------------------------------------------------
+ * chat templates (chat.c) */
+
+enum chat_template {
+    CHAT_TEMPLATE_PLAIN = 0,
+    CHAT_TEMPLATE_LLAMA2,
+    CHAT_TEMPLATE_CHATML,
+};
+
+/* "llama-2"/"llama2", "chatml", "plain" -> template; -1 when unknown. */
+int chat_template_from_name(const char *name);
+const char *chat_template_name(enum chat_template t);
+/* Recognise a Jinja chat_template string from tokenizer_config.json. */
+enum chat_template chat_template_detect(const char *jinja);
+/* Render messages (ending with the assistant's turn opened) into a malloc'd string. BOS/EOS are
+ * written as the literal markers "<s>" / "</s>" (ChatML: "<|im_start|>", "<|im_end|>");
+ * chat_encode() turns markers into their control ids. Returns 0 or -1 with e (400, messages). */
+int chat_render(enum chat_template t, const struct chat_message *m, int n, int add_bos, char **out,
+                struct oai_error *e);
+/* Encode a rendered chat prompt: markers that are pieces of the vocabulary become their ids, the
+ * text between them is encoded without BOS. Returns the count or -1 with e. */
+int chat_encode(const tokenizer_t *tok, const char *text, int32_t **ids, struct oai_error *e);
+
+/* ---------------------------------------------------------------------------------------------
+ * metrics (metrics.c) */
+
+struct metrics;
+struct metrics *metrics_new(void);
+void metrics_free(struct metrics *m);
+/* One finished choice. finish: "stop" / "length" / "abort" / "error". */
+void metrics_observe(struct metrics *m, const char *finish, int n_prompt, int n_gen, double ttft_s,
+                     double e2e_s);
+void metrics_count_http(struct metrics *m, int status);
+/* Prometheus text for the registry plus the engine's live gauges (e may be NULL). */
+char *metrics_render(struct metrics *m, engine_t *e, const char *model_name);
+
+/* ---------------------------------------------------------------------------------------------
+ * the server and a job (http.c, sse.c) */
+
+enum server_state {
+    SERVER_LOADING = 0, /* listening, no engine yet: /health 503 "loading" */
+    SERVER_READY,       /* engine attached: every route live */
+    SERVER_DRAINING,    /* SIGTERM: /health 503, new work 503, in-flight work finishes */
+    SERVER_STOPPING,    /* server_stop: streams end now */
+};
+
+struct server {
+    struct server_params p;
+    struct MHD_Daemon *daemon;
+    int port;
+    volatile int state;              /* enum server_state, read by every thread */
+    engine_t *eng;
+    const tokenizer_t *tok;
+    int vocab_size, max_model_len, add_bos;
+    enum chat_template tmpl;
+    char *model_name, *model_dir, *api_key;
+    char id_prefix[16];              /* random per process */
+    unsigned long long next_id;
+    pthread_mutex_t mu;              /* next_id, in_flight */
+    pthread_cond_t idle_cv;
+    int in_flight;
+    struct metrics *metrics;
+};
+
+/* A choice: one engine request and its detokenized output. */
+struct choice {
+    int index;
+    int prompt_idx;
+    engine_stream_t *st;
+    tok_stream_t *ds;
+    struct strbuf text;              /* generated text so far (after stop truncation when done) */
+    size_t sent;                     /* bytes of text already given to the client */
+    struct oai_lp *lp;               /* generated tokens' records (completions/chat logprobs) */
+    size_t *lp_byte;                 /* byte offset in text where each token's text starts */
+    int n_lp, cap_lp, lp_sent;
+    struct oai_lp *plp;              /* echo + logprobs: prompt tokens' records */
+    int n_plp;
+    int n_gen;
+    int done;
+    const char *finish;              /* "stop" / "length" / "abort" / "error" */
+    char *stop_reason;               /* matched stop string */
+    char err[128];
+    double t_first;                  /* first generated token (0: none) */
+    int prompt_sent;                 /* stream + echo: prompt text already emitted */
+    int finish_sent;                 /* stream: the chunk with finish_reason went out */
+    int echo_cp;                     /* stream + echo: code points of the echoed prompt */
+};
+
+struct job {
+    struct server *srv;
+    struct oai_request req;
+    struct oai_render rc;
+    char id[48];
+    struct choice *ch;
+    int n_ch;
+    double t_start, deadline;        /* deadline 0: none */
+    int sock;                        /* client socket for disconnect checks (-1: unknown) */
+    /* SSE state */
+    struct strbuf out;
+    size_t out_pos;
+    double last_send;
+    int sse_phase;                   /* 0 streaming, 1 usage/DONE queued, 2 end */
+    int role_sent;
+    int logged;
+};
+
+/* Submit one engine request per choice. Returns 0, or -1 with e (400/429/503). */
+int job_submit(struct job *j, struct oai_error *e);
+/* Process the events that are ready, waiting up to timeout_ms for the first one. Returns 1 when
+ * every choice is done. */
+int job_step(struct job *j, int timeout_ms);
+/* Cancel every unfinished choice (client gone, timeout); reason goes into finish_reason. */
+void job_cancel(struct job *j, const char *finish);
+/* 1 when the client closed its side of the socket. */
+int job_client_gone(const struct job *j);
+/* The non-streaming response body (malloc'd). */
+char *job_render_response(struct job *j);
+/* Metrics + the one log line; idempotent. */
+void job_finish_log(struct job *j);
+void job_free(struct job *j);
+/* libmicrohttpd content-reader callback and its free callback (cls = struct job). */
+ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max);
+void sse_free(void *cls);
+
+int token_text_cb(void *ctx, int32_t id, char *buf, int cap); /* ctx = tokenizer */
+
+#endif

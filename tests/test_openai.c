@@ -1,0 +1,577 @@
+/* test_openai.c - the server's JSON edge without an engine or a model: request parsing and
+ * validation (types, ranges, errors naming `param`), logit_bias and stop lists, context-length
+ * errors, error JSON, response/chunk rendering (logprobs, NaN -> null, partial UTF-8 tokens),
+ * chat templates and UTF-8 handling. */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../server/server_internal.h"
+#include "test.h"
+
+#define VOCAB 512
+
+static struct oai_error E;
+static struct oai_request R;
+
+/* parse a completions (or chat) body; returns the status (200 = ok) */
+static int parse(enum oai_kind k, const char *body)
+{
+    memset(&E, 0, sizeof E);
+    oai_request_free(&R);
+    if (oai_parse_request(k, body, strlen(body), VOCAB, 16, &R, &E) == 0) return 200;
+    return E.status;
+}
+#define P(body) parse(OAI_COMPLETION, body)
+#define C(body) parse(OAI_CHAT, body)
+
+/* expect a 400 naming param */
+static void bad(enum oai_kind k, const char *body, const char *param)
+{
+    int st = parse(k, body);
+    TEST_CONDF(st == 400 && !strcmp(E.param, param ? param : ""),
+               "400 param '%s' for %s (got %d, param '%s', msg '%s')", param ? param : "", body,
+               st, E.param, E.message);
+}
+
+static void test_basic(void)
+{
+    TEST_COND("minimal completion", P("{\"prompt\":\"hi\"}") == 200);
+    TEST_COND("defaults: n 1, max_tokens 16, no logprobs",
+              R.n == 1 && R.sp.max_tokens == 16 && R.logprobs == -1 && !R.stream && !R.echo);
+    TEST_COND("prompt text kept", R.n_prompts == 1 && !strcmp(R.prompts[0].text, "hi"));
+    bad(OAI_COMPLETION, "{\"prompt\": \"hi\"", NULL);
+    TEST_COND("malformed JSON message", strstr(E.message, "not valid JSON") != NULL);
+    bad(OAI_COMPLETION, "[1,2]", NULL);
+    bad(OAI_COMPLETION, "{}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":null}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":5}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"suffix\":\"y\"}", "suffix");
+    TEST_COND("suffix code", E.code && !strcmp(E.code, "unsupported_parameter"));
+    TEST_COND("unknown fields ignored", P("{\"prompt\":\"x\",\"whatever\":[1,{}]}") == 200);
+    TEST_COND("user ignored", P("{\"prompt\":\"x\",\"user\":\"bob\"}") == 200);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"user\":5}", "user");
+    TEST_COND("model kept", P("{\"prompt\":\"x\",\"model\":\"m\"}") == 200 && !strcmp(R.model, "m"));
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"model\":3}", "model");
+}
+
+static void test_prompts(void)
+{
+    TEST_COND("token ids", P("{\"prompt\":[1,2,511]}") == 200 && R.n_prompts == 1 &&
+                               R.prompts[0].n_ids == 3 && R.prompts[0].ids[2] == 511 &&
+                               !R.prompts[0].text);
+    TEST_COND("batch of strings", P("{\"prompt\":[\"a\",\"b\",\"c\"]}") == 200 &&
+                                      R.n_prompts == 3 && !strcmp(R.prompts[2].text, "c"));
+    TEST_COND("batch of id lists", P("{\"prompt\":[[1,2],[3]]}") == 200 && R.n_prompts == 2 &&
+                                       R.prompts[1].n_ids == 1 && R.prompts[1].ids[0] == 3);
+    TEST_COND("batch mixed", P("{\"prompt\":[\"a\",[5,6]]}") == 200 && R.n_prompts == 2 &&
+                                 R.prompts[1].n_ids == 2);
+    bad(OAI_COMPLETION, "{\"prompt\":[1,512]}", "prompt");
+    TEST_COND("id out of range message names the vocab",
+              strstr(E.message, "512") && strstr(E.message, "out of range"));
+    bad(OAI_COMPLETION, "{\"prompt\":[1,-1]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[1,2.5]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[1,\"a\"]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",5]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[[1],[]]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[[1],[99999]]}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"],\"n\":3}", "n");
+    TEST_COND("n x prompts at the cap", P("{\"prompt\":[\"a\",\"b\"],\"n\":8}") == 200);
+}
+
+static void test_sampling(void)
+{
+    TEST_COND("all sampling fields",
+              P("{\"prompt\":\"x\",\"temperature\":0.5,\"top_p\":0.9,\"top_k\":40,\"min_p\":0.05,"
+                "\"presence_penalty\":1.5,\"frequency_penalty\":-0.5,\"repetition_penalty\":1.1,"
+                "\"seed\":42,\"ignore_eos\":true,\"max_tokens\":7,\"n\":2}") == 200);
+    TEST_COND("sampling values", fabsf(R.sp.temperature - 0.5f) < 1e-6 && fabsf(R.sp.top_p - 0.9f) < 1e-6 &&
+                                     R.sp.top_k == 40 && fabsf(R.sp.min_p - 0.05f) < 1e-6 &&
+                                     fabsf(R.sp.presence_penalty - 1.5f) < 1e-6 &&
+                                     fabsf(R.sp.frequency_penalty + 0.5f) < 1e-6 &&
+                                     fabsf(R.sp.repetition_penalty - 1.1f) < 1e-6 &&
+                                     R.sp.seed == 42 && R.sp.has_seed && R.sp.ignore_eos &&
+                                     R.sp.max_tokens == 7 && R.max_tokens_set && R.n == 2);
+    TEST_COND("top_k -1 = off", P("{\"prompt\":\"x\",\"top_k\":-1}") == 200 && R.sp.top_k == 0);
+    TEST_COND("null = default", P("{\"prompt\":\"x\",\"temperature\":null,\"max_tokens\":null}") == 200 &&
+                                    R.sp.max_tokens == 16);
+    TEST_COND("integral float as int", P("{\"prompt\":\"x\",\"max_tokens\":8.0}") == 200 &&
+                                           R.sp.max_tokens == 8);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", "temperature");
+    TEST_COND("type message", strstr(E.message, "must be a number") && strstr(E.message, "a string"));
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"temperature\":2.5}", "temperature");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"temperature\":-0.1}", "temperature");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"top_p\":0}", "top_p");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"top_p\":1.5}", "top_p");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"top_k\":-2}", "top_k");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"top_k\":1.5}", "top_k");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"min_p\":2}", "min_p");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"presence_penalty\":3}", "presence_penalty");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"frequency_penalty\":-3}", "frequency_penalty");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":0}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":17}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"n\":\"2\"}", "n");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"best_of\":3}", "best_of");
+    TEST_COND("best_of 1", P("{\"prompt\":\"x\",\"best_of\":1}") == 200);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":-1}", "max_tokens");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":\"10\"}", "max_tokens");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":2.5}", "max_tokens");
+    TEST_COND("fraction message", strstr(E.message, "integer") != NULL);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":\"x\"}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":1.5}", "seed");
+    TEST_COND("negative seed", P("{\"prompt\":\"x\",\"seed\":-1}") == 200 && R.sp.seed == UINT64_MAX);
+    TEST_COND("big seed", P("{\"prompt\":\"x\",\"seed\":18446744073709549568}") == 200 &&
+                              R.sp.seed == 18446744073709549568ull);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"ignore_eos\":1}", "ignore_eos");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stream\":\"yes\"}", "stream");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":1}", "echo");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":true}}",
+        "stream_options");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":3}}",
+        "stream_options");
+    TEST_COND("stream options", P("{\"prompt\":\"x\",\"stream\":true,\"stream_options\":"
+                                  "{\"include_usage\":true,\"continuous_usage_stats\":true}}") == 200 &&
+                                    R.stream && R.include_usage && R.continuous_usage);
+}
+
+static void test_logprobs_echo(void)
+{
+    TEST_COND("logprobs 5", P("{\"prompt\":\"x\",\"logprobs\":5}") == 200 && R.logprobs == 5 &&
+                                R.sp.n_logprobs == 5 && !R.sp.prompt_logprobs);
+    TEST_COND("logprobs 0", P("{\"prompt\":\"x\",\"logprobs\":0}") == 200 && R.logprobs == 0 &&
+                                R.sp.n_logprobs == 0);
+    TEST_COND("logprobs 20", P("{\"prompt\":\"x\",\"logprobs\":20}") == 200);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":21}", "logprobs");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":-1}", "logprobs");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":\"5\"}", "logprobs");
+    TEST_COND("echo + logprobs -> prompt logprobs",
+              P("{\"prompt\":\"x\",\"echo\":true,\"logprobs\":1,\"max_tokens\":0}") == 200 &&
+                  R.echo && R.sp.prompt_logprobs && R.sp.max_tokens == 0 && R.max_tokens_set);
+    TEST_COND("echo alone: no prompt logprobs",
+              P("{\"prompt\":\"x\",\"echo\":true}") == 200 && !R.sp.prompt_logprobs);
+}
+
+static void test_stop_bias(void)
+{
+    TEST_COND("stop string", P("{\"prompt\":\"x\",\"stop\":\"\\n\"}") == 200 && R.n_stop == 1 &&
+                                 !strcmp(R.stop[0], "\n"));
+    TEST_COND("stop list", P("{\"prompt\":\"x\",\"stop\":[\"a\",\"bc\"]}") == 200 && R.n_stop == 2 &&
+                               !strcmp(R.stop[1], "bc"));
+    TEST_COND("stop null", P("{\"prompt\":\"x\",\"stop\":null}") == 200 && R.n_stop == 0);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stop\":[\"a\",1]}", "stop");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stop\":\"\"}", "stop");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stop\":5}", "stop");
+    bad(OAI_COMPLETION,
+        "{\"prompt\":\"x\",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\","
+        "\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}", "stop");
+    TEST_COND("stop_token_ids", P("{\"prompt\":\"x\",\"stop_token_ids\":[2,13]}") == 200 &&
+                                    R.sp.n_stop_ids == 2 && R.sp.stop_ids[1] == 13);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stop_token_ids\":[600]}", "stop_token_ids");
+
+    TEST_COND("logit_bias map", P("{\"prompt\":\"x\",\"logit_bias\":{\"5\":10,\"7\":-100}}") == 200 &&
+                                    R.sp.n_logit_bias == 2 && R.sp.logit_bias_ids[0] == 5 &&
+                                    R.sp.logit_bias_vals[0] == 10.0f &&
+                                    R.sp.logit_bias_ids[1] == 7 && R.sp.logit_bias_vals[1] == -100.0f);
+    TEST_COND("logit_bias pairs", P("{\"prompt\":\"x\",\"logit_bias\":[[9,2.5]]}") == 200 &&
+                                      R.sp.n_logit_bias == 1 && R.sp.logit_bias_ids[0] == 9 &&
+                                      R.sp.logit_bias_vals[0] == 2.5f);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"abc\":1}}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"512\":1}}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"-1\":1}}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":101}}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"5\":\"1\"}}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":[[5]]}", "logit_bias");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":7}", "logit_bias");
+}
+
+static void test_chat_parse(void)
+{
+    TEST_COND("chat", C("{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},"
+                        "{\"role\":\"user\",\"content\":\"u\"}]}") == 200 &&
+                          R.n_msgs == 2 && R.msgs[0].role == CHAT_SYSTEM &&
+                          !strcmp(R.msgs[1].content, "u") && !R.max_tokens_set);
+    TEST_COND("content parts", C("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+                                 "\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}]}") == 200 &&
+                                   !strcmp(R.msgs[0].content, "ab"));
+    TEST_COND("developer = system", C("{\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}]}") == 200 &&
+                                        R.msgs[0].role == CHAT_SYSTEM);
+    TEST_COND("max_completion_tokens", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                                         "\"max_completion_tokens\":5}") == 200 &&
+                                           R.sp.max_tokens == 5 && R.max_tokens_set);
+    TEST_COND("chat logprobs", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                                 "\"logprobs\":true,\"top_logprobs\":3}") == 200 &&
+                                   R.logprobs == 3 && R.sp.n_logprobs == 3);
+    TEST_COND("chat logprobs no top", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                                        "\"logprobs\":true}") == 200 && R.logprobs == 0);
+    bad(OAI_CHAT, "{}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":\"hi\"}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"wizard\",\"content\":\"u\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"content\":\"u\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+        "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"top_logprobs\":2}",
+        "top_logprobs");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"logprobs\":true,"
+                  "\"top_logprobs\":21}", "top_logprobs");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"logprobs\":3}", "logprobs");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":[{}]}", "tools");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                  "\"response_format\":{\"type\":\"json_object\"}}", "response_format");
+}
+
+static void test_utf8(void)
+{
+    const char body[] = "{\"prompt\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}";
+    TEST_COND("valid multibyte prompt", P(body) == 200 && strlen(R.prompts[0].text) == 14);
+    const char bad1[] = "{\"prompt\":\"ab\xc3\"}";
+    TEST_COND("truncated sequence -> 400", P(bad1) == 400 && strstr(E.message, "UTF-8"));
+    const char bad2[] = "{\"prompt\":\"\xed\xa0\x80\"}"; /* a surrogate */
+    TEST_COND("surrogate -> 400", P(bad2) == 400);
+    const char bad3[] = "{\"prompt\":\"\xc0\xaf\"}"; /* overlong */
+    TEST_COND("overlong -> 400", P(bad3) == 400);
+    TEST_COND("escaped pair ok", P("{\"prompt\":\"\\ud83d\\ude00\"}") == 200 &&
+                                     !strcmp(R.prompts[0].text, "\xf0\x9f\x98\x80"));
+    TEST_COND("lone escaped surrogate -> 400", P("{\"prompt\":\"\\ud83d\"}") == 400);
+    TEST_COND("cp count", utf8_cp_count("a\xc3\xa9\xe2\x82\xac", 6) == 3);
+}
+
+static void test_length(void)
+{
+    TEST_COND("parse", P("{\"prompt\":\"x\",\"max_tokens\":2040}") == 200);
+    TEST_COND("fits", oai_check_length(&R, 8, 2048, &E) == 0);
+    TEST_COND("too long", oai_check_length(&R, 10, 2048, &E) == -1 && E.status == 400 &&
+                              E.code && !strcmp(E.code, "context_length_exceeded") &&
+                              strstr(E.message, "2048") && strstr(E.message, "2050") &&
+                              strstr(E.message, "10 in the prompt") &&
+                              strstr(E.message, "2040 in the completion") &&
+                              E.n_prompt_tokens == 10 && E.max_model_len == 2048);
+    TEST_COND("prompt alone too long", oai_check_length(&R, 4000, 2048, &E) == -1 &&
+                                           strstr(E.message, "4000") && !strcmp(E.param, "prompt"));
+    TEST_COND("chat parse", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}]}") == 200);
+    TEST_COND("chat default max_tokens = rest of context",
+              oai_check_length(&R, 48, 2048, &E) == 0 && R.sp.max_tokens == 2000);
+    TEST_COND("max_tokens 0 scoring at the limit",
+              P("{\"prompt\":\"x\",\"max_tokens\":0,\"echo\":true,\"logprobs\":0}") == 200 &&
+                  oai_check_length(&R, 2048, 2048, &E) == 0);
+
+    char *js = oai_error_json(&E);
+    cJSON *o = cJSON_Parse(js);
+    oai_err(&E, 400, "temperature", NULL, "bad %d", 3);
+    free(js);
+    cJSON_Delete(o);
+    js = oai_error_json(&E);
+    o = cJSON_Parse(js);
+    cJSON *er = cJSON_GetObjectItem(o, "error");
+    TEST_COND("error JSON shape",
+              er && cJSON_IsString(cJSON_GetObjectItem(er, "message")) &&
+                  !strcmp(cJSON_GetObjectItem(er, "type")->valuestring, "invalid_request_error") &&
+                  !strcmp(cJSON_GetObjectItem(er, "param")->valuestring, "temperature") &&
+                  cJSON_GetObjectItem(er, "code") != NULL);
+    free(js);
+    cJSON_Delete(o);
+    oai_err(&E, 401, NULL, "invalid_api_key", "no");
+    js = oai_error_json(&E);
+    o = cJSON_Parse(js);
+    er = cJSON_GetObjectItem(o, "error");
+    TEST_COND("401 error JSON", er && cJSON_IsNull(cJSON_GetObjectItem(er, "param")) &&
+                                    !strcmp(cJSON_GetObjectItem(er, "code")->valuestring, "invalid_api_key") &&
+                                    !strcmp(cJSON_GetObjectItem(er, "type")->valuestring, "authentication_error"));
+    free(js);
+    cJSON_Delete(o);
+}
+
+static void test_tokenize_parse(void)
+{
+    struct oai_request r;
+    const char *b1 = "{\"prompt\":\"hello\",\"add_special_tokens\":false}";
+    TEST_COND("tokenize prompt", oai_parse_tokenize(b1, strlen(b1), &r, &E) == 0 &&
+                                     !strcmp(r.prompts[0].text, "hello") && !r.add_special_tokens);
+    oai_request_free(&r);
+    const char *b2 = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    TEST_COND("tokenize messages", oai_parse_tokenize(b2, strlen(b2), &r, &E) == 0 && r.n_msgs == 1);
+    oai_request_free(&r);
+    const char *b3 = "{\"prompt\":5}";
+    TEST_COND("tokenize bad", oai_parse_tokenize(b3, strlen(b3), &r, &E) == -1 && !strcmp(E.param, "prompt"));
+    const char *b4 = "{\"tokens\":[1,2,3]}";
+    TEST_COND("detokenize", oai_parse_detokenize(b4, strlen(b4), VOCAB, &r, &E) == 0 &&
+                                r.prompts[0].n_ids == 3);
+    oai_request_free(&r);
+    const char *b5 = "{\"tokens\":[1,9999]}";
+    TEST_COND("detokenize out of range", oai_parse_detokenize(b5, strlen(b5), VOCAB, &r, &E) == -1 &&
+                                             !strcmp(E.param, "tokens"));
+    const char *b6 = "{\"tokens\":\"1\"}";
+    TEST_COND("detokenize type", oai_parse_detokenize(b6, strlen(b6), VOCAB, &r, &E) == -1);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rendering */
+
+static int fake_text(void *ctx, int32_t id, char *buf, int cap)
+{
+    const char *t = id == 10 ? "Hello" : id == 11 ? " world" : id == 12 ? "\xe2\x82" : id == 13 ? "\xac" : id == 2 ? "</s>" : "?";
+    int n = (int)strlen(t);
+    memcpy(buf, t, (size_t)n);
+    return n;
+}
+
+static void test_render(void)
+{
+    struct oai_render rc = {.kind = OAI_COMPLETION, .id = "cmpl-1", .model = "m", .created = 7,
+                            .top_n = 2, .logprobs = 1, .token_text = fake_text};
+    struct oai_lp lp[3];
+    memset(lp, 0, sizeof lp);
+    lp[0].token = 10; lp[0].logprob = NAN; lp[0].text_offset = 0;
+    lp[1].token = 11; lp[1].logprob = -0.5f; lp[1].n_top = 2; lp[1].top_ids[0] = 10;
+    lp[1].top_lp[0] = -0.25f; lp[1].top_ids[1] = 12; lp[1].top_lp[1] = -1.0f; lp[1].text_offset = 5;
+    lp[2].token = 12; lp[2].logprob = -2.0f; lp[2].text_offset = 11;
+    struct oai_piece pc = {.index = 0, .text = "Hello world\xe2\x82\xac", .len = 14, .lp = lp,
+                           .n_lp = 3, .finish_reason = "length"};
+    struct oai_usage u = {3, 2};
+    char *js = oai_render_response(&rc, &pc, 1, &u);
+    cJSON *o = cJSON_Parse(js);
+    TEST_COND("response is JSON", o != NULL);
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    cJSON *l = cJSON_GetObjectItem(ch, "logprobs");
+    TEST_COND("object text_completion", !strcmp(cJSON_GetObjectItem(o, "object")->valuestring, "text_completion"));
+    TEST_COND("text", !strcmp(cJSON_GetObjectItem(ch, "text")->valuestring, "Hello world\xe2\x82\xac"));
+    TEST_COND("finish_reason", !strcmp(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "length"));
+    TEST_COND("first logprob null", cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "token_logprobs"), 0)));
+    TEST_COND("first top null", cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "top_logprobs"), 0)));
+    TEST_COND("second logprob", cJSON_GetArrayItem(cJSON_GetObjectItem(l, "token_logprobs"), 1)->valuedouble == -0.5);
+    cJSON *t1 = cJSON_GetArrayItem(cJSON_GetObjectItem(l, "top_logprobs"), 1);
+    TEST_COND("top dict has the top 2 and the chosen token", cJSON_GetArraySize(t1) == 3 &&
+                                                                 cJSON_GetObjectItem(t1, "Hello") &&
+                                                                 cJSON_GetObjectItem(t1, " world"));
+    TEST_COND("partial UTF-8 token as bytes:", !strcmp(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "tokens"), 2)->valuestring,
+                                                       "bytes:\\xe2\\x82"));
+    TEST_COND("text_offset", cJSON_GetArrayItem(cJSON_GetObjectItem(l, "text_offset"), 2)->valueint == 11);
+    cJSON *us = cJSON_GetObjectItem(o, "usage");
+    TEST_COND("usage", cJSON_GetObjectItem(us, "total_tokens")->valueint == 5 &&
+                           cJSON_GetObjectItem(us, "completion_tokens")->valueint == 2);
+    free(js);
+    cJSON_Delete(o);
+
+    rc.kind = OAI_CHAT;
+    rc.id = "chatcmpl-1";
+    struct oai_piece first = {.index = 1, .text = "", .role = 1};
+    js = oai_render_chunk(&rc, &first, NULL, 1);
+    o = cJSON_Parse(js);
+    ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    cJSON *d = cJSON_GetObjectItem(ch, "delta");
+    TEST_COND("chat chunk object", !strcmp(cJSON_GetObjectItem(o, "object")->valuestring, "chat.completion.chunk"));
+    TEST_COND("chat first delta role", d && !strcmp(cJSON_GetObjectItem(d, "role")->valuestring, "assistant") &&
+                                           cJSON_GetObjectItem(ch, "index")->valueint == 1 &&
+                                           cJSON_IsNull(cJSON_GetObjectItem(ch, "finish_reason")) &&
+                                           cJSON_IsNull(cJSON_GetObjectItem(o, "usage")));
+    free(js);
+    cJSON_Delete(o);
+    struct oai_piece mid = {.index = 0, .text = "Hello", .len = 5, .lp = &lp[1], .n_lp = 1,
+                            .finish_reason = "stop", .stop_reason = "\n"};
+    js = oai_render_chunk(&rc, &mid, &u, 0);
+    o = cJSON_Parse(js);
+    ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    d = cJSON_GetObjectItem(ch, "delta");
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "logprobs"), "content"), 0);
+    TEST_COND("chat delta content", !strcmp(cJSON_GetObjectItem(d, "content")->valuestring, "Hello") &&
+                                        !cJSON_GetObjectItem(d, "role"));
+    TEST_COND("chat logprobs content", c0 && !strcmp(cJSON_GetObjectItem(c0, "token")->valuestring, " world") &&
+                                           cJSON_GetArraySize(cJSON_GetObjectItem(c0, "bytes")) == 6 &&
+                                           cJSON_GetArraySize(cJSON_GetObjectItem(c0, "top_logprobs")) == 2);
+    TEST_COND("chat stop_reason", !strcmp(cJSON_GetObjectItem(ch, "stop_reason")->valuestring, "\n"));
+    TEST_COND("continuous usage", cJSON_GetObjectItem(cJSON_GetObjectItem(o, "usage"), "prompt_tokens")->valueint == 3);
+    free(js);
+    cJSON_Delete(o);
+    js = oai_render_usage_chunk(&rc, &u);
+    o = cJSON_Parse(js);
+    TEST_COND("usage chunk", cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")) == 0 &&
+                                 cJSON_GetObjectItem(cJSON_GetObjectItem(o, "usage"), "total_tokens")->valueint == 5);
+    free(js);
+    cJSON_Delete(o);
+    struct oai_piece full = {.index = 0, .text = "Hi", .len = 2, .finish_reason = "stop"};
+    rc.logprobs = 0;
+    js = oai_render_response(&rc, &full, 1, &u);
+    o = cJSON_Parse(js);
+    ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    cJSON *msg = cJSON_GetObjectItem(ch, "message");
+    TEST_COND("chat response", !strcmp(cJSON_GetObjectItem(o, "object")->valuestring, "chat.completion") &&
+                                   !strcmp(cJSON_GetObjectItem(msg, "role")->valuestring, "assistant") &&
+                                   !strcmp(cJSON_GetObjectItem(msg, "content")->valuestring, "Hi") &&
+                                   cJSON_IsNull(cJSON_GetObjectItem(ch, "logprobs")));
+    free(js);
+    cJSON_Delete(o);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * chat templates */
+
+static struct chat_message M(enum chat_role r, const char *c)
+{
+    struct chat_message m = {r, (char *)c};
+    return m;
+}
+
+static void test_templates(void)
+{
+    char *out = NULL;
+    struct chat_message conv[4] = {M(CHAT_SYSTEM, "Be brief."), M(CHAT_USER, " Hi "),
+                                   M(CHAT_ASSISTANT, "Hello!"), M(CHAT_USER, "Bye")};
+    TEST_COND("llama-2 renders", chat_render(CHAT_TEMPLATE_LLAMA2, conv, 4, 1, &out, &E) == 0);
+    TEST_COND("llama-2 text",
+              out && !strcmp(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s>"
+                                  "<s>[INST] Bye [/INST]"));
+    free(out);
+    TEST_COND("llama-2 no system", chat_render(CHAT_TEMPLATE_LLAMA2, conv + 1, 1, 1, &out, &E) == 0 &&
+                                       !strcmp(out, "<s>[INST] Hi [/INST]"));
+    free(out);
+    struct chat_message wrong[2] = {M(CHAT_USER, "a"), M(CHAT_USER, "b")};
+    TEST_COND("llama-2 needs alternation", chat_render(CHAT_TEMPLATE_LLAMA2, wrong, 2, 1, &out, &E) == -1 &&
+                                               E.status == 400 && !strcmp(E.param, "messages"));
+    TEST_COND("chatml", chat_render(CHAT_TEMPLATE_CHATML, conv, 2, 0, &out, &E) == 0 &&
+                            !strcmp(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n Hi "
+                                         "<|im_end|>\n<|im_start|>assistant\n"));
+    free(out);
+    TEST_COND("plain", chat_render(CHAT_TEMPLATE_PLAIN, conv, 4, 1, &out, &E) == 0 &&
+                           !strcmp(out, "<s>Be brief.\n\nUser:  Hi \nAssistant: Hello!</s>\nUser: Bye\n"
+                                        "Assistant:"));
+    free(out);
+    TEST_COND("names", chat_template_from_name("llama-2") == CHAT_TEMPLATE_LLAMA2 &&
+                           chat_template_from_name("llama2") == CHAT_TEMPLATE_LLAMA2 &&
+                           chat_template_from_name("chatml") == CHAT_TEMPLATE_CHATML &&
+                           chat_template_from_name("plain") == CHAT_TEMPLATE_PLAIN &&
+                           chat_template_from_name("jinja") == -1);
+    TEST_COND("detect llama-2", chat_template_detect("{% for m in messages %}{{ bos_token + '[INST] ' "
+                                                     "+ m['content'] + ' [/INST]' }}{% endfor %}") ==
+                                    CHAT_TEMPLATE_LLAMA2);
+    TEST_COND("detect chatml", chat_template_detect("{{'<|im_start|>' + message['role']}}") ==
+                                   CHAT_TEMPLATE_CHATML);
+    TEST_COND("detect fallback", chat_template_detect("{{ messages }}") == CHAT_TEMPLATE_PLAIN &&
+                                     chat_template_detect(NULL) == CHAT_TEMPLATE_PLAIN);
+}
+
+static void test_json_string(void)
+{
+    const char raw[] = "a\0b\"c\\d\n\x01\xc3\xa9";
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "t", json_string_n(raw, sizeof raw - 1));
+    char *js = cJSON_PrintUnformatted(o);
+    TEST_COND("NUL and controls escaped",
+              !strcmp(js, "{\"t\":\"a\\u0000b\\\"c\\\\d\\n\\u0001\xc3\xa9\"}"));
+    cJSON *back = cJSON_Parse(js);
+    TEST_COND("escaped string parses", back && cJSON_IsString(cJSON_GetObjectItem(back, "t")));
+    cJSON_Delete(back);
+    free(js);
+    cJSON_Delete(o);
+}
+
+static void test_strbuf(void)
+{
+    struct strbuf b = {0};
+    for (int i = 0; i < 1000; i++) sb_printf(&b, "%d,", i);
+    TEST_COND("strbuf grows", b.len > 3000 && !strncmp(b.p, "0,1,2,", 6) && b.p[b.len] == 0);
+    char big[2000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    size_t before = b.len;
+    sb_printf(&b, "%s", big);
+    TEST_COND("strbuf long printf", b.len == before + sizeof big - 1);
+    sb_free(&b);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the daemon before a model is attached: /health 503 "loading", routes 503, 404/405 still right */
+
+static int http_get(int port, const char *method, const char *path, char *resp, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nContent-Length: 0\r\n\r\n", method, path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t got = 0;
+    ssize_t k;
+    while (got + 1 < cap && (k = read(fd, resp + got, cap - 1 - got)) > 0) got += (size_t)k;
+    resp[got] = 0;
+    close(fd);
+    int status = -1;
+    sscanf(resp, "HTTP/1.%*d %d", &status);
+    return status;
+}
+
+static void test_lifecycle(void)
+{
+    char err[ERR_LEN] = "", resp[4096];
+    log_min_level = LOG_WARN;
+    struct server_params p = server_default_params();
+    TEST_COND("default params", p.port == 8080 && !strcmp(p.host, "127.0.0.1") && p.max_body_mb == 8);
+    p.port = 0; /* any free port */
+    server_t *s = NULL;
+    TEST_COND("server_start", server_start(&s, &p, err) == 0 && s);
+    if (!s) return;
+    int port = s->port;
+    TEST_COND("bound a port", port > 0);
+    TEST_COND("loading: /health 503", http_get(port, "GET", "/health", resp, sizeof resp) == 503 &&
+                                          strstr(resp, "\"loading\""));
+    TEST_COND("loading: /v1/models 503", http_get(port, "GET", "/v1/models", resp, sizeof resp) == 503 &&
+                                             strstr(resp, "service_unavailable_error"));
+    TEST_COND("loading: POST completions 503",
+              http_get(port, "POST", "/v1/completions", resp, sizeof resp) == 503 && strstr(resp, "Retry-After"));
+    TEST_COND("loading: 404 still", http_get(port, "GET", "/nope", resp, sizeof resp) == 404 &&
+                                        strstr(resp, "not_found_error"));
+    TEST_COND("loading: 405 still", http_get(port, "DELETE", "/v1/models", resp, sizeof resp) == 405 &&
+                                        strstr(resp, "Allow: GET"));
+    server_drain(s);
+    TEST_COND("draining: /health 503", http_get(port, "GET", "/health", resp, sizeof resp) == 503 &&
+                                           strstr(resp, "\"draining\""));
+    TEST_COND("idle", server_wait_idle(s, 1.0) == 1);
+    server_stop(s);
+    server_stop(NULL);
+
+    p = server_default_params();
+    p.port = 0;
+    p.api_key_file = "/nonexistent/key";
+    TEST_COND("missing key file is an error naming it",
+              server_start(&s, &p, err) == -1 && strstr(err, "/nonexistent/key"));
+    p.api_key_file = NULL;
+    p.chat_template = "jinja2";
+    TEST_COND("unknown --chat-template is an error", server_start(&s, &p, err) == -1 &&
+                                                         strstr(err, "chat-template"));
+    p.chat_template = NULL;
+    p.host = "not a host";
+    TEST_COND("bad --host is an error", server_start(&s, &p, err) == -1 && strstr(err, "--host"));
+}
+
+int main(void)
+{
+    test_basic();
+    test_prompts();
+    test_sampling();
+    test_logprobs_echo();
+    test_stop_bias();
+    test_chat_parse();
+    test_utf8();
+    test_length();
+    test_tokenize_parse();
+    test_render();
+    test_templates();
+    test_strbuf();
+    test_json_string();
+    test_lifecycle();
+    oai_request_free(&R);
+    return test_report("test_openai");
+}
