@@ -1,0 +1,340 @@
+/* attention_decode.cu - split-KV paged attention (flash-decoding) for rows that bring one new
+ * token, and the general fallback for any row (head_dim without a tensor-core instantiation, or
+ * ROPESERVE_CUDA_ATTN=simt).
+ *
+ * Work decomposition. grid = (items, n_kv_heads * n_hchunks, n_splits), 128 threads. One CTA
+ * takes one query row, one KV head and up to GC (<= 8) query heads of its GQA group, so each
+ * K/V row it reads serves all GC heads; larger groups take ceil(group / 8) head chunks. The
+ * row's keys 0..positions[r] are cut into n_splits ranges of whole blocks (the same count for
+ * every row of the launch, so mixed lengths share one launch: a short row's late splits are
+ * empty and say so with lse = -inf). Each split writes its normalized partial output and its
+ * base-2 log-sum-exp; attn_merge_kernel1 combines them. With one split the kernel writes the
+ * output directly. The host picks n_splits so the grid covers the SMs at least ~4 CTAs deep
+ * (backend_cuda.cu, attn_pick_splits): one 128k sequence alone still fills the GPU.
+ *
+ * Inside a CTA. Keys are processed in chunks of DEC_CHUNK (256): (1) scores: a group of
+ * lanes_per_key lanes (a power of two >= head_dim / 8) holds one key row, 8 values per lane from
+ * one 16-byte load, dots it with the GC query vectors kept in registers (rounded to the cache
+ * dtype, pre-multiplied by scale*log2 e) and reduces over the group with xor shuffles; scores go
+ * to shared memory. Each lane issues the loads of U keys (4, or 2 at GC 8 for registers) before
+ * using any: the kernel is bound by load latency, so bytes in flight are what matters. (2) per
+ * head, the chunk max, the running max/sum update and p = exp2(s - m) in place (fp32). (3) O +=
+ * p V with the same lane-group mapping and U-deep loads, every thread accumulating fp32 partial
+ * outputs for its keys; the groups and warps are summed at the end (fixed order: deterministic).
+ * Keys past positions[r] are never touched, so garbage or NaN in unused cache slots cannot leak
+ * in. Limits: head_dim a multiple of 8, at most 256 (kv_init refuses others).
+ *
+ * Registers (ptxas -v, sm_80/sm_90): 72 / 96 / 128 / 180-187 at GC 1/2/4/8, no spills; the
+ * pre-RoPE instantiations (inlined sincosf) reach 192 and one (f16, GC 1, sm_90) spills 4 bytes
+ * around the sincosf slow path.
+ *
+ * Rejected: one warp per key with a 5-level reduction (3x the shuffles at hd 128); tensor cores
+ * for decode (the kernel is bound by HBM bytes, and the GQA group of <= 8 rows would waste most
+ * of an m16 tile); a fixed split size in tokens (a lone long sequence would not fill the GPU at
+ * small GQA head counts, while many short ones would launch empty CTAs). */
+#include <math.h>
+
+#include "common.cuh"
+
+#define DEC_THREADS 128
+#define DEC_WARPS (DEC_THREADS / 32)
+#define DEC_CHUNK 256
+#define DEC_HD_MAX 256
+#define DEC_MAX_SPLITS 256
+
+// ------------------------------------------------------------------------------------------------
+// split-KV kernel
+
+template <typename T, int GC, bool PRE_ROPE>
+__global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct attn_params p)
+{
+    __shared__ float sc[DEC_CHUNK * GC];   /* (chunk keys, GC) scores, then probabilities */
+    __shared__ float red[GC * DEC_HD_MAX]; /* (GC, head_dim) cross-warp sum of O */
+    __shared__ float m_run[GC], l_run[GC], alpha_s[GC];
+
+    const int item = blockIdx.x;
+    const int kvh = blockIdx.y / p.n_hchunks, hc = blockIdx.y - kvh * p.n_hchunks;
+    const int split = blockIdx.z;
+    const int row = p.items[item];
+    const int s = p.row_seq[row];
+    const int L = p.positions[row] + 1; /* keys 0..positions[row] */
+    const int bs = p.block_size;
+    const int nb = (L + bs - 1) >> p.log2_block_size;
+    const int bps = (nb + p.n_splits - 1) / p.n_splits; /* blocks per split */
+    const int k0 = min(split * bps, nb) * bs;
+    const int k1 = min(L, min(nb, (split + 1) * bps) * bs);
+    const int G = p.group;
+    const int g0 = hc * GC;
+    const int ng = min(GC, G - g0); /* heads of this chunk that exist */
+    const int HD = p.head_dim, NV = HD >> 3;
+    const int TG = p.lanes_per_key, log2_tg = __ffs(TG) - 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lig = lane & (TG - 1), grp = lane >> log2_tg;
+    const int KPW = 32 >> log2_tg;      /* keys per warp per step */
+    const int step = DEC_WARPS * KPW;   /* keys per CTA per step */
+    constexpr int U = GC >= 8 ? 2 : 4;  /* steps whose loads are issued together */
+    const bool lane_on = lig < NV;      /* lanes past the row's 16-byte chunks hold zeros */
+    const int32_t *bt = p.block_tables + (size_t)s * p.block_table_stride;
+    const T *kc = (const T *)p.k_cache + (size_t)kvh * HD;
+    const T *vc = (const T *)p.v_cache + (size_t)kvh * HD;
+    const float *inv_freq_s = PRE_ROPE ? p.inv_freq + (size_t)s * (p.rotary_dim >> 1) : nullptr;
+    const float af = PRE_ROPE ? p.attn_factor[s] : 1.f;
+
+    if (k0 >= k1) { /* an empty split of a short row (only when n_splits > 1) */
+        for (int idx = threadIdx.x; idx < ng * HD; idx += DEC_THREADS) {
+            const int g = idx / HD, d = idx - g * HD;
+            const size_t ph = ((size_t)item * p.n_heads + kvh * G + g0 + g) * p.n_splits + split;
+            p.part_o[ph * HD + d] = 0.f;
+            if (d == 0) p.part_lse[ph] = -INFINITY;
+        }
+        return;
+    }
+
+    float qr[GC][8]; /* this lane's 8 query values per head, rounded like the cache, x scale*log2 e */
+#pragma unroll
+    for (int g = 0; g < GC; g++) {
+        if (g < ng && lane_on) {
+            const float *qp = p.q + (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
+            const float4 a = *reinterpret_cast<const float4 *>(qp);
+            const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
+            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * p.scale_log2;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) qr[g][e] = 0.f;
+        }
+    }
+    float o[GC][8];
+#pragma unroll
+    for (int g = 0; g < GC; g++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[g][e] = 0.f;
+    if (threadIdx.x < GC) {
+        m_run[threadIdx.x] = -INFINITY;
+        l_run[threadIdx.x] = 0.f;
+    }
+    __syncthreads();
+
+    for (int c0 = k0; c0 < k1; c0 += DEC_CHUNK) {
+        const int n = min(DEC_CHUNK, k1 - c0);
+
+        /* (1) scores. U keys per lane group are loaded before any is used (memory-level
+         * parallelism: a decode CTA is bound by load latency, not math). The loop bound is
+         * uniform over the warp so every lane reaches the shuffles; lanes whose key is past the
+         * chunk carry zeros and store nothing. */
+        for (int jb = warp * KPW; jb < n; jb += U * step) {
+            float kf[U][8];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int jj = jb + u * step + grp;
+                if (jj < n && lane_on) {
+                    const int j = c0 + jj;
+                    const T *krow = kc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
+                    load_key8<T>(kf[u], krow, lig, j, PRE_ROPE, p.rotary_dim, inv_freq_s, af);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) kf[u][e] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int jj = jb + u * step + grp;
+                float sd[GC];
+#pragma unroll
+                for (int g = 0; g < GC; g++) {
+                    float a = 0.f;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) a += qr[g][e] * kf[u][e];
+                    sd[g] = a;
+                }
+                for (int off = TG >> 1; off > 0; off >>= 1)
+#pragma unroll
+                    for (int g = 0; g < GC; g++) sd[g] += __shfl_xor_sync(0xffffffffu, sd[g], off);
+                if (jj < n && lig == 0)
+#pragma unroll
+                    for (int g = 0; g < GC; g++) sc[jj * GC + g] = sd[g];
+            }
+        }
+        __syncthreads();
+
+        /* (2) per head: chunk max, running max/sum, probabilities in place */
+        for (int g = warp; g < GC; g += DEC_WARPS) {
+            float mx = -INFINITY;
+            for (int j = lane; j < n; j += 32) mx = fmaxf(mx, sc[j * GC + g]);
+            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            const float m_old = m_run[g];
+            const float m_new = fmaxf(m_old, mx); /* finite: the chunk has >= 1 score */
+            float sum = 0.f;
+            for (int j = lane; j < n; j += 32) {
+                const float e = exp2f(sc[j * GC + g] - m_new);
+                sc[j * GC + g] = e;
+                sum += e;
+            }
+            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            __syncwarp(); /* every lane has read m_run[g] before lane 0 rewrites it */
+            if (lane == 0) {
+                const float a = exp2f(m_old - m_new); /* m_old = -inf -> 0 */
+                alpha_s[g] = a;
+                l_run[g] = l_run[g] * a + sum;
+                m_run[g] = m_new;
+            }
+        }
+        __syncthreads();
+
+        /* (3) O = O * alpha + p V */
+#pragma unroll
+        for (int g = 0; g < GC; g++) {
+            const float a = alpha_s[g];
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[g][e] *= a;
+        }
+        for (int jb = warp * KPW; jb < n; jb += U * step) {
+            float vf[U][8];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int jj = jb + u * step + grp;
+                if (jj < n && lane_on) {
+                    const int j = c0 + jj;
+                    const T *vrow = vc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
+                    unpack8<T>(*reinterpret_cast<const uint4 *>(vrow + lig * 8), vf[u]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) vf[u][e] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int jj = jb + u * step + grp;
+                if (jj < n) {
+#pragma unroll
+                    for (int g = 0; g < GC; g++) {
+                        const float pj = sc[jj * GC + g];
+#pragma unroll
+                        for (int e = 0; e < 8; e++) o[g][e] += pj * vf[u][e];
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* sc and alpha_s are rewritten by the next chunk */
+    }
+
+    /* sum the lane groups of each warp (lanes with the same lig), then the warps in order */
+    for (int off = TG; off < 32; off <<= 1)
+#pragma unroll
+        for (int g = 0; g < GC; g++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[g][e] += __shfl_xor_sync(0xffffffffu, o[g][e], off);
+    for (int w = 0; w < DEC_WARPS; w++) {
+        if (warp == w && grp == 0 && lane_on) {
+#pragma unroll
+            for (int g = 0; g < GC; g++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    const int idx = g * HD + lig * 8 + e;
+                    red[idx] = (w == 0 ? 0.f : red[idx]) + o[g][e];
+                }
+        }
+        __syncthreads();
+    }
+
+    for (int idx = threadIdx.x; idx < ng * HD; idx += DEC_THREADS) {
+        const int g = idx / HD, d = idx - g * HD;
+        const int h = kvh * G + g0 + g;
+        const float l = l_run[g];
+        const float val = red[idx] / l;
+        if (p.n_splits == 1) {
+            p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = val;
+        } else {
+            const size_t ph = ((size_t)item * p.n_heads + h) * p.n_splits + split;
+            p.part_o[ph * HD + d] = val;
+            if (d == 0) p.part_lse[ph] = m_run[g] + log2f(l);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// merge: out[row][h] = sum_s w_s O_s / sum_s w_s, w_s = 2^(lse_s - max lse); grid (items, n_heads)
+
+__global__ void __launch_bounds__(128) attn_merge_kernel1(const struct attn_params p)
+{
+    __shared__ float w[DEC_MAX_SPLITS];
+    __shared__ float inv_sum;
+    const int item = blockIdx.x, h = blockIdx.y;
+    const int ns = p.n_splits, HD = p.head_dim;
+    const size_t base = ((size_t)item * p.n_heads + h) * ns;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        float mx = -INFINITY;
+        for (int i = lane; i < ns; i += 32) mx = fmaxf(mx, p.part_lse[base + i]);
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        float sum = 0.f;
+        for (int i = lane; i < ns; i += 32) {
+            const float wi = exp2f(p.part_lse[base + i] - mx); /* empty split: 2^-inf = 0 */
+            w[i] = wi;
+            sum += wi;
+        }
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        if (lane == 0) inv_sum = 1.f / sum;
+    }
+    __syncthreads();
+    const int row = p.items[item];
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float acc = 0.f;
+        for (int i = 0; i < ns; i++) acc += w[i] * p.part_o[(base + i) * HD + d];
+        p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = acc * inv_sum;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// host side
+
+int cuda_attn_decode_supported(int head_dim) { return head_dim > 0 && head_dim % 8 == 0 && head_dim <= DEC_HD_MAX; }
+
+int cuda_attn_decode_heads_per_cta(int group)
+{
+    int gc = 1;
+    while (gc < group && gc < 8) gc <<= 1;
+    return gc;
+}
+
+int cuda_attn_decode_max_splits(void) { return DEC_MAX_SPLITS; }
+
+/* PRE_ROPE is a template flag: the inlined sincosf path would otherwise double the registers
+ * of the common path (48 -> 96 at GC 1) and spill. */
+template <typename T, bool PRE>
+static void launch_decode(const struct attn_params *p, int gc, dim3 grid, cudaStream_t stream)
+{
+    switch (gc) {
+    case 1: attn_decode_kernel1<T, 1, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    case 2: attn_decode_kernel1<T, 2, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    case 4: attn_decode_kernel1<T, 4, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    default: attn_decode_kernel1<T, 8, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStream_t stream)
+{
+    if (pin->n_items == 0) return;
+    struct attn_params p = *pin;
+    CHECK(cuda_attn_decode_supported(p.head_dim), "head_dim %d", p.head_dim);
+    CHECK(p.n_splits >= 1 && p.n_splits <= DEC_MAX_SPLITS, "n_splits %d", p.n_splits);
+    const int gc = cuda_attn_decode_heads_per_cta(p.group);
+    p.n_hchunks = (p.group + gc - 1) / gc;
+    int tg = 1;
+    while (tg < p.head_dim / 8) tg <<= 1;
+    p.lanes_per_key = tg; /* <= 32 because head_dim <= 256 */
+    const dim3 grid((unsigned)p.n_items, (unsigned)(p.n_kv_heads * p.n_hchunks), (unsigned)p.n_splits);
+    if (dt == BK_BF16) {
+        if (p.pre_rope) launch_decode<__nv_bfloat16, true>(&p, gc, grid, stream);
+        else launch_decode<__nv_bfloat16, false>(&p, gc, grid, stream);
+    } else {
+        if (p.pre_rope) launch_decode<__half, true>(&p, gc, grid, stream);
+        else launch_decode<__half, false>(&p, gc, grid, stream);
+    }
+    if (p.n_splits > 1) {
+        attn_merge_kernel1<<<dim3((unsigned)p.n_items, (unsigned)p.n_heads), 128, 0, stream>>>(p);
+        CUDA_LAUNCH_CHECK();
+    }
+}

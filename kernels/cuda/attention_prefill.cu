@@ -1,0 +1,403 @@
+/* attention_prefill.cu - paged causal attention for rows of sequences that bring several new
+ * tokens (prefill chunks, also on top of cached prefixes), FlashAttention-2 style on tensor
+ * cores (mma.sync m16n8k16, bf16 or f16 inputs, fp32 accumulators).
+ *
+ * Work decomposition. grid = (tiles, n_kv_heads), 128 threads = 4 warps. A tile is 64 "packed
+ * rows" of one sequence: packed row pr = token t * group + g stands for query head
+ * kv_head * group + g of the sequence's new token t (GQA packing), so the query heads of a group
+ * share every K/V tile the CTA loads, and a decode-sized group still fills the m16 tiles. The
+ * host lists the tiles (backend_cuda.cu, longest-context tiles first); each warp owns 16 packed
+ * rows.
+ *
+ * Per tile: Q (fp32 activations, already rotated) is rounded to the cache dtype into shared
+ * memory. Key tiles of BN keys are gathered through the block table with cp.async into a
+ * double buffer (the load of tile n+1 overlaps the math of tile n); rows past the tile's last
+ * position are zero-filled, never read, so NaN in unused cache slots cannot reach P.V. S = Q K^T
+ * and O += P V run on mma.sync with ldmatrix(.trans) fragments; the online softmax runs in
+ * registers in base 2 (scale * log2 e folded into S) with each row's max and sum shared across
+ * the 4 lanes of a quad. Causality: row r sees keys 0..positions[r]; only key tiles that reach
+ * past the smallest position of the tile are masked (the diagonal), tiles past the largest are
+ * not visited. P is rounded to the cache dtype for the P.V mma and the row sum adds the rounded
+ * values, so each output is an exact convex combination of V rows under the rounded weights.
+ *
+ * Shared memory rows are padded by 16 bytes (row stride head_dim + 8 elements): the 8 row
+ * addresses of every ldmatrix phase then fall in distinct bank groups without a swizzle.
+ *
+ * Registers (ptxas -v, sm_80/sm_90, no spills): 66-71 (hd 16), 77-80 (32), 95-96 (64), 121-125
+ * (80), 127-128 (96/128), 229-232 (256, BN 32); dynamic shared memory (64 + 4 BN) rows x
+ * (hd + 8) x 2 bytes: 85 KiB at hd 128 (2 CTAs per H100 SM), 99 KiB at hd 256.
+ *
+ * BK_K_PRE_ROPE: the K tile is loaded synchronously and rotated on the way (load_key8, fp32),
+ * then rounded to the cache dtype for the mma (a second rounding the fp32 reference does not
+ * make); V still comes by cp.async.
+ *
+ * Rejected for now: a warp-specialized Hopper kernel (wgmma + TMA, FlashAttention-3), about 1.7x
+ * faster at hd 128 but a much larger, sm_90-only kernel; this one is the baseline it must match. */
+#include <limits.h>
+
+#include "common.cuh"
+
+#define PF_THREADS 128
+#define PF_BM ATTN_PREFILL_BLOCK_M
+
+// ------------------------------------------------------------------------------------------------
+// PTX wrappers
+
+template <typename T> struct mma16816;
+template <> struct mma16816<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+    {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct mma16816<__half> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+    {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* four 8x8 b16 matrices; lane i gives the address of row (i % 8) of matrix (i / 8) */
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+/* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros and reads nothing */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ------------------------------------------------------------------------------------------------
+// the kernel
+
+template <int HD> struct pf_cfg {
+    static constexpr int BN = HD > 128 ? 32 : 64; /* keys per tile: registers and smem at hd 256 */
+    static constexpr int LD = HD + 8;             /* padded smem row (elements) */
+};
+
+template <typename T, int HD>
+static constexpr size_t pf_smem_bytes()
+{
+    return (size_t)(PF_BM + 4 * pf_cfg<HD>::BN) * pf_cfg<HD>::LD * sizeof(T);
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct attn_params p)
+{
+    constexpr int BN = pf_cfg<HD>::BN, LD = pf_cfg<HD>::LD, NCH = HD / 8;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sq = reinterpret_cast<T *>(smem_raw); /* (BM, LD) */
+    T *sk = sq + PF_BM * LD;                 /* (2, BN, LD) */
+    T *sv = sk + 2 * BN * LD;                /* (2, BN, LD) */
+    __shared__ int s_pos[2];
+
+    const int tile = blockIdx.x, kvh = blockIdx.y;
+    const int s = p.tiles[2 * tile], pr0 = p.tiles[2 * tile + 1];
+    const int G = p.group;
+    const int qs = p.query_start[s];
+    const int n_pr = (p.query_start[s + 1] - qs) * G;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    /* smallest and largest position among the tile's tokens */
+    if (warp == 0) {
+        const int t0 = pr0 / G, t1 = (min(pr0 + PF_BM, n_pr) - 1) / G;
+        int mn = INT_MAX, mx = -1;
+        for (int t = t0 + lane; t <= t1; t += 32) {
+            const int ps = p.positions[qs + t];
+            mn = min(mn, ps);
+            mx = max(mx, ps);
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+            mn = min(mn, __shfl_xor_sync(0xffffffffu, mn, off));
+            mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        }
+        if (lane == 0) {
+            s_pos[0] = mn;
+            s_pos[1] = mx;
+        }
+    }
+
+    /* Q tile: fp32 -> T; packed rows past the sequence are zero */
+    for (int idx = tid; idx < PF_BM * (HD / 4); idx += PF_THREADS) {
+        const int r = idx / (HD / 4), c = idx - r * (HD / 4);
+        const int pr = pr0 + r;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (pr < n_pr) {
+            const int t = pr / G, gi = pr - t * G;
+            v = *reinterpret_cast<const float4 *>(p.q + (size_t)(qs + t) * p.q_row_stride +
+                                                  (size_t)(kvh * G + gi) * HD + c * 4);
+        }
+        uint2 u;
+        u.x = pack2<T>(v.x, v.y);
+        u.y = pack2<T>(v.z, v.w);
+        *reinterpret_cast<uint2 *>(sq + r * LD + c * 4) = u;
+    }
+    __syncthreads();
+    const int min_pos = s_pos[0], kv_len = s_pos[1] + 1;
+    const int n_kt = (kv_len + BN - 1) / BN;
+
+    /* this thread's two rows of the warp's 16: ra = lane/4 and ra + 8 (mma C layout) */
+    const int ra = warp * 16 + (lane >> 2);
+    const int pr_a = pr0 + ra, pr_b = pr_a + 8;
+    /* padding rows see every loaded key (never masked, never written): no all-masked rows */
+    const int pos_a = pr_a < n_pr ? p.positions[qs + pr_a / G] : INT_MAX;
+    const int pos_b = pr_b < n_pr ? p.positions[qs + pr_b / G] : INT_MAX;
+
+    const int32_t *bt = p.block_tables + (size_t)s * p.block_table_stride;
+    const T *kc = (const T *)p.k_cache + (size_t)kvh * HD;
+    const T *vc = (const T *)p.v_cache + (size_t)kvh * HD;
+    const int bs = p.block_size, lbs = p.log2_block_size;
+    const float *inv_freq_s = p.pre_rope ? p.inv_freq + (size_t)s * (p.rotary_dim >> 1) : nullptr;
+    const float af = p.pre_rope ? p.attn_factor[s] : 1.f;
+
+    /* gather key tile kt (keys kt*BN ..) into buffer buf; keys >= kv_len are zero-filled */
+    auto load_tile = [&](int kt, int buf) {
+        T *dk = sk + buf * BN * LD, *dv = sv + buf * BN * LD;
+        for (int idx = tid; idx < BN * NCH; idx += PF_THREADS) {
+            const int r = idx / NCH, c = idx - r * NCH;
+            const int j = kt * BN + r;
+            const bool ok = j < kv_len;
+            size_t off = 0;
+            if (ok) off = ((size_t)bt[j >> lbs] * bs + (j & (bs - 1))) * p.kv_token_stride;
+            if (!p.pre_rope) {
+                cp_async16(dk + r * LD + c * 8, kc + off + c * 8, ok ? 16 : 0);
+            } else {
+                float f[8];
+                if (ok) {
+                    load_key8<T>(f, kc + off, c, j, 1, p.rotary_dim, inv_freq_s, af);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) f[e] = 0.f;
+                }
+                uint4 u;
+                u.x = pack2<T>(f[0], f[1]);
+                u.y = pack2<T>(f[2], f[3]);
+                u.z = pack2<T>(f[4], f[5]);
+                u.w = pack2<T>(f[6], f[7]);
+                *reinterpret_cast<uint4 *>(dk + r * LD + c * 8) = u;
+            }
+            cp_async16(dv + r * LD + c * 8, vc + off + c * 8, ok ? 16 : 0);
+        }
+    };
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+
+    load_tile(0, 0);
+    cp_async_commit();
+    for (int kt = 0; kt < n_kt; kt++) {
+        if (kt + 1 < n_kt) {
+            load_tile(kt + 1, (kt + 1) & 1); /* that buffer was released by the last barrier */
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const T *kb = sk + (kt & 1) * BN * LD;
+        const T *vb = sv + (kt & 1) * BN * LD;
+
+        /* S (16 x BN per warp) = Q K^T */
+        float sacc[BN / 8][4];
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+        for (int kd = 0; kd < HD / 16; kd++) {
+            uint32_t a[4];
+            /* matrices: rows 0-7/8-15 x d 0-7, then d 8-15 -> a0..a3 */
+            ldsm_x4(a, sq + (warp * 16 + (lane & 15)) * LD + kd * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int nn = 0; nn < BN / 16; nn++) {
+                uint32_t b[4];
+                /* matrices: keys 0-7 x d 0-7, keys 0-7 x d 8-15, keys 8-15 x d 0-7, keys 8-15 x d 8-15 */
+                ldsm_x4(b, kb + (nn * 16 + ((lane >> 4) << 3) + (lane & 7)) * LD + kd * 16 + ((lane >> 3) & 1) * 8);
+                mma16816<T>::run(sacc[2 * nn], a, b[0], b[1]);
+                mma16816<T>::run(sacc[2 * nn + 1], a, b[2], b[3]);
+            }
+        }
+
+        /* scale to base 2, mask the diagonal tiles, row max over the quad */
+        const bool need_mask = kt * BN + BN - 1 > min_pos;
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = sacc[nt][e] * p.scale_log2;
+                if (need_mask) {
+                    const int j = kt * BN + nt * 8 + 2 * (lane & 3) + (e & 1);
+                    if (j > (e < 2 ? pos_a : pos_b)) x = -INFINITY;
+                }
+                sacc[nt][e] = x;
+            }
+            mx_a = fmaxf(mx_a, fmaxf(sacc[nt][0], sacc[nt][1]));
+            mx_b = fmaxf(mx_b, fmaxf(sacc[nt][2], sacc[nt][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        /* a row with nothing visible yet keeps -inf: use 0 as its base so no inf - inf */
+        const float ms_a = mn_a == -INFINITY ? 0.f : mn_a;
+        const float ms_b = mn_b == -INFINITY ? 0.f : mn_b;
+        const float al_a = exp2f(m_a - ms_a), al_b = exp2f(m_b - ms_b);
+        m_a = mn_a;
+        m_b = mn_b;
+
+        float rs_a = 0.f, rs_b = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            sacc[nt][0] = round_to<T>(exp2f(sacc[nt][0] - ms_a));
+            sacc[nt][1] = round_to<T>(exp2f(sacc[nt][1] - ms_a));
+            sacc[nt][2] = round_to<T>(exp2f(sacc[nt][2] - ms_b));
+            sacc[nt][3] = round_to<T>(exp2f(sacc[nt][3] - ms_b));
+            rs_a += sacc[nt][0] + sacc[nt][1];
+            rs_b += sacc[nt][2] + sacc[nt][3];
+        }
+        l_a = l_a * al_a + rs_a;
+        l_b = l_b * al_b + rs_b;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= al_a;
+            o[i][1] *= al_a;
+            o[i][2] *= al_b;
+            o[i][3] *= al_b;
+        }
+
+        /* O (16 x HD per warp) += P V: the S accumulators of key tiles 2kk, 2kk+1 are exactly
+         * the A fragment of keys 16kk..16kk+15 */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t a[4];
+            a[0] = pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
+            a[1] = pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
+            a[2] = pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+            a[3] = pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+#pragma unroll
+            for (int dn = 0; dn < HD / 16; dn++) {
+                uint32_t b[4];
+                /* matrices: keys 0-7 x d 0-7, keys 8-15 x d 0-7, keys 0-7 x d 8-15, keys 8-15 x d 8-15 */
+                ldsm_x4_trans(b, vb + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + dn * 16 + (lane >> 4) * 8);
+                mma16816<T>::run(o[2 * dn], a, b[0], b[1]);
+                mma16816<T>::run(o[2 * dn + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    const float ia = l_a > 0.f ? 1.f / l_a : 0.f, ib = l_b > 0.f ? 1.f / l_b : 0.f;
+    if (pr_a < n_pr) {
+        const int t = pr_a / G, gi = pr_a - t * G;
+        float *dst = p.out + (size_t)(qs + t) * p.q_row_stride + (size_t)(kvh * G + gi) * HD + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *reinterpret_cast<float2 *>(dst + i * 8) = make_float2(o[i][0] * ia, o[i][1] * ia);
+    }
+    if (pr_b < n_pr) {
+        const int t = pr_b / G, gi = pr_b - t * G;
+        float *dst = p.out + (size_t)(qs + t) * p.q_row_stride + (size_t)(kvh * G + gi) * HD + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *reinterpret_cast<float2 *>(dst + i * 8) = make_float2(o[i][2] * ib, o[i][3] * ib);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// host side: one instantiation per (dtype, head_dim)
+
+#define PF_FOR_EACH_HD(X) X(16) X(32) X(64) X(80) X(96) X(128) X(256)
+
+int cuda_attn_prefill_supported(int head_dim)
+{
+    switch (head_dim) {
+#define X(hd) case hd:
+        PF_FOR_EACH_HD(X)
+#undef X
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+template <typename T, int HD>
+static cudaError_t prefill_set_smem(void)
+{
+    return cudaFuncSetAttribute(attn_prefill_kernel1<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)pf_smem_bytes<T, HD>());
+}
+
+int cuda_attn_prefill_init(char *err)
+{
+    cudaError_t e = cudaSuccess;
+#define X(hd)                                                                  \
+    if (e == cudaSuccess) e = prefill_set_smem<__nv_bfloat16, hd>();           \
+    if (e == cudaSuccess) e = prefill_set_smem<__half, hd>();
+    PF_FOR_EACH_HD(X)
+#undef X
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return set_err(err, -1, "cuda: prefill attention shared memory setup failed: %s",
+                       cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+template <typename T>
+static void launch_prefill(const struct attn_params *p, int n_tiles, cudaStream_t stream)
+{
+    const dim3 grid((unsigned)n_tiles, (unsigned)p->n_kv_heads);
+    switch (p->head_dim) {
+#define X(hd)                                                                                      \
+    case hd:                                                                                       \
+        attn_prefill_kernel1<T, hd><<<grid, PF_THREADS, pf_smem_bytes<T, hd>(), stream>>>(*p); \
+        break;
+        PF_FOR_EACH_HD(X)
+#undef X
+    default:
+        CHECK(0, "prefill attention: head_dim %d has no instantiation", p->head_dim);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream)
+{
+    if (n_tiles == 0) return;
+    if (dt == BK_BF16)
+        launch_prefill<__nv_bfloat16>(p, n_tiles, stream);
+    else
+        launch_prefill<__half>(p, n_tiles, stream);
+}

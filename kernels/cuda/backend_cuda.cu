@@ -1,0 +1,814 @@
+/* backend_cuda.cu - the CUDA backend's vtable (kernels/backend.h): device memory, the paged KV
+ * cache, batch metadata upload, cuBLAS GEMMs and the dispatch of every op to its kernel
+ * (elementwise.cu, attention_decode.cu, attention_prefill.cu). Storage choices are in
+ * common.cuh: bf16/f16 weights and KV cache, fp32 activations.
+ *
+ * One stream. Every op is enqueued on ctx->stream and nothing synchronizes except act_read
+ * (which must return data), buffer frees and the rare growth of a staging buffer. batch_begin
+ * packs the batch metadata (and what it derives: the sequence of each row, the split-KV row
+ * list) into one pinned staging buffer and uploads it with a single cudaMemcpyAsync; before it
+ * rewrites that staging buffer it waits for the event recorded after the previous upload, so a
+ * batch never overwrites metadata still in flight.
+ *
+ * Attention dispatch. Rows of sequences with one new token (decode) go to the split-KV kernel;
+ * rows of sequences with several (prefill chunks) go to the tensor-core kernel, both in the same
+ * attention() call on disjoint output rows. Head dims without a tensor-core instantiation, and
+ * ROPESERVE_CUDA_ATTN=simt (read at init; the checkers use it to test both paths), send every
+ * row to the split-KV kernel, which is correct for any row, only slower for long prefills.
+ *
+ * Memory. cuBLAS gets a fixed 32 MiB workspace and the split-KV partials a fixed 32 MiB, both
+ * allocated at init, and the matmul cast scratch grows in act_new (never inside an op), so after
+ * the engine has loaded weights and made its activations, mem_free() is exact up to the margin
+ * it subtracts (512 MiB: metadata staging, cuBLAS handles, fragmentation). kv_init allocates
+ * exactly what it is asked for and reports out-of-memory as an error.
+ *
+ * Rejected: cudaMallocAsync pools (the memory plan would become a guess); fp32 x fp32 -> TF32
+ * GEMMs on bf16-widened weights (2x the weight bytes, and decode is weight-bandwidth bound). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.cuh"
+
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+#define PART_CAP_FLOATS ((size_t)8 << 20) /* 32 MiB of split-KV partial outputs */
+#define MEM_MARGIN_BYTES ((size_t)512 << 20)
+#define CONVERT_CHUNK ((size_t)1 << 22)   /* elements converted per host pass in weight_new */
+
+// ------------------------------------------------------------------------------------------------
+// small helpers
+
+static int dev_alloc(void **p, size_t bytes, char *err, const char *what)
+{
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        cudaGetLastError(); /* clear it: out-of-memory is not sticky */
+        return set_err(err, -1, "cuda: cannot allocate %.1f MiB for %s: %s",
+                       (double)bytes / 1048576.0, what, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+static void set_device(const struct cuda_ctx *c)
+{
+    /* the current device is per host thread; the engine thread may not be the one that ran init */
+    CUDA_CHECK(cudaSetDevice(c->device));
+}
+
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+// ------------------------------------------------------------------------------------------------
+// lifecycle, description, memory
+
+static void kv_release(struct cuda_ctx *c)
+{
+    for (int l = 0; l < c->kv.n_layers; l++) {
+        if (c->k_layers && c->k_layers[l]) cudaFree(c->k_layers[l]);
+        if (c->v_layers && c->v_layers[l]) cudaFree(c->v_layers[l]);
+    }
+    free(c->k_layers);
+    free(c->v_layers);
+    c->k_layers = c->v_layers = NULL;
+    c->kv_ready = 0;
+    memset(&c->kv, 0, sizeof c->kv);
+}
+
+static void cu_free(void *vctx)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    kv_release(c);
+    if (c->part) cudaFree(c->part);
+    if (c->cast_buf) cudaFree(c->cast_buf);
+    if (c->cublas_ws) cudaFree(c->cublas_ws);
+    if (c->d_meta) cudaFree(c->d_meta);
+    if (c->h_meta) cudaFreeHost(c->h_meta);
+    if (c->d_tiles) cudaFree(c->d_tiles);
+    if (c->h_tiles) cudaFreeHost(c->h_tiles);
+    if (c->meta_ev) cudaEventDestroy(c->meta_ev);
+    if (c->tiles_ev) cudaEventDestroy(c->tiles_ev);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    cudaGetLastError();
+    free(c);
+}
+
+static void cu_describe(void *vctx, char *buf, size_t len)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    size_t fr = 0, tot = 0;
+    set_device(c);
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError();
+    snprintf(buf, len, "cuda: %s (sm_%d%d), %d SMs, %.1f GiB (%.1f GiB free), %s weights and KV, "
+             "fp32 activations, attention %s",
+             c->name, c->cc_major, c->cc_minor, c->n_sm, (double)c->total_mem / 1073741824.0,
+             (double)fr / 1073741824.0, c->dtype == BK_F16 ? "f16" : "bf16",
+             c->attn_simt_only ? "split-KV only (ROPESERVE_CUDA_ATTN=simt)" : "mma.sync prefill + split-KV decode");
+}
+
+static size_t cu_mem_free(void *vctx)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    size_t fr = 0, tot = 0;
+    set_device(c);
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    size_t avail = fr > MEM_MARGIN_BYTES ? fr - MEM_MARGIN_BYTES : 0;
+    /* gpu_memory_utilization caps what the whole device may hold while we run (others included) */
+    const double u = c->gpu_memory_utilization;
+    if (u > 0.0 && u < 1.0) {
+        const double allowed = u * (double)tot, used = (double)(tot - fr);
+        const size_t cap = allowed > used ? (size_t)(allowed - used) : 0;
+        if (cap < avail) avail = cap;
+    }
+    return avail ? avail : 1; /* 0 would mean "no device limit" */
+}
+
+/* Grow the matmul input scratch to `bytes` (called from act_new, so an op never allocates). */
+static int cast_reserve(struct cuda_ctx *c, size_t bytes, char *err)
+{
+    if (bytes <= c->cast_cap) return 0;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->cast_buf) CUDA_CHECK(cudaFree(c->cast_buf));
+    c->cast_buf = NULL;
+    c->cast_cap = 0;
+    c->cast_src = NULL;
+    if (dev_alloc(&c->cast_buf, bytes, err, "the matmul input scratch")) return -1;
+    c->cast_cap = bytes;
+    return 0;
+}
+
+static uint16_t convert_elem(const unsigned char *src, enum bk_dtype sdt, size_t i, enum bk_dtype ddt)
+{
+    float f;
+    if (sdt == BK_F32) {
+        memcpy(&f, src + 4 * i, 4); /* safetensors data need not be aligned */
+    } else {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        f = sdt == BK_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+    }
+    return ddt == BK_BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+}
+
+static bk_buf *cu_weight_new(void *vctx, const void *src, enum bk_dtype src_dtype, size_t n, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(src_dtype == BK_F32 || src_dtype == BK_F16 || src_dtype == BK_BF16, "dtype %d", (int)src_dtype);
+    set_device(c);
+    bk_buf *b = (bk_buf *)xcalloc(1, sizeof *b);
+    if (dev_alloc(&b->d, n * 2, err, "a weight")) {
+        free(b);
+        return NULL;
+    }
+    b->n = n;
+    b->dtype = c->dtype;
+    b->is_weight = 1;
+    if (src_dtype == c->dtype) {
+        CUDA_CHECK(cudaMemcpy(b->d, src, n * 2, cudaMemcpyHostToDevice));
+    } else {
+        const size_t chunk = n < CONVERT_CHUNK ? n : CONVERT_CHUNK;
+        uint16_t *tmp = (uint16_t *)xmalloc((chunk ? chunk : 1) * 2);
+        for (size_t off = 0; off < n; off += chunk) {
+            const size_t m = n - off < chunk ? n - off : chunk;
+            for (size_t i = 0; i < m; i++)
+                tmp[i] = convert_elem((const unsigned char *)src, src_dtype, off + i, c->dtype);
+            CUDA_CHECK(cudaMemcpy((uint16_t *)b->d + off, tmp, m * 2, cudaMemcpyHostToDevice));
+        }
+        free(tmp);
+    }
+    return b;
+}
+
+static bk_buf *cu_act_new(void *vctx, size_t n, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    set_device(c);
+    bk_buf *b = (bk_buf *)xcalloc(1, sizeof *b);
+    if (dev_alloc(&b->d, n * 4, err, "an activation buffer")) {
+        free(b);
+        return NULL;
+    }
+    b->n = n;
+    b->dtype = BK_F32;
+    /* any activation may be a matmul input: keep the cast scratch as large as the largest */
+    if (cast_reserve(c, n * dtype_size(c->dtype), err)) {
+        cudaFree(b->d);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+static void cu_buf_free(void *vctx, bk_buf *b)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    if (!b) return;
+    set_device(c);
+    if (c->cast_src == b) c->cast_src = NULL;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* an op in flight may still read it */
+    CUDA_CHECK(cudaFree(b->d));
+    free(b);
+}
+
+static void cu_act_write(void *vctx, bk_buf *dst, size_t offset, const float *src, size_t n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(dst->dtype == BK_F32 && offset + n <= dst->n, "act_write: %zu + %zu > %zu", offset, n, dst->n);
+    if (n == 0) return;
+    set_device(c);
+    /* from pageable memory: returns once src has been staged, so the caller may reuse it */
+    CUDA_CHECK(cudaMemcpyAsync((float *)dst->d + offset, src, n * 4, cudaMemcpyHostToDevice, c->stream));
+    dst->version++;
+}
+
+static void cu_act_read(void *vctx, float *dst, const bk_buf *src, size_t offset, size_t n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(src->dtype == BK_F32 && offset + n <= src->n, "act_read: %zu + %zu > %zu", offset, n, src->n);
+    if (n == 0) return;
+    set_device(c);
+    CUDA_CHECK(cudaMemcpyAsync(dst, (const float *)src->d + offset, n * 4, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+// ------------------------------------------------------------------------------------------------
+// KV cache
+
+static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    set_device(c);
+    if (p->n_layers <= 0 || p->n_blocks <= 0 || p->n_kv_heads <= 0 || p->block_size <= 0 ||
+        (p->block_size & (p->block_size - 1)))
+        return set_err(err, -1, "cuda: bad KV parameters (layers %d, blocks %d, block_size %d, kv heads %d)",
+                       p->n_layers, p->n_blocks, p->block_size, p->n_kv_heads);
+    if (!cuda_attn_decode_supported(p->head_dim))
+        return set_err(err, -1, "cuda: head_dim %d is not supported (a multiple of 8, at most 256)",
+                       p->head_dim);
+    if (c->kv_ready) {
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        kv_release(c);
+    }
+    const size_t layer_bytes = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim *
+                               dtype_size(c->dtype);
+    c->kv = *p;
+    c->k_layers = (void **)xcalloc((size_t)p->n_layers, sizeof(void *));
+    c->v_layers = (void **)xcalloc((size_t)p->n_layers, sizeof(void *));
+    for (int l = 0; l < p->n_layers; l++) {
+        char what[96];
+        snprintf(what, sizeof what, "the KV cache (layer %d of %d, %.2f GiB each for k and v)", l,
+                 p->n_layers, (double)layer_bytes / 1073741824.0);
+        if (dev_alloc(&c->k_layers[l], layer_bytes, err, what) ||
+            dev_alloc(&c->v_layers[l], layer_bytes, err, what)) {
+            kv_release(c);
+            return -1;
+        }
+        /* zeros, not garbage: unused slots are never read, but a bug then reads finite values */
+        CUDA_CHECK(cudaMemsetAsync(c->k_layers[l], 0, layer_bytes, c->stream));
+        CUDA_CHECK(cudaMemsetAsync(c->v_layers[l], 0, layer_bytes, c->stream));
+    }
+    c->kv_layer_bytes = layer_bytes;
+    c->kv_ready = 1;
+    LOG_I("cuda: KV cache %d layers x %d blocks x %d tokens x %d kv heads x %d dims, %s, %s keys: "
+          "%.2f GiB",
+          p->n_layers, p->n_blocks, p->block_size, p->n_kv_heads, p->head_dim,
+          c->dtype == BK_F16 ? "f16" : "bf16", p->k_storage == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated",
+          2.0 * (double)layer_bytes * p->n_layers / 1073741824.0);
+    return 0;
+}
+
+static void cu_kv_copy_blocks(void *vctx, const int32_t *src, const int32_t *dst, int n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(c->kv_ready, "kv_copy_blocks before kv_init");
+    set_device(c);
+    const size_t block_bytes = (size_t)c->kv.block_size * c->kv.n_kv_heads * c->kv.head_dim * dtype_size(c->dtype);
+    for (int i = 0; i < n; i++) {
+        CHECK(src[i] >= 0 && src[i] < c->kv.n_blocks && dst[i] >= 0 && dst[i] < c->kv.n_blocks,
+              "kv_copy_blocks: %d -> %d of %d blocks", src[i], dst[i], c->kv.n_blocks);
+        for (int l = 0; l < c->kv.n_layers; l++) {
+            CUDA_CHECK(cudaMemcpyAsync((char *)c->k_layers[l] + (size_t)dst[i] * block_bytes,
+                                       (const char *)c->k_layers[l] + (size_t)src[i] * block_bytes,
+                                       block_bytes, cudaMemcpyDeviceToDevice, c->stream));
+            CUDA_CHECK(cudaMemcpyAsync((char *)c->v_layers[l] + (size_t)dst[i] * block_bytes,
+                                       (const char *)c->v_layers[l] + (size_t)src[i] * block_bytes,
+                                       block_bytes, cudaMemcpyDeviceToDevice, c->stream));
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// batch metadata
+
+/* Broken invariants of the batch are bugs of the caller: abort before a kernel reads out of
+ * bounds. O(n_tokens + blocks in use). */
+static void batch_validate(const struct cuda_ctx *c, const struct bk_batch *bt)
+{
+    const int nt = bt->n_tokens, ns = bt->n_seqs;
+    CHECK(nt >= 0 && ns >= 0 && bt->n_out >= 0 && bt->n_out <= nt, "n_tokens %d, n_seqs %d, n_out %d",
+          nt, ns, bt->n_out);
+    if (ns == 0) {
+        CHECK(nt == 0, "%d tokens in no sequence", nt);
+        return;
+    }
+    CHECK(bt->query_start[0] == 0 && bt->query_start[ns] == nt, "query_start [0]=%d [%d]=%d, n_tokens %d",
+          bt->query_start[0], ns, bt->query_start[ns], nt);
+    for (int s = 0; s < ns; s++) {
+        const int a = bt->query_start[s], e = bt->query_start[s + 1];
+        CHECK(a <= e, "query_start not ascending at %d", s);
+        const int len = bt->seq_lens[s];
+        for (int r = a; r < e; r++)
+            CHECK(bt->positions[r] >= 0 && bt->positions[r] < len, "row %d: position %d, seq_len %d", r,
+                  bt->positions[r], len);
+        if (c->kv_ready && e > a) { /* the blocks attention may read must exist */
+            const int nb = (len + c->kv.block_size - 1) / c->kv.block_size;
+            CHECK(nb <= bt->block_table_stride, "seq %d: %d blocks > table stride %d", s, nb,
+                  bt->block_table_stride);
+            for (int i = 0; i < nb; i++) {
+                const int blk = bt->block_tables[(size_t)s * bt->block_table_stride + i];
+                CHECK(blk >= 0 && blk < c->kv.n_blocks, "seq %d: block %d of %d", s, blk, c->kv.n_blocks);
+            }
+        }
+    }
+    if (c->kv_ready)
+        for (int r = 0; r < nt; r++)
+            CHECK(bt->slot_mapping[r] < (int64_t)c->kv.n_blocks * c->kv.block_size, "row %d: slot %lld", r,
+                  (long long)bt->slot_mapping[r]);
+    for (int i = 0; i < bt->n_out; i++)
+        CHECK(bt->out_rows[i] >= 0 && bt->out_rows[i] < nt, "out_rows[%d] = %d", i, bt->out_rows[i]);
+}
+
+static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    set_device(c);
+    batch_validate(c, bt);
+    const int nt = bt->n_tokens, ns = bt->n_seqs, half = bt->rotary_dim / 2;
+    const int has_rope = bt->inv_freq && bt->attn_factor && half > 0;
+
+    /* layout of the staging buffer (and of d_meta) */
+    enum { S_TOK, S_POS, S_SLOT, S_QS, S_LEN, S_BT, S_OUT, S_FREQ, S_AF, S_ROWSEQ, S_ITEMS, S_N };
+    size_t sz[S_N], off[S_N], total = 0;
+    sz[S_TOK] = (size_t)nt * 4;
+    sz[S_POS] = (size_t)nt * 4;
+    sz[S_SLOT] = (size_t)nt * 8;
+    sz[S_QS] = (size_t)(ns + 1) * 4;
+    sz[S_LEN] = (size_t)ns * 4;
+    sz[S_BT] = (size_t)ns * bt->block_table_stride * 4;
+    sz[S_OUT] = (size_t)bt->n_out * 4;
+    sz[S_FREQ] = has_rope ? (size_t)ns * half * 4 : 0;
+    sz[S_AF] = has_rope ? (size_t)ns * 4 : 0;
+    sz[S_ROWSEQ] = (size_t)nt * 4;
+    sz[S_ITEMS] = (size_t)nt * 4;
+    for (int i = 0; i < S_N; i++) {
+        off[i] = total;
+        total += align16(sz[i]);
+    }
+
+    /* the previous upload must be done reading the staging buffer before it is rewritten */
+    if (c->have_batch) CUDA_CHECK(cudaEventSynchronize(c->meta_ev));
+    if (total > c->h_meta_cap) {
+        size_t cap = c->h_meta_cap * 2 > total ? c->h_meta_cap * 2 : total;
+        if (cap < ((size_t)64 << 10)) cap = (size_t)64 << 10;
+        if (c->h_meta) CUDA_CHECK(cudaFreeHost(c->h_meta));
+        c->h_meta = NULL;
+        c->h_meta_cap = 0;
+        cudaError_t e = cudaMallocHost((void **)&c->h_meta, cap);
+        if (e != cudaSuccess) {
+            c->h_meta = NULL;
+            cudaGetLastError();
+            return set_err(err, -1, "cuda: cannot allocate %zu bytes of pinned batch staging: %s", cap,
+                           cudaGetErrorString(e));
+        }
+        c->h_meta_cap = cap;
+    }
+    if (total > c->d_meta_cap) {
+        size_t cap = c->d_meta_cap * 2 > total ? c->d_meta_cap * 2 : total;
+        CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* earlier kernels may still read it */
+        if (c->d_meta) CUDA_CHECK(cudaFree(c->d_meta));
+        c->d_meta = NULL;
+        c->d_meta_cap = 0;
+        if (dev_alloc((void **)&c->d_meta, cap, err, "batch metadata")) return -1;
+        c->d_meta_cap = cap;
+    }
+
+    unsigned char *h = c->h_meta;
+    if (nt) {
+        memcpy(h + off[S_TOK], bt->tokens, sz[S_TOK]);
+        memcpy(h + off[S_POS], bt->positions, sz[S_POS]);
+        memcpy(h + off[S_SLOT], bt->slot_mapping, sz[S_SLOT]);
+    }
+    if (ns) {
+        memcpy(h + off[S_QS], bt->query_start, sz[S_QS]);
+        memcpy(h + off[S_LEN], bt->seq_lens, sz[S_LEN]);
+        if (sz[S_BT]) memcpy(h + off[S_BT], bt->block_tables, sz[S_BT]);
+    }
+    if (sz[S_OUT]) memcpy(h + off[S_OUT], bt->out_rows, sz[S_OUT]);
+    if (has_rope) {
+        memcpy(h + off[S_FREQ], bt->inv_freq, sz[S_FREQ]);
+        memcpy(h + off[S_AF], bt->attn_factor, sz[S_AF]);
+    }
+    /* derived: row -> sequence; split-KV rows (single-token sequences first, then the rest) */
+    int32_t *row_seq = (int32_t *)(h + off[S_ROWSEQ]);
+    int32_t *items = (int32_t *)(h + off[S_ITEMS]);
+    int n_dec = 0, max_dec = 0, max_all = 0;
+    for (int s = 0; s < ns; s++) {
+        const int a = bt->query_start[s], e = bt->query_start[s + 1];
+        for (int r = a; r < e; r++) {
+            row_seq[r] = s;
+            if (bt->positions[r] + 1 > max_all) max_all = bt->positions[r] + 1;
+        }
+        if (e - a == 1) {
+            items[n_dec++] = a;
+            if (bt->positions[a] + 1 > max_dec) max_dec = bt->positions[a] + 1;
+        }
+    }
+    int k = n_dec;
+    for (int s = 0; s < ns; s++) {
+        const int a = bt->query_start[s], e = bt->query_start[s + 1];
+        if (e - a > 1)
+            for (int r = a; r < e; r++) items[k++] = r;
+    }
+    CHECK(k == nt, "split-KV rows %d != n_tokens %d", k, nt);
+
+    if (total) CUDA_CHECK(cudaMemcpyAsync(c->d_meta, h, total, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaEventRecord(c->meta_ev, c->stream));
+
+    unsigned char *d = c->d_meta;
+    struct cuda_batch *b = &c->b;
+    memset(b, 0, sizeof *b);
+    b->n_tokens = nt;
+    b->n_seqs = ns;
+    b->n_out = bt->n_out;
+    b->block_table_stride = bt->block_table_stride;
+    b->rotary_dim = has_rope ? bt->rotary_dim : 0;
+    b->tokens = (const int32_t *)(d + off[S_TOK]);
+    b->positions = (const int32_t *)(d + off[S_POS]);
+    b->slot_mapping = (const int64_t *)(d + off[S_SLOT]);
+    b->query_start = (const int32_t *)(d + off[S_QS]);
+    b->seq_lens = (const int32_t *)(d + off[S_LEN]);
+    b->block_tables = (const int32_t *)(d + off[S_BT]);
+    b->out_rows = (const int32_t *)(d + off[S_OUT]);
+    b->inv_freq = has_rope ? (const float *)(d + off[S_FREQ]) : NULL;
+    b->attn_factor = has_rope ? (const float *)(d + off[S_AF]) : NULL;
+    b->row_seq = (const int32_t *)(d + off[S_ROWSEQ]);
+    b->items = (const int32_t *)(d + off[S_ITEMS]);
+    b->n_dec = n_dec;
+    b->max_ctx_dec = max_dec;
+    b->max_ctx_all = max_all;
+    c->host = *bt;
+    c->have_batch = 1;
+    c->tiles_group = 0;
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// ops
+
+#define CHECK_BATCH(c) CHECK((c)->have_batch, "op before the first batch_begin")
+#define CHECK_ACT(b) CHECK((b)->dtype == BK_F32, "%s: an activation (fp32) buffer was expected", __func__)
+
+static void cu_embed(void *vctx, bk_buf *x, const bk_buf *table, int dim)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(x->n >= (size_t)c->b.n_tokens * dim, "embed: x holds %zu < %d x %d", x->n, c->b.n_tokens, dim);
+    CHECK_ACT(x);
+    set_device(c);
+    cuda_embed((float *)x->d, table->d, table->dtype, c->b.tokens, c->b.n_tokens, dim, c->stream);
+    x->version++;
+}
+
+static void cu_rmsnorm(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int dim, float eps)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(x->n >= (size_t)n_rows * dim && out->n >= (size_t)n_rows * dim && w->n >= (size_t)dim,
+          "rmsnorm: %d x %d", n_rows, dim);
+    CHECK(x->dtype == BK_F32 && out->dtype == BK_F32, "rmsnorm: activations must be fp32");
+    set_device(c);
+    cuda_rmsnorm((float *)out->d, (const float *)x->d, w->d, w->dtype, n_rows, dim, eps, c->stream);
+    out->version++;
+}
+
+static void cu_matmul(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int n_in, int n_out)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(w->dtype == c->dtype, "matmul: weight dtype %d, backend dtype %d", (int)w->dtype, (int)c->dtype);
+    CHECK(x->dtype == BK_F32 && out->dtype == BK_F32, "matmul: activations must be fp32");
+    CHECK(x->n >= (size_t)n_rows * n_in && w->n >= (size_t)n_in * n_out && out->n >= (size_t)n_rows * n_out,
+          "matmul: %d x %d . (%d x %d)^T", n_rows, n_in, n_out, n_in);
+    if (n_rows == 0 || n_out == 0) return;
+    set_device(c);
+    /* x -> dtype, skipped when the same unchanged x was just cast (q/k/v, gate/up share it) */
+    const size_t n = (size_t)n_rows * n_in;
+    if (!(c->cast_src == x && c->cast_version == x->version && c->cast_n == n)) {
+        CHECK(n * dtype_size(c->dtype) <= c->cast_cap, "matmul: cast scratch %zu bytes < %zu", c->cast_cap,
+              n * dtype_size(c->dtype));
+        cuda_cast_f32(c->cast_buf, c->dtype, (const float *)x->d, n, c->stream);
+        c->cast_src = x;
+        c->cast_version = x->version;
+        c->cast_n = n;
+    }
+    /* row-major out (n_rows, n_out) = x . w^T is column-major out^T (n_out, n_rows) =
+     * w^T(op T of the column-major (n_in, n_out) view of w) . x (column-major (n_in, n_rows)) */
+    const cudaDataType_t t = c->dtype == BK_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const float alpha = 1.f, beta = 0.f;
+    CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, n_rows, n_in, &alpha, w->d, t, n_in,
+                              c->cast_buf, t, n_in, &beta, out->d, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    out->version++;
+}
+
+static void cu_rope(void *vctx, bk_buf *q, bk_buf *k, int n_heads, int n_kv_heads, int head_dim)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    const size_t nt = (size_t)c->b.n_tokens;
+    CHECK(q->n >= nt * n_heads * head_dim && (!k || k->n >= nt * n_kv_heads * head_dim), "rope: sizes");
+    CHECK_ACT(q);
+    if (k) CHECK_ACT(k);
+    set_device(c);
+    cuda_rope((float *)q->d, k ? (float *)k->d : NULL, &c->b, n_heads, n_kv_heads, head_dim, c->stream);
+    q->version++;
+    if (k) k->version++;
+}
+
+static void cu_kv_store(void *vctx, int layer, const bk_buf *k, const bk_buf *v)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(c->kv_ready && layer >= 0 && layer < c->kv.n_layers, "kv_store: layer %d", layer);
+    const int row = c->kv.n_kv_heads * c->kv.head_dim;
+    CHECK(k->n >= (size_t)c->b.n_tokens * row && v->n >= (size_t)c->b.n_tokens * row, "kv_store: sizes");
+    CHECK_ACT(k);
+    CHECK_ACT(v);
+    set_device(c);
+    cuda_kv_store(c->k_layers[layer], c->v_layers[layer], c->dtype, (const float *)k->d, (const float *)v->d,
+                  c->b.slot_mapping, c->b.n_tokens, row, c->stream);
+}
+
+/* How many KV ranges each split-KV row is cut into: enough CTAs to cover the SMs about 4 deep
+ * (>= 2 waves at the kernel's 3 CTAs per SM), at least 256 keys and one block per split of the
+ * longest row, and within the partial-output buffer. */
+static int attn_pick_splits(const struct cuda_ctx *c, int n_items, int n_heads, int group, int max_ctx)
+{
+    const int gc = cuda_attn_decode_heads_per_cta(group);
+    const long long base = (long long)n_items * c->kv.n_kv_heads * ((group + gc - 1) / gc);
+    const long long target = 4LL * c->n_sm;
+    long long ns = base >= target ? 1 : (target + base - 1) / base;
+    const long long max_nb = ceil_div(max_ctx, c->kv.block_size);
+    if (ns > max_nb) ns = max_nb;
+    if (ns > ceil_div(max_ctx, 256)) ns = ceil_div(max_ctx, 256);
+    if (ns > cuda_attn_decode_max_splits()) ns = cuda_attn_decode_max_splits();
+    const long long cap = (long long)(PART_CAP_FLOATS / ((size_t)n_items * n_heads * (c->kv.head_dim + 1)));
+    if (ns > cap) ns = cap;
+    return ns < 1 ? 1 : (int)ns;
+}
+
+/* The prefill tile list for GQA group size `group`: (sequence, first packed row) for every 64
+ * packed rows of every multi-token sequence, latest (longest-context) tiles first. */
+static void build_tiles(struct cuda_ctx *c, int group)
+{
+    const struct bk_batch *bt = &c->host;
+    size_t n = 0;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int nq = bt->query_start[s + 1] - bt->query_start[s];
+        if (nq > 1) n += (size_t)ceil_div((long long)nq * group, ATTN_PREFILL_BLOCK_M);
+    }
+    if (c->h_tiles) CUDA_CHECK(cudaEventSynchronize(c->tiles_ev)); /* last upload done reading */
+    if (n > c->tiles_cap) {
+        size_t cap = n > 2 * c->tiles_cap ? n : 2 * c->tiles_cap;
+        if (cap < 1024) cap = 1024;
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        if (c->h_tiles) CUDA_CHECK(cudaFreeHost(c->h_tiles));
+        if (c->d_tiles) CUDA_CHECK(cudaFree(c->d_tiles));
+        /* small (8 bytes per 64 rows): failing here is a broken machine, not a memory plan */
+        CUDA_CHECK(cudaMallocHost((void **)&c->h_tiles, cap * 2 * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc((void **)&c->d_tiles, cap * 2 * sizeof(int32_t)));
+        c->tiles_cap = cap;
+    }
+    size_t i = 0;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int nq = bt->query_start[s + 1] - bt->query_start[s];
+        if (nq <= 1) continue;
+        for (int t = ceil_div((long long)nq * group, ATTN_PREFILL_BLOCK_M) - 1; t >= 0; t--) {
+            c->h_tiles[2 * i] = s;
+            c->h_tiles[2 * i + 1] = t * ATTN_PREFILL_BLOCK_M;
+            i++;
+        }
+    }
+    if (n) CUDA_CHECK(cudaMemcpyAsync(c->d_tiles, c->h_tiles, n * 2 * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaEventRecord(c->tiles_ev, c->stream));
+    c->n_tiles = (int)n;
+    c->tiles_group = group;
+}
+
+static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(c->kv_ready && layer >= 0 && layer < c->kv.n_layers, "attention: layer %d", layer);
+    CHECK(n_heads > 0 && n_heads % c->kv.n_kv_heads == 0, "attention: %d heads, %d kv heads", n_heads,
+          c->kv.n_kv_heads);
+    const struct cuda_batch *b = &c->b;
+    const int hd = c->kv.head_dim, group = n_heads / c->kv.n_kv_heads;
+    CHECK(q->n >= (size_t)b->n_tokens * n_heads * hd && out->n >= (size_t)b->n_tokens * n_heads * hd,
+          "attention: sizes");
+    CHECK(out->d != q->d, "attention: out must not alias q");
+    CHECK_ACT(q);
+    CHECK_ACT(out);
+    if (b->n_tokens == 0) return;
+    set_device(c);
+
+    struct attn_params p;
+    memset(&p, 0, sizeof p);
+    p.out = (float *)out->d;
+    p.q = (const float *)q->d;
+    p.k_cache = c->k_layers[layer];
+    p.v_cache = c->v_layers[layer];
+    p.q_row_stride = (long long)n_heads * hd;
+    p.kv_token_stride = (long long)c->kv.n_kv_heads * hd;
+    p.head_dim = hd;
+    p.n_heads = n_heads;
+    p.n_kv_heads = c->kv.n_kv_heads;
+    p.group = group;
+    p.block_size = c->kv.block_size;
+    p.log2_block_size = __builtin_ctz((unsigned)c->kv.block_size);
+    p.block_tables = b->block_tables;
+    p.block_table_stride = b->block_table_stride;
+    p.positions = b->positions;
+    p.row_seq = b->row_seq;
+    p.query_start = b->query_start;
+    p.scale_log2 = scale * 1.4426950408889634f;
+    p.pre_rope = c->kv.k_storage == BK_K_PRE_ROPE;
+    if (p.pre_rope) {
+        CHECK(b->inv_freq && b->attn_factor && b->rotary_dim <= hd,
+              "attention: pre-RoPE keys need the batch's inv_freq/attn_factor (rotary_dim %d)", b->rotary_dim);
+        p.rotary_dim = b->rotary_dim;
+        p.inv_freq = b->inv_freq;
+        p.attn_factor = b->attn_factor;
+    }
+
+    const int tc = !c->attn_simt_only && cuda_attn_prefill_supported(hd);
+    const int n_items = tc ? b->n_dec : b->n_tokens;
+    if (n_items > 0) {
+        p.items = b->items;
+        p.n_items = n_items;
+        p.n_splits = attn_pick_splits(c, n_items, n_heads, group, tc ? b->max_ctx_dec : b->max_ctx_all);
+        p.part_o = c->part;
+        p.part_lse = c->part + (size_t)n_items * n_heads * p.n_splits * hd;
+        cuda_attn_decode(&p, c->dtype, c->stream);
+    }
+    if (tc && b->n_tokens > b->n_dec) {
+        if (c->tiles_group != group) build_tiles(c, group);
+        p.tiles = c->d_tiles;
+        cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
+    }
+    out->version++;
+}
+
+static void cu_swiglu(void *vctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, int n_rows, int n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    const size_t m = (size_t)n_rows * n;
+    CHECK(out->n >= m && gate->n >= m && up->n >= m, "swiglu: sizes");
+    CHECK_ACT(out);
+    CHECK_ACT(gate);
+    CHECK_ACT(up);
+    set_device(c);
+    cuda_swiglu((float *)out->d, (const float *)gate->d, (const float *)up->d, m, c->stream);
+    out->version++;
+}
+
+static void cu_add(void *vctx, bk_buf *x, const bk_buf *y, size_t n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(x->n >= n && y->n >= n, "add: sizes");
+    CHECK_ACT(x);
+    CHECK_ACT(y);
+    set_device(c);
+    cuda_add((float *)x->d, (const float *)y->d, n, c->stream);
+    x->version++;
+}
+
+static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(dst->n >= (size_t)c->b.n_out * dim && src->n >= (size_t)c->b.n_tokens * dim, "gather_rows: sizes");
+    CHECK(dst->d != src->d, "gather_rows: dst must not alias src");
+    CHECK_ACT(dst);
+    CHECK_ACT(src);
+    set_device(c);
+    cuda_gather_rows((float *)dst->d, (const float *)src->d, c->b.out_rows, c->b.n_out, dim, c->stream);
+    dst->version++;
+}
+
+// ------------------------------------------------------------------------------------------------
+// the table and init
+
+static const struct backend_ops cuda_ops = {
+    /* .name = */ "cuda",
+    /* .free = */ cu_free,
+    /* .describe = */ cu_describe,
+    /* .mem_free = */ cu_mem_free,
+    /* .weight_new = */ cu_weight_new,
+    /* .act_new = */ cu_act_new,
+    /* .buf_free = */ cu_buf_free,
+    /* .act_write = */ cu_act_write,
+    /* .act_read = */ cu_act_read,
+    /* .kv_init = */ cu_kv_init,
+    /* .kv_copy_blocks = */ cu_kv_copy_blocks,
+    /* .batch_begin = */ cu_batch_begin,
+    /* .embed = */ cu_embed,
+    /* .rmsnorm = */ cu_rmsnorm,
+    /* .matmul = */ cu_matmul,
+    /* .rope = */ cu_rope,
+    /* .kv_store = */ cu_kv_store,
+    /* .attention = */ cu_attention,
+    /* .swiglu = */ cu_swiglu,
+    /* .add = */ cu_add,
+    /* .gather_rows = */ cu_gather_rows,
+};
+
+extern "C" int backend_cuda_device_count(void)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* no driver / no device: not an error for the caller */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int backend_cuda_init(struct backend *b, const struct backend_params *p, char *err)
+{
+    memset(b, 0, sizeof *b);
+    const int n_dev = backend_cuda_device_count();
+    if (n_dev <= 0) return set_err(err, -1, "cuda: no CUDA device found");
+    if (p->cuda_device < 0 || p->cuda_device >= n_dev)
+        return set_err(err, -1, "cuda: device %d does not exist (%d found)", p->cuda_device, n_dev);
+
+    struct cuda_ctx *c = (struct cuda_ctx *)xcalloc(1, sizeof *c);
+    cudaError_t e;
+    cublasStatus_t st;
+    const char *mode;
+    c->device = p->cuda_device;
+    c->gpu_memory_utilization = p->gpu_memory_utilization;
+    if ((e = cudaSetDevice(c->device)) != cudaSuccess) goto fail_cuda;
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, c->device)) != cudaSuccess) goto fail_cuda;
+    snprintf(c->name, sizeof c->name, "%s", prop.name);
+    c->n_sm = prop.multiProcessorCount;
+    c->cc_major = prop.major;
+    c->cc_minor = prop.minor;
+    c->total_mem = prop.totalGlobalMem;
+    if (c->cc_major < 8) {
+        set_err(err, -1, "cuda: %s is sm_%d%d; the CUDA backend needs sm_80 or newer (bf16 tensor cores)",
+                c->name, c->cc_major, c->cc_minor);
+        goto fail;
+    }
+    if (p->dtype == BK_F16) {
+        c->dtype = BK_F16;
+    } else {
+        if (p->dtype != BK_BF16) LOG_I("cuda: weights and KV cache stored as bf16 (fp32 is not a GPU storage dtype)");
+        c->dtype = BK_BF16;
+    }
+    mode = getenv("ROPESERVE_CUDA_ATTN");
+    c->attn_simt_only = mode && strcmp(mode, "simt") == 0;
+
+    if ((e = cudaStreamCreate(&c->stream)) != cudaSuccess) goto fail_cuda; /* blocking: see common.cuh */
+    if ((e = cudaEventCreateWithFlags(&c->meta_ev, cudaEventDisableTiming)) != cudaSuccess) goto fail_cuda;
+    if ((e = cudaEventCreateWithFlags(&c->tiles_ev, cudaEventDisableTiming)) != cudaSuccess) goto fail_cuda;
+    if ((st = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS) {
+        c->cublas = NULL;
+        set_err(err, -1, "cuda: cublasCreate failed: %s", cublasGetStatusString(st));
+        goto fail;
+    }
+    CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
+    if (dev_alloc(&c->cublas_ws, CUBLAS_WS_BYTES, err, "the cuBLAS workspace")) goto fail;
+    c->cublas_ws_bytes = CUBLAS_WS_BYTES;
+    CUBLAS_CHECK(cublasSetWorkspace(c->cublas, c->cublas_ws, c->cublas_ws_bytes));
+    if (dev_alloc((void **)&c->part, PART_CAP_FLOATS * sizeof(float), err, "split-KV partials")) goto fail;
+    c->part_cap = PART_CAP_FLOATS;
+    if (cuda_attn_prefill_init(err)) goto fail;
+
+    b->ops = &cuda_ops;
+    b->ctx = c;
+    return 0;
+
+fail_cuda:
+    cudaGetLastError();
+    set_err(err, -1, "cuda: device %d: %s", c->device, cudaGetErrorString(e));
+fail:
+    cu_free(c);
+    return -1;
+}

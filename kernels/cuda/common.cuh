@@ -1,0 +1,281 @@
+/* common.cuh - what the CUDA backend's .cu files share: the error-check macros, the device
+ * buffer and context structs, the attention kernels' params struct, and the launchers each
+ * file exports to backend_cuda.cu. Nothing outside kernels/cuda/ includes this file.
+ *
+ * Storage (the choices every kernel here relies on):
+ *   weights      bf16 or f16 (ctx->dtype, from backend_params.dtype); F32 checkpoint tensors are
+ *                rounded to it on upload. Norm and embedding weights too: weight_new cannot tell
+ *                a norm vector from a matrix, and HF bf16 checkpoints store them in bf16 anyway.
+ *   activations  fp32. act_read/act_write are plain copies, the residual stream and RMSNorm stay
+ *                fp32, and only the GEMM inputs are rounded (x -> bf16/f16 scratch, cuBLAS with
+ *                FP32 accumulation and an FP32 output). Rejected: bf16 activations (half the
+ *                activation bandwidth, but the residual stream would be rounded every layer and
+ *                every op would need a dtype switch; activations are < 5% of a 7B step's bytes).
+ *   KV cache     bf16 or f16 (ctx->dtype), per layer k[n_blocks][block_size][n_kv_heads][head_dim]
+ *                and the same for v (backend.h's layout): one block of one head is block_size
+ *                rows of head_dim contiguous values, 2*head_dim bytes apart by n_kv_heads.
+ *
+ * Streams: every op runs on ctx->stream, a blocking stream (created without
+ * cudaStreamNonBlocking), so work on the legacy default stream (the checkers' timing events)
+ * is ordered with it. act_read synchronizes the stream. */
+#ifndef ROPESERVE_CUDA_COMMON_CUH
+#define ROPESERVE_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "../../common/common.h"
+#include "../backend.h"
+}
+
+// ------------------------------------------------------------------------------------------------
+// error checks (STYLE rule 17): a device error inside an op is a broken invariant -> abort with
+// file:line. Functions that can fail for an outside reason (memory) check by hand and return.
+
+#define CUDA_CHECK(call)                                                                    \
+    do {                                                                                    \
+        cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess)                                                              \
+            check_failed(__FILE__, __LINE__, #call, "CUDA error %d: %s", (int)e_,          \
+                         cudaGetErrorString(e_));                                           \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                  \
+    do {                                                                                    \
+        cublasStatus_t s_ = (call);                                                         \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                    \
+            check_failed(__FILE__, __LINE__, #call, "cuBLAS error %d: %s", (int)s_,        \
+                         cublasGetStatusString(s_));                                        \
+    } while (0)
+
+/* After every kernel launch: launch-configuration errors surface here, at the launch site. */
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+// ------------------------------------------------------------------------------------------------
+// buffers and context
+
+struct bk_buf {
+    void *d;              /* device memory */
+    size_t n;             /* elements */
+    enum bk_dtype dtype;  /* BK_F32 for activations; ctx->dtype for weights */
+    int is_weight;
+    uint64_t version;     /* bumped by every op that writes the buffer (matmul cast cache) */
+};
+
+/* The device copy of one batch's metadata (struct bk_batch + what batch_begin derives). */
+struct cuda_batch {
+    int n_tokens, n_seqs, n_out, block_table_stride, rotary_dim;
+    const int32_t *tokens;       /* (n_tokens) */
+    const int32_t *positions;    /* (n_tokens) */
+    const int64_t *slot_mapping; /* (n_tokens) */
+    const int32_t *query_start;  /* (n_seqs + 1) */
+    const int32_t *seq_lens;     /* (n_seqs) */
+    const int32_t *block_tables; /* (n_seqs, block_table_stride) */
+    const int32_t *out_rows;     /* (n_out) */
+    const float *inv_freq;       /* (n_seqs, rotary_dim / 2) */
+    const float *attn_factor;    /* (n_seqs) */
+    const int32_t *row_seq;      /* (n_tokens) the sequence of each row (derived) */
+    const int32_t *items;        /* (n_tokens) rows for the split-KV kernel: the n_dec rows of
+                                    single-token sequences first, then every row of the others */
+    int n_dec;                   /* rows of sequences with one new token */
+    int max_ctx_dec;             /* largest positions[r] + 1 over the first n_dec items */
+    int max_ctx_all;             /* the same over all items */
+};
+
+struct cuda_ctx {
+    int device;
+    char name[256];
+    int n_sm, cc_major, cc_minor;
+    size_t total_mem;
+    enum bk_dtype dtype;         /* weights and KV cache: BK_BF16 or BK_F16 */
+    double gpu_memory_utilization;
+    int attn_simt_only;          /* ROPESERVE_CUDA_ATTN=simt: every row through the split-KV kernel */
+
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *cublas_ws;             /* cuBLAS workspace (fixed size, so the memory plan is exact) */
+    size_t cublas_ws_bytes;
+
+    /* matmul input cast: x (fp32) -> cast_buf (dtype), reused while x is unchanged */
+    void *cast_buf;
+    size_t cast_cap;             /* bytes */
+    const struct bk_buf *cast_src;
+    uint64_t cast_version;
+    size_t cast_n;
+
+    /* KV cache */
+    struct bk_kv_params kv;
+    int kv_ready;
+    void **k_layers, **v_layers; /* (n_layers) device pointers, each (n_blocks, block_size, n_kv_heads, head_dim) */
+    size_t kv_layer_bytes;
+
+    /* batch metadata: pinned staging -> one cudaMemcpyAsync -> d_meta */
+    struct bk_batch host;        /* the caller's batch (its arrays stay valid until the next batch_begin) */
+    struct cuda_batch b;         /* device pointers into d_meta */
+    unsigned char *h_meta, *d_meta;
+    size_t h_meta_cap, d_meta_cap;
+    cudaEvent_t meta_ev;         /* recorded after the copy out of h_meta */
+    int have_batch;
+
+    /* prefill tile list, built at the first attention() of a batch for its GQA group size */
+    int32_t *h_tiles, *d_tiles;  /* (n_tiles, 2): sequence, first packed row */
+    size_t tiles_cap;            /* entries (pairs) */
+    int tiles_group;             /* group size the list was built for; 0 = none yet */
+    int n_tiles;
+    cudaEvent_t tiles_ev;
+
+    /* split-KV partial results */
+    float *part;                 /* (n_items, n_heads, n_splits, head_dim) then (n_items, n_heads, n_splits) lse */
+    size_t part_cap;             /* floats */
+};
+
+static inline size_t dtype_size(enum bk_dtype t) { return t == BK_F32 ? 4 : 2; }
+
+// ------------------------------------------------------------------------------------------------
+// attention params (STYLE rule 7): one struct, explicit strides, shared by both kernel families.
+
+struct attn_params {
+    float *out;                  /* (n_tokens, n_heads, head_dim) */
+    const float *q;              /* (n_tokens, n_heads, head_dim), already rotated */
+    const void *k_cache;         /* (n_blocks, block_size, n_kv_heads, head_dim), dtype T */
+    const void *v_cache;         /* same */
+    long long q_row_stride;      /* n_heads * head_dim */
+    long long kv_token_stride;   /* n_kv_heads * head_dim */
+    int head_dim, n_heads, n_kv_heads, group; /* group = n_heads / n_kv_heads */
+    int block_size, log2_block_size;
+    const int32_t *block_tables; /* (n_seqs, block_table_stride) */
+    int block_table_stride;
+    const int32_t *positions;    /* (n_tokens) */
+    const int32_t *row_seq;      /* (n_tokens) */
+    const int32_t *query_start;  /* (n_seqs + 1) */
+    float scale_log2;            /* softmax scale * log2(e): scores are kept in base 2 */
+    /* BK_K_PRE_ROPE: key j is rotated at position j as it is read */
+    int pre_rope, rotary_dim;
+    const float *inv_freq;       /* (n_seqs, rotary_dim / 2) */
+    const float *attn_factor;    /* (n_seqs) */
+    /* split-KV kernel */
+    const int32_t *items;        /* (n_items) rows */
+    int n_items, n_splits, n_hchunks, lanes_per_key;
+    float *part_o;               /* (n_items, n_heads, n_splits, head_dim) */
+    float *part_lse;             /* (n_items, n_heads, n_splits), base 2 */
+    /* prefill kernel */
+    const int32_t *tiles;        /* (n_tiles, 2) */
+};
+
+// ------------------------------------------------------------------------------------------------
+// device helpers shared by the kernels: element conversion, 8-wide unpacking, the rotated key
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+
+/* x rounded to T and back: the value a T-typed tensor would hold */
+template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
+
+/* Two floats -> one 32-bit register of two T (lo in the low half, as mma/ldmatrix expect). */
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi)
+{
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* 8 values of T in a uint4 (16 bytes) -> f[0..8) */
+template <typename T> __device__ __forceinline__ void unpack8(const uint4 u, float *f);
+template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4 u, float *f)
+{
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+template <> __device__ __forceinline__ void unpack8<__half>(const uint4 u, float *f)
+{
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __half2 h = *reinterpret_cast<const __half2 *>(&w[i]);
+        const float2 v = __half22float2(h);
+        f[2 * i] = v.x;
+        f[2 * i + 1] = v.y;
+    }
+}
+
+/* Elements [8c, 8c+8) of a cached key row (head_dim values of T, 16-byte aligned). With
+ * BK_K_PRE_ROPE the row is rotated at position j with the sequence's frequencies exactly as the
+ * rope op would have (fp32 angle, sincosf, cos/sin x attn_factor, HF rotate-half), in fp32: the
+ * split-KV kernel uses it as is, the tensor-core kernel rounds it to T for the mma. Slow path:
+ * one sincosf per element and a scalar load of each partner element. */
+template <typename T>
+__device__ __forceinline__ void load_key8(float *f, const T *row, int c, int j, int pre_rope,
+                                          int rotary_dim, const float *inv_freq_s, float af)
+{
+    unpack8<T>(*reinterpret_cast<const uint4 *>(row + c * 8), f);
+    if (!pre_rope) return;
+    const int half = rotary_dim >> 1;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        const int d = c * 8 + e;
+        if (d >= rotary_dim) continue;
+        const bool lo = d < half;
+        const int i = lo ? d : d - half;
+        const float x2 = to_f32(row[lo ? d + half : d - half]);
+        const float ang = __fmul_rn((float)j, inv_freq_s[i]);
+        float sn, cs;
+        sincosf(ang, &sn, &cs);
+        cs = __fmul_rn(cs, af);
+        sn = __fmul_rn(sn, af);
+        f[e] = lo ? __fsub_rn(__fmul_rn(f[e], cs), __fmul_rn(x2, sn))
+                  : __fadd_rn(__fmul_rn(f[e], cs), __fmul_rn(x2, sn));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// launchers (all enqueue on `stream`, none synchronizes)
+
+/* elementwise.cu */
+void cuda_cast_f32(void *dst, enum bk_dtype dt, const float *src, size_t n, cudaStream_t stream);
+void cuda_embed(float *x, const void *table, enum bk_dtype tdt, const int32_t *tokens, int n_tokens,
+                int dim, cudaStream_t stream);
+void cuda_rmsnorm(float *out, const float *x, const void *w, enum bk_dtype wdt, int n_rows, int dim,
+                  float eps, cudaStream_t stream);
+void cuda_rope(float *q, float *k, const struct cuda_batch *b, int n_heads, int n_kv_heads,
+               int head_dim, cudaStream_t stream);
+void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
+                   const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
+void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
+void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream);
+void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_out, int dim,
+                      cudaStream_t stream);
+
+/* attention_decode.cu: split-KV kernel over p->n_items rows, then the merge when n_splits > 1. */
+void cuda_attn_decode(const struct attn_params *p, enum bk_dtype dt, cudaStream_t stream);
+/* Query heads one split-KV CTA serves (GC <= 8); a group of G heads takes ceil(G / GC) CTAs. */
+int cuda_attn_decode_heads_per_cta(int group);
+int cuda_attn_decode_supported(int head_dim); /* head_dim % 8 == 0 && head_dim <= 256 */
+int cuda_attn_decode_max_splits(void);
+
+/* attention_prefill.cu: tensor-core kernel over p->tiles (n_tiles of them). */
+int cuda_attn_prefill_supported(int head_dim);
+int cuda_attn_prefill_init(char *err); /* raises the dynamic shared memory limits; once */
+void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt,
+                       cudaStream_t stream);
+#define ATTN_PREFILL_BLOCK_M 64 /* packed (token, head) rows per CTA */
+
+#endif

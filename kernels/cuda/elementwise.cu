@@ -1,0 +1,255 @@
+/* elementwise.cu - the CUDA backend's memory-bound kernels: matmul input cast, embedding gather,
+ * RMSNorm, RoPE, kv_store, SwiGLU, residual add, gather_rows. Each mirrors the fp32 loop of the
+ * CPU reference (kernels/cpu/) with fp32 math; weights may be bf16/f16 (converted on read).
+ *
+ * RoPE precision (REFERENCES-rope.md §1, §10): the angle is ONE fp32 multiply (__fmul_rn, so no
+ * FMA can fold it into anything), then full-range sincosf (this file must never be built with
+ * --use_fast_math: __sinf is wrong beyond a few radians and angles reach 1.3e5), then cos and
+ * sin are multiplied by the sequence's attention factor, and the rotation itself uses explicit
+ * _rn ops so the result does not depend on FMA contraction. One thread per (row, pair) computes
+ * its sincosf once and rotates that pair in every q and k head. Rejected: host-computed cos/sin
+ * tables (64 MiB per frequency set at 128k, and per-sequence frequencies make them per batch). */
+#include "common.cuh"
+
+static inline unsigned int blocks_for(size_t n, int threads)
+{
+    size_t b = (n + (size_t)threads - 1) / (size_t)threads;
+    if (b > 65535u * 32u) b = 65535u * 32u; /* grid-stride loops cover the rest */
+    return (unsigned int)(b ? b : 1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// cast: y (n) = round(x (n)) to bf16/f16
+
+template <typename T>
+__global__ void cast_kernel1(T *y, const float *x, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = from_f32<T>(x[i]);
+}
+
+void cuda_cast_f32(void *dst, enum bk_dtype dt, const float *src, size_t n, cudaStream_t stream)
+{
+    if (n == 0) return;
+    if (dt == BK_BF16)
+        cast_kernel1<<<blocks_for(n, 256), 256, 0, stream>>>((__nv_bfloat16 *)dst, src, n);
+    else
+        cast_kernel1<<<blocks_for(n, 256), 256, 0, stream>>>((__half *)dst, src, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// embed: x (n_tokens, dim) = table[tokens[r]] ; table (vocab, dim)
+
+template <typename W>
+__global__ void embed_kernel1(float *x, const W *table, const int32_t *tokens, int dim)
+{
+    const int r = blockIdx.x;
+    const W *src = table + (size_t)tokens[r] * dim;
+    float *dst = x + (size_t)r * dim;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) dst[d] = to_f32(src[d]);
+}
+
+void cuda_embed(float *x, const void *table, enum bk_dtype tdt, const int32_t *tokens, int n_tokens,
+                int dim, cudaStream_t stream)
+{
+    if (n_tokens == 0) return;
+    if (tdt == BK_BF16)
+        embed_kernel1<<<n_tokens, 256, 0, stream>>>(x, (const __nv_bfloat16 *)table, tokens, dim);
+    else if (tdt == BK_F16)
+        embed_kernel1<<<n_tokens, 256, 0, stream>>>(x, (const __half *)table, tokens, dim);
+    else
+        embed_kernel1<<<n_tokens, 256, 0, stream>>>(x, (const float *)table, tokens, dim);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// rmsnorm: out (n_rows, dim) = x / sqrt(mean(x^2) + eps) * w ; one CTA per row, fp32 sums.
+// out may equal x: every thread reads its own elements for the sum before the barrier and
+// writes only the elements it read.
+
+__device__ __forceinline__ float block_sum(float v, float *red /* (32) */)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    if (warp == 0) { /* only warp 0 touches red now: no other warp reads red[0] while it is rewritten */
+        v = lane < nw ? red[lane] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    return red[0];
+}
+
+template <typename W>
+__global__ void __launch_bounds__(256) rmsnorm_kernel1(float *out, const float *x, const W *w,
+                                                       int dim, float eps)
+{
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *orow = out + (size_t)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) ss += xr[d] * xr[d];
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) orow[d] = (xr[d] * inv) * to_f32(w[d]);
+}
+
+void cuda_rmsnorm(float *out, const float *x, const void *w, enum bk_dtype wdt, int n_rows, int dim,
+                  float eps, cudaStream_t stream)
+{
+    if (n_rows == 0) return;
+    const int threads = dim >= 256 ? 256 : ((dim + 31) / 32) * 32;
+    if (wdt == BK_BF16)
+        rmsnorm_kernel1<<<n_rows, threads, 0, stream>>>(out, x, (const __nv_bfloat16 *)w, dim, eps);
+    else if (wdt == BK_F16)
+        rmsnorm_kernel1<<<n_rows, threads, 0, stream>>>(out, x, (const __half *)w, dim, eps);
+    else
+        rmsnorm_kernel1<<<n_rows, threads, 0, stream>>>(out, x, (const float *)w, dim, eps);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// rope: rotate q (n_tokens, n_heads, head_dim) and k (n_tokens, n_kv_heads, head_dim) in place,
+// HF rotate-half pairs (x[i], x[i + rotary_dim/2]); grid = n_tokens, threads over pairs.
+
+__global__ void rope_kernel1(float *q, float *k, const int32_t *positions, const int32_t *row_seq,
+                             const float *inv_freq /* (n_seqs, half) */,
+                             const float *attn_factor /* (n_seqs) */, int n_heads, int n_kv_heads,
+                             int head_dim, int half)
+{
+    const int r = blockIdx.x;
+    const int s = row_seq[r];
+    const float pos = (float)positions[r];
+    const float af = attn_factor[s];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float ang = __fmul_rn(pos, inv_freq[(size_t)s * half + i]);
+        float sn, cs;
+        sincosf(ang, &sn, &cs);
+        cs = __fmul_rn(cs, af);
+        sn = __fmul_rn(sn, af);
+        float *qr = q + (size_t)r * n_heads * head_dim;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = qr + (size_t)h * head_dim;
+            const float x1 = v[i], x2 = v[i + half];
+            v[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+            v[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        }
+        if (k) {
+            float *kr = k + (size_t)r * n_kv_heads * head_dim;
+            for (int h = 0; h < n_kv_heads; h++) {
+                float *v = kr + (size_t)h * head_dim;
+                const float x1 = v[i], x2 = v[i + half];
+                v[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+                v[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+            }
+        }
+    }
+}
+
+void cuda_rope(float *q, float *k, const struct cuda_batch *b, int n_heads, int n_kv_heads,
+               int head_dim, cudaStream_t stream)
+{
+    const int half = b->rotary_dim / 2;
+    if (b->n_tokens == 0 || half == 0) return;
+    CHECK(b->rotary_dim <= head_dim && b->rotary_dim % 2 == 0, "rotary_dim %d, head_dim %d",
+          b->rotary_dim, head_dim);
+    CHECK(b->inv_freq && b->attn_factor, "rope: the batch carries no inv_freq/attn_factor");
+    const int threads = half >= 128 ? 128 : ((half + 31) / 32) * 32;
+    rope_kernel1<<<b->n_tokens, threads, 0, stream>>>(q, k, b->positions, b->row_seq, b->inv_freq,
+                                                      b->attn_factor, n_heads, n_kv_heads, head_dim,
+                                                      half);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// kv_store: cache[slot_mapping[r]] (n_kv_heads * head_dim values) = round(k[r]), same for v.
+// With the layout (n_blocks, block_size, n_kv_heads, head_dim), slot = block * block_size +
+// offset addresses one token row directly. Negative slots (padding) are skipped.
+
+template <typename T>
+__global__ void kv_store_kernel1(T *kc, T *vc, const float *k, const float *v,
+                                 const int64_t *slot_mapping, int row_elems)
+{
+    const int r = blockIdx.x;
+    const int64_t slot = slot_mapping[r];
+    if (slot < 0) return;
+    const float *kr = k + (size_t)r * row_elems, *vr = v + (size_t)r * row_elems;
+    T *kd = kc + (size_t)slot * row_elems, *vd = vc + (size_t)slot * row_elems;
+    for (int i = threadIdx.x; i < row_elems; i += blockDim.x) {
+        kd[i] = from_f32<T>(kr[i]);
+        vd[i] = from_f32<T>(vr[i]);
+    }
+}
+
+void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
+                   const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream)
+{
+    if (n_tokens == 0) return;
+    const int threads = row_elems >= 256 ? 256 : ((row_elems + 31) / 32) * 32;
+    if (dt == BK_BF16)
+        kv_store_kernel1<<<n_tokens, threads, 0, stream>>>(
+            (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, k, v, slot_mapping, row_elems);
+    else
+        kv_store_kernel1<<<n_tokens, threads, 0, stream>>>((__half *)k_cache, (__half *)v_cache, k,
+                                                           v, slot_mapping, row_elems);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// swiglu: out (n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)) with the full-precision expf
+
+__global__ void swiglu_kernel1(float *out, const float *gate, const float *up, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream)
+{
+    if (n == 0) return;
+    swiglu_kernel1<<<blocks_for(n, 256), 256, 0, stream>>>(out, gate, up, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// add: x (n) += y (n)
+
+__global__ void add_kernel1(float *x, const float *y, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream)
+{
+    if (n == 0) return;
+    add_kernel1<<<blocks_for(n, 256), 256, 0, stream>>>(x, y, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// gather_rows: dst (n_out, dim) = src[rows[i]]
+
+__global__ void gather_rows_kernel1(float *dst, const float *src, const int32_t *rows, int dim)
+{
+    const int i = blockIdx.x;
+    const float *s = src + (size_t)rows[i] * dim;
+    float *d = dst + (size_t)i * dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) d[c] = s[c];
+}
+
+void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_out, int dim,
+                      cudaStream_t stream)
+{
+    if (n_out == 0) return;
+    gather_rows_kernel1<<<n_out, 256, 0, stream>>>(dst, src, rows, dim);
+    CUDA_LAUNCH_CHECK();
+}

@@ -1,0 +1,319 @@
+/* check_attention.cu - kv_store + paged attention (+ kv_copy_blocks) of the CUDA backend against
+ * the CPU backend, over the launch configurations that matter (STYLE rule 27, after vLLM's
+ * paged-attention test), then timing.
+ *
+ * Every configuration: a pool of blocks handed out in a random order (non-contiguous block
+ * tables), NaN written into every cache slot no sequence uses (and into all of layer 0 when the
+ * test runs on layer 1), the sequences' earlier keys/values written through kv_store in
+ * chunks, then one batch exactly as the engine runs it: kv_store of the new rows, attention.
+ * Decode rows (one new token) and prefill rows (several, on top of cached context or not) are
+ * mixed in one batch; GQA groups 1, 2, 4, 6, 8, 16; head_dim 16 (the test fixtures), 32, 64,
+ * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; pre-RoPE keys (CLEX); the split-KV
+ * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens.
+ *
+ * Reference and tolerance. Three runs: the GPU with fp32 inputs (it rounds q, k, v to the
+ * cache dtype itself), the CPU on inputs rounded to that dtype (the naive bf16 run: same
+ * inputs as the GPU's math, fp32 arithmetic) and the CPU on the unrounded inputs. The
+ * comparator runs against the naive run. What the GPU adds: the prefill kernel rounds the
+ * softmax weights P to the dtype for the P.V mma (relative 2^-9 in bf16, 2^-12 in f16) and
+ * normalizes by the sum of the rounded weights, so each output moves by at most
+ * 2^-9 * max_j |v_j - o| <= 4e-3 for |v| <= 1 (bf16; 5e-4 in f16), typically 100x less: atol
+ * 5e-3, rtol 1e-2 (bf16) and atol 1e-3, rtol 5e-3 (f16). With pre-RoPE keys the prefill kernel
+ * also rounds each rotated key to the dtype for the mma (the fp32 reference rotates the stored
+ * key and keeps it fp32): scores move by ~2e-3 (one sigma, q amplitude 6), so those
+ * configurations get twice the tolerance. A wrong block, slot, head, position, frequency, mask
+ * or a NaN read errs by 0.1 .. inf. The errors of the GPU and of the naive run against the fp32 run are
+ * printed for information (the GPU's should be within ~2x the naive run's).
+ *
+ * Usage: check_attention [--quick]   (--quick skips the 128k and bench-size configurations) */
+#include <string>
+
+#include "batch.h"
+#include "check.h"
+
+struct attn_seq {
+    int ctx_before, n_new;
+};
+
+struct attn_config {
+    std::string name;
+    enum bk_dtype dt;
+    int block_size, n_kv_heads, group, head_dim;
+    int pre_rope, rotary_dim; /* rotary_dim 0 = head_dim */
+    int simt;
+    int n_layers;             /* 2: layer 0 all NaN, the test runs on layer 1 */
+    float q_amp;
+    int big;                  /* skipped by --quick; no fp32 reference (host memory, time) */
+    int bench;
+    int copy_blocks;          /* also check kv_copy_blocks */
+    std::vector<attn_seq> seqs;
+};
+
+#define FILL_CHUNK 8192
+
+/* Write rows of k, v into `layer` at `slots` on every backend, in chunks: NaN when nan_fill,
+ * else random values, rounded to dt for the backends with round[i] set. */
+static void store_rows(struct backend **be, const int *round, int nbe, enum bk_dtype dt, const attn_config &cf,
+                       int layer, const std::vector<int64_t> &slots, int nan_fill)
+{
+    const int row = cf.n_kv_heads * cf.head_dim;
+    for (size_t c0 = 0; c0 < slots.size(); c0 += FILL_CHUNK) {
+        const int n = (int)std::min((size_t)FILL_CHUNK, slots.size() - c0);
+        ck_batch bt;
+        bt.add_rows_at_slots(&slots[c0], n, 1);
+        bt.finish(cf.block_size, cf.rotary_dim ? cf.rotary_dim : cf.head_dim, {}, {}, {}, 1);
+        const size_t m = (size_t)n * row;
+        std::vector<float> k(m), v(m), kr(m), vr(m);
+        if (nan_fill) {
+            std::fill(k.begin(), k.end(), NAN);
+            std::fill(v.begin(), v.end(), NAN);
+        } else {
+            ck_fill(k.data(), m, -1.f, 1.f);
+            ck_fill(v.data(), m, -1.f, 1.f);
+        }
+        ck_round_all(kr.data(), k.data(), m, dt);
+        ck_round_all(vr.data(), v.data(), m, dt);
+        for (int i = 0; i < nbe; i++) {
+            ck_begin(be[i], &bt.b);
+            bk_buf *kb = ck_act_from(be[i], round[i] ? kr.data() : k.data(), m);
+            bk_buf *vb = ck_act_from(be[i], round[i] ? vr.data() : v.data(), m);
+            be[i]->ops->kv_store(be[i]->ctx, layer, kb, vb);
+            be[i]->ops->buf_free(be[i]->ctx, kb);
+            be[i]->ops->buf_free(be[i]->ctx, vb);
+        }
+    }
+}
+
+/* see the top of the file; pre-RoPE keys get 2x for the second rounding of rotated keys */
+static float tol_atol(const attn_config &cf) { return (cf.dt == BK_F16 ? 1e-3f : 5e-3f) * (cf.pre_rope ? 2.f : 1.f); }
+static float tol_rtol(const attn_config &cf) { return (cf.dt == BK_F16 ? 5e-3f : 1e-2f) * (cf.pre_rope ? 2.f : 1.f); }
+
+static void run_config(const attn_config &cf)
+{
+    const int hd = cf.head_dim, n_heads = cf.n_kv_heads * cf.group, bs = cf.block_size;
+    const int rd = cf.rotary_dim ? cf.rotary_dim : hd;
+    const int layer = cf.n_layers - 1;
+    const int ref32 = !cf.big;
+    int n_dec = 0, n_pre = 0, max_len = 0;
+    for (auto &s : cf.seqs) {
+        (s.n_new == 1 ? n_dec : n_pre)++;
+        max_len = std::max(max_len, s.ctx_before + s.n_new);
+    }
+    printf("config: %s\n    %s, block_size %d, kv heads %d x group %d, head_dim %d, %s keys%s, %d decode + %d prefill "
+           "sequences, longest %d%s\n",
+           cf.name.c_str(), ck_dtype_name(cf.dt), bs, cf.n_kv_heads, cf.group, hd,
+           cf.pre_rope ? "pre-RoPE" : "rotated", cf.pre_rope && rd != hd ? " (partial rotary)" : "", n_dec, n_pre,
+           max_len, cf.simt ? ", ROPESERVE_CUDA_ATTN=simt" : "");
+
+    struct backend gpu = ck_cuda_backend(cf.dt, cf.simt), cbf = ck_cpu_backend(), c32 = ck_cpu_backend();
+    struct backend *be[3] = {&gpu, &cbf, &c32};
+    const int round[3] = {ck_selftest, 1, 0}; /* the GPU rounds its inputs itself */
+    const int nbe = ref32 ? 3 : 2;
+
+    /* the pool: block 0 reserved, every sequence's blocks drawn from a random permutation */
+    int need = 0;
+    for (auto &s : cf.seqs) need += (s.ctx_before + s.n_new + bs - 1) / bs;
+    const int copy_need = cf.copy_blocks ? (cf.seqs[0].ctx_before + cf.seqs[0].n_new + bs - 1) / bs : 0;
+    const int n_blocks = 1 + need + copy_need + need / 10 + 4;
+    std::vector<int32_t> perm(n_blocks - 1);
+    for (int i = 0; i < n_blocks - 1; i++) perm[i] = i + 1;
+    for (int i = n_blocks - 2; i > 0; i--) std::swap(perm[i], perm[ck_int(i + 1)]);
+    std::vector<std::vector<int32_t>> tables;
+    size_t next = 0;
+    for (auto &s : cf.seqs) {
+        const int nb = (s.ctx_before + s.n_new + bs - 1) / bs;
+        tables.emplace_back(perm.begin() + next, perm.begin() + next + nb);
+        next += nb;
+    }
+    std::vector<int32_t> spare(perm.begin() + next, perm.end());
+
+    struct bk_kv_params kvp;
+    memset(&kvp, 0, sizeof kvp);
+    kvp.n_layers = cf.n_layers;
+    kvp.n_blocks = n_blocks;
+    kvp.block_size = bs;
+    kvp.n_kv_heads = cf.n_kv_heads;
+    kvp.head_dim = hd;
+    kvp.k_storage = cf.pre_rope ? BK_K_PRE_ROPE : BK_K_POST_ROPE;
+    char err[ERR_LEN];
+    for (int i = 0; i < nbe; i++)
+        if (be[i]->ops->kv_init(be[i]->ctx, &kvp, err)) {
+            fprintf(stderr, "kv_init: %s\n", err);
+            abort();
+        }
+
+    /* NaN into every slot no sequence uses (and all of layer 0), then the cached context */
+    std::vector<char> used((size_t)n_blocks * bs, 0);
+    std::vector<int64_t> history;
+    for (size_t s = 0; s < cf.seqs.size(); s++)
+        for (int p = 0; p < cf.seqs[s].ctx_before + cf.seqs[s].n_new; p++) {
+            const int64_t slot = (int64_t)tables[s][p / bs] * bs + p % bs;
+            used[slot] = 1;
+            if (p < cf.seqs[s].ctx_before) history.push_back(slot);
+        }
+    std::vector<int64_t> unused, all;
+    for (size_t i = 0; i < used.size(); i++) {
+        if (!used[i]) unused.push_back((int64_t)i);
+        if (cf.n_layers > 1) all.push_back((int64_t)i);
+    }
+    store_rows(be, round, nbe, cf.dt, cf, layer, unused, 1);
+    if (cf.n_layers > 1) store_rows(be, round, nbe, cf.dt, cf, 0, all, 1);
+    store_rows(be, round, nbe, cf.dt, cf, layer, history, 0);
+
+    /* the step: kv_store of the new rows, then attention */
+    ck_batch bt;
+    std::vector<double> bases;
+    std::vector<float> scales, afs;
+    for (size_t s = 0; s < cf.seqs.size(); s++) {
+        bt.add_seq(cf.seqs[s].ctx_before, cf.seqs[s].n_new, tables[s]);
+        bases.push_back(s % 2 ? 500000.0 : 10000.0);
+        scales.push_back(s % 3 == 2 ? 8.f : 1.f);
+        afs.push_back(s % 2 ? 1.2079442f : 1.f);
+    }
+    bt.finish(bs, rd, bases, scales, afs);
+    const size_t nt = (size_t)bt.b.n_tokens, nq = nt * n_heads * hd, nkv = nt * cf.n_kv_heads * hd;
+    std::vector<float> q(nq), k(nkv), v(nkv), qr(nq), kr(nkv), vr(nkv);
+    ck_fill(q.data(), nq, -cf.q_amp, cf.q_amp);
+    ck_fill(k.data(), nkv, -1.f, 1.f);
+    ck_fill(v.data(), nkv, -1.f, 1.f);
+    ck_round_all(qr.data(), q.data(), nq, cf.dt);
+    ck_round_all(kr.data(), k.data(), nkv, cf.dt);
+    ck_round_all(vr.data(), v.data(), nkv, cf.dt);
+    const float scale = 1.0f / sqrtf((float)hd);
+    bk_buf *qb[3], *ob[3];
+    std::vector<float> out[3];
+    for (int i = 0; i < nbe; i++) {
+        ck_begin(be[i], &bt.b);
+        bk_buf *kb = ck_act_from(be[i], round[i] ? kr.data() : k.data(), nkv);
+        bk_buf *vb = ck_act_from(be[i], round[i] ? vr.data() : v.data(), nkv);
+        be[i]->ops->kv_store(be[i]->ctx, layer, kb, vb);
+        be[i]->ops->buf_free(be[i]->ctx, kb);
+        be[i]->ops->buf_free(be[i]->ctx, vb);
+        qb[i] = ck_act_from(be[i], round[i] ? qr.data() : q.data(), nq);
+        ob[i] = ck_act(be[i], nq);
+        be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], layer, n_heads, scale);
+        out[i] = ck_read(be[i], ob[i], nq);
+    }
+
+    const float atol = tol_atol(cf), rtol = tol_rtol(cf);
+    struct ck_result r = check_compare("attention", out[0].data(), out[1].data(), nq, atol, rtol);
+    TEST_CONDF(r.mismatches == 0, "%s: attention within atol %g rtol %g", cf.name.c_str(), atol, rtol);
+    TEST_CONDF(r.nonfinite_ref == 0, "%s: the CPU reference is finite (it read no NaN slot)", cf.name.c_str());
+    if (ref32) {
+        const double eg = ck_max_err(out[0].data(), out[2].data(), nq), en = ck_max_err(out[1].data(), out[2].data(), nq);
+        printf("    vs fp32 inputs: gpu max |err| %.3g, naive %s run %.3g (ratio %.2f)\n", eg, ck_dtype_name(cf.dt), en,
+               en > 0 ? eg / en : 0.0);
+    }
+    if (max_len == 1) /* every sequence has one key: the output is that key's value, exactly */
+        TEST_CONDF(r.max_abs == 0.0, "%s: single-key outputs equal the stored values exactly", cf.name.c_str());
+
+    if (cf.copy_blocks) {
+        /* copy the first sequence's blocks into spare ones, point its table there, attend again */
+        std::vector<int32_t> src = tables[0], dst(spare.begin(), spare.begin() + src.size());
+        for (int i = 0; i < nbe; i++) be[i]->ops->kv_copy_blocks(be[i]->ctx, src.data(), dst.data(), (int)src.size());
+        /* clobber the originals with NaN so a read of the old blocks shows */
+        std::vector<int64_t> old_slots;
+        for (int32_t blk : src)
+            for (int o = 0; o < bs; o++) old_slots.push_back((int64_t)blk * bs + o);
+        store_rows(be, round, nbe, cf.dt, cf, layer, old_slots, 1);
+        ck_batch b2;
+        for (size_t s = 0; s < cf.seqs.size(); s++) b2.add_seq(cf.seqs[s].ctx_before, cf.seqs[s].n_new, s == 0 ? dst : tables[s]);
+        b2.finish(bs, rd, bases, scales, afs);
+        std::vector<float> out2[2];
+        for (int i = 0; i < 2; i++) {
+            ck_begin(be[i], &b2.b);
+            be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], layer, n_heads, scale);
+            out2[i] = ck_read(be[i], ob[i], nq);
+        }
+        r = check_compare("attention after kv_copy_blocks", out2[0].data(), out2[1].data(), nq, atol, rtol);
+        TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s: attention after kv_copy_blocks", cf.name.c_str());
+        TEST_CONDF(memcmp(out2[0].data(), out[0].data(), nq * sizeof(float)) == 0,
+                   "%s: GPU output unchanged (bit for bit) after kv_copy_blocks", cf.name.c_str());
+        ck_begin(&gpu, &bt.b); /* back to the original batch for the bench */
+    }
+
+    if (cf.bench) {
+        double kv_bytes = 0.0, flop = 0.0;
+        for (auto &s : cf.seqs) {
+            const double len = s.ctx_before + s.n_new;
+            kv_bytes += len * cf.n_kv_heads * hd * 2.0 * 2.0;
+            for (int i = 0; i < s.n_new; i++) flop += 4.0 * n_heads * hd * (s.ctx_before + i + 1);
+        }
+        const float ms = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], layer, n_heads, scale); });
+        printf("    bench %s: %.4f ms, KV %.1f GB/s (each sequence's K and V read once), %.1f TFLOP/s (causal)\n",
+               cf.name.c_str(), ms, kv_bytes / (ms * 1e6), flop / (ms * 1e9));
+    }
+    for (int i = 0; i < nbe; i++) {
+        be[i]->ops->buf_free(be[i]->ctx, qb[i]);
+        be[i]->ops->buf_free(be[i]->ctx, ob[i]);
+    }
+    backend_free(&gpu);
+    backend_free(&cbf);
+    backend_free(&c32);
+}
+
+/* n sequences of one new token at random context lengths in [1, max_ctx] */
+static std::vector<attn_seq> decodes(int n, int max_ctx)
+{
+    std::vector<attn_seq> v;
+    for (int i = 0; i < n; i++) v.push_back({ck_int(max_ctx), 1});
+    return v;
+}
+
+static std::vector<attn_seq> cat(std::vector<attn_seq> a, const std::vector<attn_seq> &b)
+{
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+int main(int argc, char **argv)
+{
+    if (check_skip_without_device("check_attention")) return 0;
+    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    ck_seed(2024);
+    const enum bk_dtype B = BK_BF16, F = BK_F16;
+    const std::vector<attn_seq> mix = {{0, 37}, {100, 1}, {250, 1}, {0, 1}, {31, 64}, {600, 7}, {1000, 1}, {15, 2}};
+    std::vector<attn_config> configs = {
+        /* name, dtype, bs, kv heads, group, hd, pre-rope, rotary, simt, layers, q amp, big, bench, copy, seqs */
+        {"kv_store: one key per sequence", B, 16, 2, 2, 64, 0, 0, 0, 2, 6.f, 0, 0, 0, {{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}}},
+        {"fixtures shape: hd16 gqa2, mixed", B, 16, 2, 2, 16, 0, 0, 0, 2, 6.f, 0, 0, 0, mix},
+        {"fixtures shape: hd16 mha6 f16", F, 16, 6, 1, 16, 0, 0, 0, 1, 6.f, 0, 0, 0, {{0, 255}, {1000, 1}, {255, 2}, {1999, 1}}},
+        {"decode gqa1 hd128 bs16", B, 16, 4, 1, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, decodes(8, 3000)},
+        {"decode gqa4 hd128 bs32", B, 32, 2, 4, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, decodes(8, 3000)},
+        {"decode gqa8 hd64 bs64", B, 64, 2, 8, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, decodes(8, 3000)},
+        {"decode gqa6 hd64 (padded head chunk)", B, 16, 2, 6, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, decodes(5, 2000)},
+        {"decode+prefill gqa16 hd64 (two head chunks)", B, 16, 1, 16, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, cat(decodes(3, 2000), {{0, 20}, {77, 9}})},
+        {"prefill gqa4 hd128 bs16", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{0, 37}, {0, 64}, {0, 130}}},
+        {"chunked prefill gqa8 hd128 bs32", B, 32, 2, 8, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, {{100, 200}, {1000, 65}, {4095, 2}}},
+        {"mixed gqa4 hd64 bs64 f16", F, 64, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"mixed gqa1 hd32", B, 16, 3, 1, 32, 0, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"mixed gqa1 hd80", B, 32, 2, 1, 80, 0, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"mixed gqa2 hd96 f16", F, 16, 2, 2, 96, 0, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"mixed gqa1 hd256", B, 16, 2, 1, 256, 0, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"mixed gqa4 hd128, small scores", B, 16, 2, 4, 128, 0, 0, 0, 1, 1.f, 0, 0, 0, mix},
+        {"pre-RoPE keys gqa4 hd128, mixed", B, 16, 2, 4, 128, 1, 0, 0, 2, 6.f, 0, 0, 0, mix},
+        {"pre-RoPE keys partial rotary 64 of hd128 f16", F, 32, 2, 2, 128, 1, 64, 0, 1, 6.f, 0, 0, 0, mix},
+        {"pre-RoPE keys hd16 gqa2", B, 16, 2, 2, 16, 1, 0, 0, 1, 6.f, 0, 0, 0, mix},
+        {"split-KV for every row (simt) gqa4 hd128", B, 16, 2, 4, 128, 0, 0, 1, 2, 6.f, 0, 0, 0, mix},
+        {"split-KV for every row (simt) hd16 pre-RoPE", B, 16, 2, 2, 16, 1, 0, 1, 1, 6.f, 0, 0, 0, mix},
+        {"kv_copy_blocks gqa4 hd64", B, 16, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 1, {{300, 1}, {40, 30}, {17, 1}}},
+        {"kv_copy_blocks prefill first hd128", B, 32, 2, 2, 128, 0, 0, 0, 1, 6.f, 0, 0, 1, {{70, 50}, {500, 1}}},
+        /* 128k decode: one sequence at the maximum length beside a short one; block sizes 16/32/64 */
+        {"decode 131072 + 5000, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}, {4999, 1}}},
+        {"decode 131072, gqa4 hd128 bs32", B, 32, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        {"decode 131072, gqa4 hd128 bs64", B, 64, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        {"decode 131072 MHA (7B shape) hd128 bs16", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        {"decode 131072 pre-RoPE gqa4 hd128 bs16", B, 16, 8, 4, 128, 1, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        /* throughput shapes */
+        {"batch decode 64 x 4096, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, decodes(64, 4096)},
+        {"prefill 1024 at 0, 32 heads gqa4 hd128", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 1024}}},
+        {"chunked prefill 1024 at 7168, 32 heads gqa4 hd128", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{7168, 1024}}},
+        {"chunked prefill 1024 at 7168 (simt)", B, 16, 8, 4, 128, 0, 0, 1, 1, 6.f, 1, 1, 0, {{7168, 1024}}},
+        {"prefill 2048 at 0, MHA 32 heads hd128", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 2048}}},
+    };
+    for (const auto &cf : configs) {
+        if (quick && cf.big) continue;
+        run_config(cf);
+    }
+    return test_report("check_attention");
+}

@@ -1,0 +1,90 @@
+#!/bin/bash
+# device-check.sh - the one script a GPU session runs (see shared/device/README.md): it checks and
+# measures the prebuilt CUDA backend and leaves every log and figure under $OUT.
+#
+#   1. nvidia-smi: device, driver, memory, clocks (read only: never change clocks or modes)
+#   2. tests/run-cuda.sh: every kernel checker + the end-to-end parity (make test-cuda without make)
+#   3. compute-sanitizer memcheck and racecheck over the small attention configurations
+#   4. the engine bench on the GPU (build/tools/bench --device cuda), when it is built
+#
+# Build here first (the GPU machine has no Debian libraries), then carry build/ and .devlibs:
+#   make all build/tests/kernels/check_{attention,rope,matmul,elementwise}
+#   ../shared/device/bundle-libs.sh build/ropeserve .devlibs
+#   run: tools/device-check.sh      with carry ["build", ".devlibs"]
+# A device call lasts at most 10 minutes: run QUICK=1 first (small attention configurations, no
+# engine bench: a few minutes), then the full run if time is left.
+#
+# Output (at most 8 files, as the device tool brings back): summary.txt, nvidia-smi.txt,
+# test-cuda.log, checkers.log (every checker's full output), sanitizer.log, bench.txt.
+# Environment: OUT (default build/device-check), QUICK=1 (check_attention --quick, no bench),
+# STEP_TIMEOUT (seconds per step, default 900).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-build/device-check}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/.devlibs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$PATH:/usr/local/cuda/bin"
+T=${STEP_TIMEOUT:-900}
+S="$OUT/summary.txt"
+: >"$S"
+say() { echo "$*" | tee -a "$S"; }
+t0=$(date +%s)
+
+# 1. the device
+{
+    nvidia-smi
+    nvidia-smi --query-gpu=name,memory.total,memory.free,clocks.max.sm,clocks.max.mem,clocks.sm,power.limit,driver_version,compute_cap --format=csv
+} >"$OUT/nvidia-smi.txt" 2>&1
+say "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)"
+for b in build/ropeserve build/tests/kernels/check_*; do
+    [ -x "$b" ] || continue
+    miss=$(ldd "$b" 2>&1 | grep 'not found')
+    [ -n "$miss" ] && say "WARNING: $b misses libraries: $miss"
+done
+
+# 2. checkers + parity
+[ "${QUICK:-0}" = 1 ] && export RUN_CUDA_QUICK=1
+RUN_CUDA_TIMEOUT=$T tests/run-cuda.sh >"$OUT/test-cuda.log" 2>&1
+rc_tests=$?
+say "tests/run-cuda.sh (exit $rc_tests): $(tail -n 1 "$OUT/test-cuda.log")"
+grep -E '^== ' "$OUT/test-cuda.log" | tee -a "$S" >/dev/null
+for f in build/test-logs/cuda/*.log; do
+    [ -f "$f" ] || continue
+    echo "=================== $f"
+    cat "$f"
+done >"$OUT/checkers.log" 2>&1
+
+# 3. sanitizers: out-of-bounds / uninitialized reads, shared-memory races in the attention kernels
+: >"$OUT/sanitizer.log"
+if command -v compute-sanitizer >/dev/null && [ -x build/tests/kernels/check_attention ]; then
+    for tool in memcheck racecheck; do
+        echo "=================== compute-sanitizer --tool $tool check_attention --quick" >>"$OUT/sanitizer.log"
+        timeout "$T" compute-sanitizer --tool "$tool" --error-exitcode 99 build/tests/kernels/check_attention --quick \
+            >>"$OUT/sanitizer.log" 2>&1
+        rc=$?
+        say "compute-sanitizer $tool check_attention --quick: exit $rc$( [ $rc -eq 0 ] && echo ' (clean)')"
+    done
+    if [ -x build/tests/kernels/check_rope ]; then
+        echo "=================== compute-sanitizer --tool memcheck check_rope" >>"$OUT/sanitizer.log"
+        timeout "$T" compute-sanitizer --tool memcheck --error-exitcode 99 build/tests/kernels/check_rope >>"$OUT/sanitizer.log" 2>&1
+        say "compute-sanitizer memcheck check_rope: exit $?"
+    fi
+else
+    say "compute-sanitizer or check_attention missing: sanitizers skipped"
+fi
+
+# 4. figures: the checkers' kernel timings, then the engine bench
+{
+    echo "# kernel figures (median of 20, L2 flushed), from the checkers"
+    grep -h -E '^(config:|    bench)' build/test-logs/cuda/check_*.log 2>/dev/null
+} >"$OUT/bench.txt"
+if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_model ]; then
+    M=/tmp/ropeserve-bench-model
+    [ -f $M/config.json ] || build/tools/make_model --preset bench --out $M >>"$OUT/bench.txt" 2>&1
+    echo "# build/tools/bench --model $M --device cuda --pp 512,2048,8192 --tg 128 --streams 1,4,16 --reps 3" >>"$OUT/bench.txt"
+    timeout "$T" build/tools/bench --model $M --device cuda --pp 512,2048,8192 --tg 128 --streams 1,4,16 --reps 3 \
+        >>"$OUT/bench.txt" 2>&1
+    say "engine bench: exit $?"
+fi
+say "device-check done in $(( $(date +%s) - t0 ))s; logs in $OUT"
+exit $rc_tests
