@@ -7,6 +7,7 @@
 #   make bench      throughput figures (never part of the tests)
 # Sources are found by wildcard: a new file in a module folder needs no Makefile edit.
 
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 CC      ?= gcc
 CXX     ?= g++
 ARCH    ?= native
@@ -52,6 +53,7 @@ DEMO    := $(B)/demo-model
 ASAN_CFLAGS := $(filter-out -DROPESERVE_CUDA -O3 $(OPT),$(CFLAGS)) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_OBJ := $(LIB_C:%.c=$(B)/asan/%.o) $(LIB_CC:%.cc=$(B)/asan/%.o)
 ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine
+.SECONDARY: $(ASAN_OBJ)
 
 .PHONY: all deps run test test-cuda bench clean demo
 all: deps $(B)/ropeserve $(TOOL_BIN) $(TEST_BIN)
