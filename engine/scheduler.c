@@ -11,7 +11,8 @@
  *      (after prefix-cache hits), and those blocks are allocated at admission, so a prefill
  *      never stalls half-way for lack of blocks; the head of the queue blocks the rest (FCFS).
  * Decodes always come first, so a 128k prompt being prefilled in chunks never freezes the
- * other streams: it only gets what the budget leaves.
+ * other streams: it only gets what the budget leaves, and at most a quarter of it while
+ * other sequences run or wait.
  *
  * Prefix caching: full blocks are registered by chain hash as their k/v get computed; at
  * admission the longest cached prefix of whole blocks is reused (at most n_tokens - 1 tokens,
@@ -154,11 +155,17 @@ static int wants_prompt_logprobs(const struct sequence *seq)
     return seq->sp.prompt_logprobs && seq->prompt_lp_next < seq->n_prompt;
 }
 
-/* Add a prefill chunk of seq to the plan within the budgets; returns tokens planned. */
+/* Add a prefill chunk of seq to the plan within the budgets; returns tokens planned. While
+ * other sequences run or wait, a chunk is capped at a quarter of the budget (vLLM's
+ * long_prefill_token_threshold): steps stay short, so the other streams' inter-token time and
+ * a newcomer's time to first token stay bounded during a 128k prefill. Alone, a prefill gets
+ * the whole budget (throughput). */
 static int plan_chunk(struct scheduler *s, struct sched_plan *p, struct sequence *seq)
 {
+    int crowded = s->n_running > 1 || s->waiting;
+    int cap = crowded ? (s->max_batched_tokens + 3) / 4 : s->max_batched_tokens;
     int remaining = seq->n_tokens - seq->n_computed;
-    int n = remaining;
+    int n = remaining < cap ? remaining : cap;
     int budget = s->max_batched_tokens - p->n_tokens;
     if (n > budget) n = budget;
     int lp = wants_prompt_logprobs(seq);

@@ -98,14 +98,17 @@ static void test_budget_and_chunking(void)
     sched_add(&s, c);
     sched_plan(&s, &p);
     int n = 0;
-    TEST_COND("first step: the long prompt gets the whole budget", p.n == 1 && plan_has(&p, a, &n) && n == 2048);
+    TEST_COND("first step: a quarter-budget chunk of the long prompt, the short ones whole",
+              p.n == 3 && plan_has(&p, a, &n) && n == 512 && plan_has(&p, b, NULL) && plan_has(&p, c, NULL));
     TEST_COND("budget respected", p.n_tokens <= 2048);
     sched_commit(&s, &p);
+    for (int i = 0; i < p.n; i++) if (p.e[i].sample) seq_append(p.e[i].seq, 7);
     sched_plan(&s, &p);
-    TEST_COND("second step: rest of a, then b and c", plan_has(&p, a, &n) && n == 952 && plan_has(&p, b, NULL) && plan_has(&p, c, NULL));
-    TEST_COND("a samples when its prompt is done", p.e[0].sample == 1);
+    TEST_COND("second step: a's next chunk beside the decodes of b and c", plan_has(&p, a, &n) && n == 512 && plan_has(&p, b, &n) && n == 1 && plan_has(&p, c, NULL));
     sched_commit(&s, &p);
     for (int i = 0; i < p.n; i++) if (p.e[i].sample) seq_append(p.e[i].seq, 7);
+    while (a->n_tokens == 3000) step(&s, &p);
+    TEST_COND("a samples when its prompt is done", a->n_tokens == 3001);
     /* a long prompt arrives: decodes of a, b, c must go on every step while it is chunked */
     struct sequence *d = mkseq(4, 9000, 4, 40);
     sched_add(&s, d);
@@ -113,13 +116,23 @@ static void test_budget_and_chunking(void)
     for (int k = 0; k < 3; k++) {
         sched_plan(&s, &p);
         if (!plan_has(&p, a, &n) || n != 1 || !plan_has(&p, b, NULL) || !plan_has(&p, c, NULL)) starved = 1;
-        if (plan_has(&p, d, &n)) chunks++;
+        if (plan_has(&p, d, &n) && n <= 512) chunks++;
         if (p.n_tokens > 2048) starved = 1;
         sched_commit(&s, &p);
         for (int i = 0; i < p.n; i++) if (p.e[i].sample) seq_append(p.e[i].seq, 7);
     }
     TEST_COND("decodes never starved by a long prefill", !starved && chunks == 3);
-    TEST_COND("long prefill chunked", d->n_computed == 3 * (2048 - 3));
+    TEST_COND("long prefill chunked", d->n_computed == 3 * 512);
+    /* a short request arriving during the long prefill is admitted at the next step */
+    struct sequence *e = mkseq(5, 20, 4, 50);
+    sched_add(&s, e);
+    sched_plan(&s, &p);
+    int nd = 0;
+    TEST_COND("waiting request admitted beside a long prefill", plan_has(&p, e, &n) && n == 20);
+    TEST_COND("the long prefill yields most of the budget", plan_has(&p, d, &nd) && nd <= 512);
+    sched_commit(&s, &p);
+    sched_finish(&s, e);
+    seq_free(e);
     sched_finish(&s, a);
     sched_finish(&s, b);
     sched_finish(&s, c);
