@@ -24,9 +24,9 @@ GAP = 1e-3
 passed = failed = 0
 
 
-def generate(model, ids=None, text=None, n=16):
+def generate(model, ids=None, text=None, n=16, extra=()):
     cmd = [BIN, "generate", "--model", model, "--max-tokens", str(n), "--top-logprobs", "20",
-           "--json", "--threads", "2", "--log-level", "warn"]
+           "--json", "--threads", "2", "--log-level", "warn"] + list(extra)
     cmd += ["--prompt-ids", ",".join(map(str, ids))] if ids is not None else ["--prompt", text]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -43,10 +43,11 @@ def compare_step(ref, ours):
     return worst, len(common)
 
 
-def check_case(model, name, prompt_ids, ref_greedy, ref_steps, text=None):
-    """Returns a list of problems (empty = pass) and the max |delta logprob|."""
+def check_case(model, name, prompt_ids, ref_greedy, ref_steps, text=None, extra=()):
+    """Returns a list of problems (empty = pass) and the max |delta logprob|. `extra`: more
+    `generate` flags (tests/test_rope_e2e.py passes --max-model-len)."""
     problems, worst_all = [], 0.0
-    got = generate(model, ids=prompt_ids if text is None else None, text=text, n=len(ref_greedy))
+    got = generate(model, ids=prompt_ids if text is None else None, text=text, n=len(ref_greedy), extra=extra)
     if text is not None and got["prompt_ids"] != prompt_ids:
         problems.append("tokenization differs: %s vs %s" % (got["prompt_ids"][:12], prompt_ids[:12]))
         return problems, worst_all
@@ -72,7 +73,7 @@ def check_case(model, name, prompt_ids, ref_greedy, ref_steps, text=None):
             # a near-tie: continue teacher-forced on the reference's path
             forced = prompt_ids + ref_greedy[:k + 1]
             if k + 1 < len(ref_greedy):
-                got = generate(model, ids=forced, n=len(ref_greedy) - k - 1)
+                got = generate(model, ids=forced, n=len(ref_greedy) - k - 1, extra=extra)
                 ours_ids, ours_top, base = got["ids"], got["top_logprobs"], k + 1
         k += 1
     if not problems and len(ours_ids) + base > len(ref_greedy):
