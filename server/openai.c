@@ -528,6 +528,27 @@ static int parse_common(const cJSON *root, enum oai_kind kind, int vocab_size, i
     return 0;
 }
 
+/* The request body as a JSON object, or NULL with a 400 in e (invalid UTF-8, not JSON, not an
+ * object). The caller frees it with cJSON_Delete. */
+static cJSON *parse_body(const char *body, size_t len, struct oai_error *e)
+{
+    if (!utf8_valid(body, len)) {
+        oai_err(e, 400, NULL, NULL, "the request body is not valid UTF-8");
+        return NULL;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) {
+        oai_err(e, 400, NULL, NULL, "the request body is not valid JSON");
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        oai_err(e, 400, NULL, NULL, "the request body must be a JSON object");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
 int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int vocab_size, int max_n,
                       struct oai_request *r, struct oai_error *e)
 {
@@ -539,15 +560,9 @@ int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int voca
     r->sp.stop_ids = NULL;
     r->sp.n_stop_ids = 0;
     r->sp.n_logit_bias = 0;
-    if (!utf8_valid(body, len))
-        return oai_err(e, 400, NULL, NULL, "the request body is not valid UTF-8");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!root) return oai_err(e, 400, NULL, NULL, "the request body is not valid JSON");
+    cJSON *root = parse_body(body, len, e);
+    if (!root) return -1;
     int rc = -1;
-    if (!cJSON_IsObject(root)) {
-        oai_err(e, 400, NULL, NULL, "the request body must be a JSON object");
-        goto done;
-    }
     if (parse_common(root, kind, vocab_size, max_n, r, e)) goto done;
     if (kind == OAI_COMPLETION) {
         if (field(root, "suffix")) {
@@ -616,15 +631,9 @@ int oai_parse_tokenize(const char *body, size_t len, struct oai_request *r, stru
     memset(r, 0, sizeof *r);
     r->add_special_tokens = 1;
     r->logprobs = -1;
-    if (!utf8_valid(body, len))
-        return oai_err(e, 400, NULL, NULL, "the request body is not valid UTF-8");
-    cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!root) return oai_err(e, 400, NULL, NULL, "the request body is not valid JSON");
+    cJSON *root = parse_body(body, len, e);
+    if (!root) return -1;
     int rc = -1;
-    if (!cJSON_IsObject(root)) {
-        oai_err(e, 400, NULL, NULL, "the request body must be a JSON object");
-        goto done;
-    }
     if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
     if (field(root, "messages")) {
         r->kind = OAI_CHAT;
