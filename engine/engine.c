@@ -142,7 +142,7 @@ static void process_outputs(engine_t *e)
                 if (target < seq->prompt_lp_next || target >= seq->n_prompt) continue;
                 struct engine_event ev = {.type = ENGINE_EV_PROMPT_TOKEN};
                 sampler_logprobs(logits + (size_t)(row + j) * e->vocab, e->vocab, seq->tokens[target],
-                                 seq->sp.n_logprobs, &ev, e->scratch);
+                                 seq->sp.n_logprobs, &ev);
                 stream_push(seq->stream, &ev);
                 seq->prompt_lp_next = target + 1;
             }
@@ -259,6 +259,15 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
         max_len = (int)pool_tokens;
     }
 
+    /* the model's activation buffers bound a step: the caller sized them when loading it */
+    const struct model_params *mp = model_get_params(m);
+    int max_logits = mp->max_out_rows < p->max_batched_tokens ? mp->max_out_rows : p->max_batched_tokens;
+    if (p->max_batched_tokens > mp->max_batch_tokens || max_logits < p->max_num_seqs) {
+        return set_err(err, -1, "--max-batched-tokens %d / --max-num-seqs %d exceed what the model was loaded for "
+                       "(%d tokens, %d logits rows per step)", p->max_batched_tokens, p->max_num_seqs,
+                       mp->max_batch_tokens, mp->max_out_rows);
+    }
+
     engine_t *e = xcalloc(1, sizeof *e);
     e->p = *p;
     e->model = m;
@@ -267,8 +276,6 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     e->max_model_len = max_len;
     e->n_blocks = (int)n_blocks;
     e->rng_state = p->seed;
-    int max_logits = p->max_num_seqs > 256 ? p->max_num_seqs : 256;
-    if (max_logits > p->max_batched_tokens) max_logits = p->max_batched_tokens;
     if (model_kv_init(m, e->n_blocks, bs, err) < 0) goto fail;
     if (sched_init(&e->sched, e->n_blocks, bs, p->max_batched_tokens, p->max_num_seqs, max_logits,
                    max_len, p->enable_prefix_cache) < 0) {

@@ -165,11 +165,10 @@ int runner_run(struct runner *r, const struct sched_plan *p, int block_size, cha
  * Sampler. */
 void sampler_seed(uint64_t rng[4], uint64_t seed);
 /* Pick the next token of seq from logits (vocab). Fills ev (token, logprob, top K) with
- * log-softmax values of the raw logits. scratch: 2 * vocab floats + vocab ints. */
+ * log-softmax values of the raw logits. scratch: 2 * vocab floats; iscratch: vocab ints. */
 int32_t sampler_sample(struct sequence *seq, const float *logits, int vocab, struct engine_event *ev,
                        float *scratch, int *iscratch);
 /* log-softmax of the raw logits: the logprob of `token` and the top n (best first). */
-void sampler_logprobs(const float *logits, int vocab, int32_t token, int n, struct engine_event *ev,
-                      float *scratch);
+void sampler_logprobs(const float *logits, int vocab, int32_t token, int n, struct engine_event *ev);
 
 #endif

@@ -61,10 +61,8 @@ static int top_n(const float *x, int vocab, int n, int32_t *ids)
     return k;
 }
 
-void sampler_logprobs(const float *logits, int vocab, int32_t token, int n, struct engine_event *ev,
-                      float *scratch)
+void sampler_logprobs(const float *logits, int vocab, int32_t token, int n, struct engine_event *ev)
 {
-    (void)scratch;
     float mx = -INFINITY;
     for (int i = 0; i < vocab; i++) if (logits[i] > mx) mx = logits[i];
     double sum = 0;
@@ -159,6 +157,6 @@ int32_t sampler_sample(struct sequence *seq, const float *logits, int vocab, str
             if (u < acc) { tok = idx[i]; break; }
         }
     }
-    sampler_logprobs(logits, vocab, tok, sp->n_logprobs, ev, NULL);
+    sampler_logprobs(logits, vocab, tok, sp->n_logprobs, ev);
     return tok;
 }

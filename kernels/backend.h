@@ -89,6 +89,7 @@ struct bk_batch {
 
 struct backend_ops {
     const char *name; /* "cpu", "cuda" */
+    int elem_size;    /* bytes of one stored weight or KV element: 4 (fp32) or 2 (bf16/f16) */
     void (*free)(void *ctx);
     /* One line describing the device for the start-up log (e.g. "cpu: 2 threads, OpenBLAS"). */
     void (*describe)(void *ctx, char *buf, size_t len);

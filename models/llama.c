@@ -73,6 +73,7 @@ struct model_params model_default_params(void)
 
 const struct model_config *model_get_config(const model_t *m) { return &m->cfg; }
 const struct rope *model_get_rope(const model_t *m) { return &m->rope; }
+const struct model_params *model_get_params(const model_t *m) { return &m->params; }
 size_t model_weight_bytes(const model_t *m) { return m->weight_bytes; }
 
 size_t model_mem_free(const model_t *m)
@@ -82,9 +83,7 @@ size_t model_mem_free(const model_t *m)
 
 size_t model_kv_bytes_per_token(const model_t *m)
 {
-    /* fp32 on the CPU; a CUDA backend stores 16-bit values */
-    size_t elt = strcmp(m->be->ops->name, "cpu") == 0 ? 4 : 2;
-    return 2 * (size_t)m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * elt;
+    return 2 * (size_t)m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * m->be->ops->elem_size;
 }
 
 static void free_buf(model_t *m, bk_buf **b)
@@ -209,7 +208,7 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
             free(found);
             goto fail;
         }
-        m->weight_bytes += n * (strcmp(ops->name, "cpu") == 0 ? 4 : 2);
+        m->weight_bytes += n * (size_t)ops->elem_size;
     }
     free(found);
     if (tied) m->lm_head = m->tok_emb;

@@ -148,6 +148,7 @@ void model_free(model_t *m);
 
 const struct model_config *model_get_config(const model_t *m);
 const struct rope *model_get_rope(const model_t *m);
+const struct model_params *model_get_params(const model_t *m); /* the limits it was loaded with */
 size_t model_weight_bytes(const model_t *m);        /* as stored in the backend */
 size_t model_kv_bytes_per_token(const model_t *m);  /* k + v, all layers, backend dtype */
 /* Backend memory left for the KV pool (0: no device limit, the caller budgets). */

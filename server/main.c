@@ -305,6 +305,19 @@ static void free_all(struct loaded *L)
 /* ---------------------------------------------------------------------------------------------
  * generate */
 
+/* Append len bytes to the NUL-terminated *text; with echo, also print them as they come. */
+static void text_append(char **text, size_t *text_len, const char *piece, int len, int echo)
+{
+    *text = xrealloc(*text, *text_len + len + 1);
+    memcpy(*text + *text_len, piece, len);
+    *text_len += len;
+    (*text)[*text_len] = 0;
+    if (echo) {
+        fwrite(piece, 1, len, stdout);
+        fflush(stdout);
+    }
+}
+
 static int cmd_generate(struct opts *o)
 {
     char err[ERR_LEN];
@@ -350,16 +363,17 @@ static int cmd_generate(struct opts *o)
     if (engine_submit(L.engine, &req, &s, err) != ENGINE_OK) die("%s", err);
 
     cJSON *out_ids = cJSON_CreateArray(), *tops = cJSON_CreateArray();
-    int32_t *gen = xmalloc(sizeof(int32_t) * ((size_t)o->max_tokens + 1));
     int n_gen = 0;
     tok_stream_t *ts = tok_stream_new(L.tok, ids, n);
+    char *text = xcalloc(1, 1);
+    size_t text_len = 0;
     struct engine_event ev;
     enum finish_reason why = FINISH_NONE;
     while (engine_stream_next(s, &ev, -1) == 1) {
         if (ev.type == ENGINE_EV_DONE) { why = ev.reason; if (ev.reason == FINISH_ERROR) die("generate: %s", ev.err); break; }
         if (ev.type != ENGINE_EV_TOKEN) continue;
         if (!t_first) t_first = now_s();
-        gen[n_gen++] = ev.token;
+        n_gen++;
         cJSON_AddItemToArray(out_ids, cJSON_CreateNumber(ev.token));
         cJSON *step = cJSON_CreateArray();
         for (int i = 0; i < ev.n_top; i++) {
@@ -369,38 +383,16 @@ static int cmd_generate(struct opts *o)
             cJSON_AddItemToArray(step, e);
         }
         cJSON_AddItemToArray(tops, step);
-        if (!o->json) {
-            const char *txt;
-            int len = tok_stream_push(ts, ev.token, &txt);
-            fwrite(txt, 1, len, stdout);
-            fflush(stdout);
-        }
-    }
-    double t1 = now_s();
-    if (o->json) {
-        char *text;
-        size_t tl;
         /* the continuation as a full decode of prompt + generated shows it, minus the prompt */
         const char *piece;
-        int len;
-        char *acc = xmalloc(1);
-        size_t an = 0;
-        tok_stream_t *t2 = tok_stream_new(L.tok, ids, n);
-        for (int i = 0; i < n_gen; i++) {
-            len = tok_stream_push(t2, gen[i], &piece);
-            acc = xrealloc(acc, an + len + 1);
-            memcpy(acc + an, piece, len);
-            an += len;
-        }
-        len = tok_stream_finish(t2, &piece);
-        acc = xrealloc(acc, an + len + 1);
-        memcpy(acc + an, piece, len);
-        an += len;
-        acc[an] = 0;
-        tok_stream_free(t2);
-        text = acc;
-        tl = an;
-        (void)tl;
+        int len = tok_stream_push(ts, ev.token, &piece);
+        if (len > 0) text_append(&text, &text_len, piece, len, !o->json);
+    }
+    double t1 = now_s();
+    const char *piece;
+    int len = tok_stream_finish(ts, &piece);
+    text_append(&text, &text_len, piece, len, !o->json);
+    if (o->json) {
         cJSON *root = cJSON_CreateObject();
         cJSON *pids = cJSON_CreateArray();
         for (int i = 0; i < n; i++) cJSON_AddItemToArray(pids, cJSON_CreateNumber(ids[i]));
@@ -413,11 +405,7 @@ static int cmd_generate(struct opts *o)
         printf("%s\n", js);
         free(js);
         cJSON_Delete(root);
-        free(text);
     } else {
-        const char *txt;
-        int len = tok_stream_finish(ts, &txt);
-        fwrite(txt, 1, len, stdout);
         printf("\n");
         cJSON_Delete(out_ids);
         cJSON_Delete(tops);
@@ -427,7 +415,7 @@ static int cmd_generate(struct opts *o)
           n_gen > 1 ? (n_gen - 1) / (t1 - t_first) : 0.0);
     tok_stream_free(ts);
     engine_stream_free(s);
-    free(gen);
+    free(text);
     free(ids);
     free_all(&L);
     return 0;

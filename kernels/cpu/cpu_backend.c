@@ -251,6 +251,7 @@ static void cpu_describe(void *ctx, char *buf, size_t len)
 
 static const struct backend_ops cpu_ops = {
     .name = "cpu",
+    .elem_size = 4,
     .free = cpu_free,
     .describe = cpu_describe,
     .mem_free = cpu_mem_free,

@@ -716,6 +716,7 @@ static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
 
 static const struct backend_ops cuda_ops = {
     /* .name = */ "cuda",
+    /* .elem_size = */ 2,
     /* .free = */ cu_free,
     /* .describe = */ cu_describe,
     /* .mem_free = */ cu_mem_free,
