@@ -85,6 +85,18 @@ struct bk_batch {
     int rotary_dim;              /* <= head_dim; dims >= rotary_dim pass through */
     const float *inv_freq;       /* (n_seqs, rotary_dim / 2) */
     const float *attn_factor;    /* (n_seqs) multiplies cos and sin */
+    /* Query scaling, per token (NULL: none). The rope op multiplies row r of q (and of q_shift)
+     * by q_scale[r] after rotating it. The engine puts log_scale there (CLEX and GeNE,
+     * REFERENCES-rope.md §6.5, §7.4) and STRING's attention factor squared (§8.1: the reference
+     * multiplies cos and sin of both q and k by it; the logits are the same up to rounding, and
+     * the keys a layer stores stay what plain RoPE makes of its input). */
+    const float *q_scale;        /* (n_tokens) */
+    /* STRING (§8), per sequence; NULL when no sequence of the batch uses it, 0 = off for s. A
+     * query at position p scores key j with q rotated at p when p - j < S (the local band) and
+     * with q rotated at p - S + W when p - j >= S (the shifted part): the decode rule of §8.2,
+     * used for prefill rows too, so the result does not depend on chunking. 0 <= W < S. */
+    const int32_t *string_shift; /* (n_seqs) S = shifted_offset */
+    const int32_t *string_local; /* (n_seqs) W = local_value */
 };
 
 struct backend_ops {
@@ -126,14 +138,22 @@ struct backend_ops {
     void (*matmul)(void *ctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int n_in, int n_out);
     /* Rotate q (n_tokens, n_heads, head_dim) and k (n_tokens, n_kv_heads, head_dim) in place,
      * HF rotate-half layout: pair (x[i], x[i + rotary_dim/2]), angle = (float)positions[r] *
-     * inv_freq[s][i] in fp32, cos and sin multiplied by attn_factor[s]. k may be NULL (q only). */
-    void (*rope)(void *ctx, bk_buf *q, bk_buf *k, int n_heads, int n_kv_heads, int head_dim);
+     * inv_freq[s][i] in fp32, cos and sin multiplied by attn_factor[s]; then q row r times
+     * q_scale[r] (k is never scaled). k may be NULL (q only).
+     * q_shift (n_tokens, n_heads, head_dim) may be NULL; when given, rows of STRING sequences
+     * (string_shift[s] > 0) first get the unrotated q rotated at max(0, positions[r] - S + W)
+     * (times q_scale[r]) written there; rows of other sequences are left untouched. */
+    void (*rope)(void *ctx, bk_buf *q, bk_buf *k, bk_buf *q_shift, int n_heads, int n_kv_heads, int head_dim);
     /* Write k, v (n_tokens, n_kv_heads, head_dim) into layer's cache at slot_mapping. */
     void (*kv_store)(void *ctx, int layer, const bk_buf *k, const bk_buf *v);
     /* out (n_tokens, n_heads, head_dim) = softmax(scale * q k^T, causal) v over each sequence's
      * cached keys, GQA: query head h reads kv head h / (n_heads / n_kv_heads). Never an n x n
-     * matrix: online softmax over key blocks. */
-    void (*attention)(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale);
+     * matrix: online softmax over key blocks.
+     * q_shift: NULL, or the buffer rope() filled; for a STRING sequence (string_shift[s] = S > 0)
+     * the query at position p scores key j with q_shift when p - j >= S and with q otherwise,
+     * all keys of the sequence in one softmax. A batch with STRING sequences must pass it. */
+    void (*attention)(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shift, int layer, int n_heads,
+                      float scale);
     /* out (n_rows, n) = silu(gate) * up */
     void (*swiglu)(void *ctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, int n_rows, int n);
     /* x (n) += y (n) */

@@ -58,7 +58,7 @@ struct model {
     bk_buf *v;      /* (T, n_kv_heads * head_dim) */
     bk_buf *att;    /* (T, n_heads * head_dim) */
     bk_buf *proj;   /* (T, hidden) */
-    bk_buf *gate;   /* (T, ffn) */
+    bk_buf *gate;   /* (T, max(ffn, n_heads * head_dim)); during attention STRING's q_shift */
     bk_buf *up;     /* (T, ffn) */
     bk_buf *xo;     /* (O, hidden) rows whose logits are wanted */
     bk_buf *logits; /* (O, vocab) */
@@ -219,7 +219,7 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
     const size_t T = (size_t)p->max_batch_tokens, O = (size_t)p->max_out_rows;
     struct { bk_buf **b; size_t n; } acts[] = {
         {&m->x, T * H}, {&m->h, T * H}, {&m->q, T * QD}, {&m->k, T * KD}, {&m->v, T * KD},
-        {&m->att, T * QD}, {&m->proj, T * H}, {&m->gate, T * F}, {&m->up, T * F},
+        {&m->att, T * QD}, {&m->proj, T * H}, {&m->gate, T * (size_t)(F > QD ? F : QD)}, {&m->up, T * F},
         {&m->xo, O * H}, {&m->logits, O * V},
     };
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
@@ -266,6 +266,8 @@ int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err
     if (ops->batch_begin(bx, b, err) < 0) return -1;
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     const int post_rope = m->rope.k_storage == BK_K_POST_ROPE;
+    /* STRING's shifted queries live in the gate buffer, which is free until the MLP */
+    bk_buf *q_shift = b->string_shift ? m->gate : NULL;
 
     ops->embed(bx, m->x, m->tok_emb, H);
     for (int l = 0; l < c->n_layers; l++) {
@@ -274,9 +276,9 @@ int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err
         ops->matmul(bx, m->q, m->h, w->wq, T, H, QD);
         ops->matmul(bx, m->k, m->h, w->wk, T, H, KD);
         ops->matmul(bx, m->v, m->h, w->wv, T, H, KD);
-        ops->rope(bx, m->q, post_rope ? m->k : NULL, c->n_heads, c->n_kv_heads, c->head_dim);
+        ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
         ops->kv_store(bx, l, m->k, m->v);
-        ops->attention(bx, m->att, m->q, l, c->n_heads, scale);
+        ops->attention(bx, m->att, m->q, q_shift, l, c->n_heads, scale);
         ops->matmul(bx, m->proj, m->att, w->wo, T, QD, H);
         ops->add(bx, m->x, m->proj, (size_t)T * H);
         ops->rmsnorm(bx, m->h, m->x, w->ffn_norm, T, H, c->rms_norm_eps);

@@ -14,9 +14,9 @@ tmo=${RUN_CUDA_TIMEOUT:-1200}
 py=/usr/bin/python3; [ -x "$py" ] || py=$(command -v python3)
 
 count() { # name logfile rc
-    line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$2" | tail -n 1)
-    p=$(echo "$line" | sed -nE 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\1/p')
-    f=$(echo "$line" | sed -nE 's/.*[^0-9]?([0-9]+) passed, ([0-9]+) failed.*/\2/p')
+    counts=$(grep -oE '[0-9]+ passed, [0-9]+ failed' "$2" | tail -n 1)
+    p=$(echo "$counts" | awk '{print $1}')
+    f=$(echo "$counts" | awk '{print $3}')
     [ -z "$p" ] && p=0
     [ -z "$f" ] && f=0
     if [ "$3" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi

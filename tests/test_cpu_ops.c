@@ -405,7 +405,7 @@ static void test_rope_case(struct backend *be1, struct backend *be3, int head_di
         struct backend *be = bes[bi];
         batch_begin(be, &t);
         bk_buf *qb = upload(be, q, nq), *kb = upload(be, k, nk);
-        be->ops->rope(be->ctx, qb, kb, n_heads, n_kv_heads, head_dim);
+        be->ops->rope(be->ctx, qb, kb, NULL, n_heads, n_kv_heads, head_dim);
         got_q[bi] = download(be, qb, nq);
         got_k[bi] = download(be, kb, nk);
         TEST_CONDF(test_compare("rope q", got_q[bi], qref, nq, 2e-6f, 1e-5f) == 0,
@@ -418,10 +418,57 @@ static void test_rope_case(struct backend *be1, struct backend *be3, int head_di
         TEST_CONDF(pass, "rope leaves dims >= rotary_dim untouched (head_dim %d rotary_dim %d)", head_dim, rotary_dim);
         /* q only */
         be->ops->act_write(be->ctx, qb, 0, q, nq);
-        be->ops->rope(be->ctx, qb, NULL, n_heads, n_kv_heads, head_dim);
+        be->ops->rope(be->ctx, qb, NULL, NULL, n_heads, n_kv_heads, head_dim);
         float *qonly = download(be, qb, nq);
         TEST_CONDF(bitwise_equal(qonly, got_q[bi], nq), "rope with k = NULL (backend %d)", bi);
         free(qonly);
+        /* q_scale and STRING's shifted queries: seq 0 plain, seq 1 S=3 W=1 (p - S + W clamped at
+         * 0 for p < 2), seq 2 S=70000 W=128 */
+        {
+            float *qs = xmalloc((size_t)n_tok * sizeof(float));
+            for (int i = 0; i < n_tok; i++) qs[i] = 1.0f + 0.01f * (float)(i % 7);
+            int32_t sshift[3] = {0, 3, 70000}, slocal[3] = {0, 1, 128};
+            t.b.q_scale = qs;
+            t.b.string_shift = sshift;
+            t.b.string_local = slocal;
+            batch_begin(be, &t);
+            float *sentinel = xmalloc(nq * sizeof(float));
+            for (size_t i = 0; i < nq; i++) sentinel[i] = 7.0f;
+            bk_buf *q2b = upload(be, sentinel, nq);
+            be->ops->act_write(be->ctx, qb, 0, q, nq);
+            be->ops->act_write(be->ctx, kb, 0, k, nk);
+            be->ops->rope(be->ctx, qb, kb, q2b, n_heads, n_kv_heads, head_dim);
+            float *gq = download(be, qb, nq), *gk = download(be, kb, nk), *g2 = download(be, q2b, nq);
+            float *want_q = xmalloc(nq * sizeof(float)), *want_2 = xmalloc(nq * sizeof(float));
+            for (int sq = 0; sq < n_seqs; sq++)
+                for (int row = t.query_start[sq]; row < t.query_start[sq + 1]; row++)
+                    for (int h = 0; h < n_heads; h++) {
+                        size_t off = ((size_t)row * n_heads + h) * head_dim;
+                        int p2 = t.positions[row] - sshift[sq] + slocal[sq];
+                        if (p2 < 0) p2 = 0;
+                        ref_rope(y, q + off, p2, t.inv_freq + (size_t)sq * half, t.attn_factor[sq], rotary_dim,
+                                 head_dim);
+                        for (int d = 0; d < head_dim; d++) {
+                            want_q[off + d] = qref[off + d] * qs[row];
+                            want_2[off + d] = sshift[sq] > 0 ? (float)y[d] * qs[row] : 7.0f;
+                        }
+                    }
+            TEST_CONDF(test_compare("rope q_scale", gq, want_q, nq, 4e-6f, 2e-5f) == 0, "rope q x q_scale (backend %d)",
+                       bi);
+            TEST_CONDF(bitwise_equal(gk, got_k[bi], nk), "rope: q_scale and STRING leave k alone (backend %d)", bi);
+            TEST_CONDF(test_compare("rope q_shift", g2, want_2, nq, 4e-6f, 2e-5f) == 0,
+                       "rope q_shift at p - S + W (clamped at 0) x q_scale; plain rows untouched (backend %d)", bi);
+            t.b.q_scale = NULL;
+            t.b.string_shift = t.b.string_local = NULL;
+            be->ops->buf_free(be->ctx, q2b);
+            free(qs);
+            free(sentinel);
+            free(gq);
+            free(gk);
+            free(g2);
+            free(want_q);
+            free(want_2);
+        }
         be->ops->buf_free(be->ctx, qb);
         be->ops->buf_free(be->ctx, kb);
     }
@@ -452,7 +499,16 @@ struct attn_case {
     float q_scale;       /* larger = sharper softmax */
     int pre_rope;        /* BK_K_PRE_ROPE with rotary_dim below */
     int rotary_dim;
+    int string_shift[MAX_SEQS]; /* STRING S per sequence (0 = off) */
+    int string_local[MAX_SEQS]; /* STRING W */
 };
+
+static int case_has_string(const struct attn_case *ac)
+{
+    for (int s = 0; s < ac->n_seqs; s++)
+        if (ac->string_shift[s] > 0) return 1;
+    return 0;
+}
 
 /* Everything a case needs, built once on the host and replayed into each backend. */
 struct attn_data {
@@ -461,6 +517,7 @@ struct attn_data {
     int *seq_blocks;           /* (n_seqs, stride) shuffled block ids */
     float **kh, **vh;          /* per seq: (ctx + n_new, n_kv_heads, head_dim) */
     float *q;                  /* (n_tok, n_heads, head_dim) */
+    float *q2;                 /* STRING's shifted queries, same shape (NULL without STRING) */
     float *inv_freq, *attn_factor;
 };
 
@@ -505,6 +562,10 @@ static void attn_data_build(struct attn_data *dd, const struct attn_case *ac)
     size_t nq = (size_t)dd->n_tok * ac->n_heads * ac->head_dim;
     dd->q = xmalloc(nq * sizeof(float));
     fill_random(dd->q, nq, ac->q_scale);
+    if (case_has_string(ac)) {
+        dd->q2 = xmalloc(nq * sizeof(float));
+        fill_random(dd->q2, nq, ac->q_scale);
+    }
     int half = ac->rotary_dim / 2;
     dd->inv_freq = xmalloc(((size_t)ac->n_seqs * half + 1) * sizeof(float));
     dd->attn_factor = xmalloc((size_t)ac->n_seqs * sizeof(float));
@@ -524,8 +585,35 @@ static void attn_data_free(struct attn_data *dd)
     free(dd->vh);
     free(dd->seq_blocks);
     free(dd->q);
+    free(dd->q2);
     free(dd->inv_freq);
     free(dd->attn_factor);
+}
+
+/* One softmax pass of the STRING reference over keys j0..j1 (double): out (hd) and the
+ * log-sum-exp of the scaled scores. Returns the number of keys. */
+static int ref_softmax_pass(double *out, double *lse, const float *q, const double *kd, const float *vh, int j0, int j1,
+                            int n_kv, int g, int hd, double scale)
+{
+    if (j1 < j0) return 0;
+    double mx = -INFINITY, sum = 0.0;
+    double *sc = xmalloc((size_t)(j1 - j0 + 1) * sizeof(double));
+    for (int j = j0; j <= j1; j++) {
+        const double *k = kd + ((size_t)j * n_kv + g) * hd;
+        double dot = 0.0;
+        for (int d = 0; d < hd; d++) dot += q[d] * k[d];
+        sc[j - j0] = dot * scale;
+        if (sc[j - j0] > mx) mx = sc[j - j0];
+    }
+    for (int j = j0; j <= j1; j++) sum += (sc[j - j0] = exp(sc[j - j0] - mx));
+    for (int d = 0; d < hd; d++) {
+        double acc = 0.0;
+        for (int j = j0; j <= j1; j++) acc += sc[j - j0] * vh[((size_t)j * n_kv + g) * hd + d];
+        out[d] = acc / sum;
+    }
+    *lse = mx + log(sum);
+    free(sc);
+    return j1 - j0 + 1;
 }
 
 /* Host reference: softmax(scale q.k) v over keys 0..pos, in double. keys_rotated: rotate each
@@ -551,11 +639,24 @@ static float *attn_reference(const struct attn_data *dd, int keys_rotated)
                     for (int d = 0; d < hd; d++) y[d] = x[d];
             }
         double *sc = xmalloc((size_t)len * sizeof(double));
+        const int S = ac->string_shift[s];
         for (int i = 0; i < ac->n_new[s]; i++, r++) {
             int pos = ac->ctx[s] + i;
             for (int h = 0; h < ac->n_heads; h++) {
                 int g = h / G;
                 const float *q = dd->q + ((size_t)r * ac->n_heads + h) * hd;
+                if (S > 0) { /* STRING: the two-pass reference of REFERENCES-rope.md §8.2 */
+                    const float *q2 = dd->q2 + ((size_t)r * ac->n_heads + h) * hd;
+                    double o1[512], o2[512], lse1 = 0.0, lse2 = 0.0;
+                    int n1 = ref_softmax_pass(o1, &lse1, q, kd, dd->vh[s], pos - S + 1 > 0 ? pos - S + 1 : 0, pos,
+                                              n_kv, g, hd, scale);
+                    int n2 = pos >= S ? ref_softmax_pass(o2, &lse2, q2, kd, dd->vh[s], 0, pos - S, n_kv, g, hd, scale)
+                                      : 0;
+                    const double w = n2 ? 1.0 / (1.0 + exp(lse1 - lse2)) : 0.0; /* weight of the shifted part */
+                    float *o = out + ((size_t)r * ac->n_heads + h) * hd;
+                    for (int d = 0; d < hd; d++) o[d] = (float)(n1 ? o1[d] * (1.0 - w) + (n2 ? o2[d] * w : 0.0) : o2[d]);
+                    continue;
+                }
                 double mx = -INFINITY, sum = 0.0;
                 for (int j = 0; j <= pos; j++) {
                     const double *k = kd + ((size_t)j * n_kv + g) * hd;
@@ -610,9 +711,11 @@ static float *attn_naive_f32(const struct attn_data *dd, int keys_rotated)
         for (int i = 0; i < ac->n_new[s]; i++, r++) {
             int pos = ac->ctx[s] + i;
             for (int h = 0; h < ac->n_heads; h++) {
-                const float *q = dd->q + ((size_t)r * ac->n_heads + h) * hd;
+                const float *q1 = dd->q + ((size_t)r * ac->n_heads + h) * hd;
+                const float *q2 = dd->q2 ? dd->q2 + ((size_t)r * ac->n_heads + h) * hd : NULL;
                 float mx = -INFINITY, sum = 0.0f;
                 for (int j = 0; j <= pos; j++) {
+                    const float *q = ac->string_shift[s] > 0 && pos - j >= ac->string_shift[s] ? q2 : q1;
                     const float *k = kf + ((size_t)j * n_kv + h / G) * hd;
                     float dot = 0.0f;
                     for (int d = 0; d < hd; d++) dot += q[d] * k[d];
@@ -717,7 +820,7 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
         t.query_start[ac->n_seqs + 1] = n;
         batch_begin(be, &t);
         bk_buf *kb = upload(be, k, (size_t)n * row), *vb = upload(be, v, (size_t)n * row);
-        if (rope_keys) be->ops->rope(be->ctx, kb, NULL, n_kv, n_kv, hd);
+        if (rope_keys) be->ops->rope(be->ctx, kb, NULL, NULL, n_kv, n_kv, hd);
         be->ops->kv_store(be->ctx, layer, kb, vb);
         be->ops->buf_free(be->ctx, kb);
         be->ops->buf_free(be->ctx, vb);
@@ -749,13 +852,25 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
     }
     t.query_start[ac->n_seqs] = r;
     t.b.n_out = ac->n_seqs;
+    int32_t sshift[MAX_SEQS], slocal[MAX_SEQS];
+    const int string = dd->q2 != NULL;
+    if (string) {
+        for (int s = 0; s < ac->n_seqs; s++) {
+            sshift[s] = ac->string_shift[s];
+            slocal[s] = ac->string_local[s];
+        }
+        t.b.string_shift = sshift;
+        t.b.string_local = slocal;
+    }
     batch_begin(be, &t);
     size_t nq = (size_t)dd->n_tok * ac->n_heads * hd;
     bk_buf *kb = upload(be, k, (size_t)dd->n_tok * row), *vb = upload(be, v, (size_t)dd->n_tok * row);
     bk_buf *qb = upload(be, dd->q, nq), *ob = upload(be, NULL, nq);
-    if (rope_keys) be->ops->rope(be->ctx, kb, NULL, n_kv, n_kv, hd);
+    bk_buf *q2b = string ? upload(be, dd->q2, nq) : NULL;
+    if (rope_keys) be->ops->rope(be->ctx, kb, NULL, NULL, n_kv, n_kv, hd);
     be->ops->kv_store(be->ctx, layer, kb, vb);
-    be->ops->attention(be->ctx, ob, qb, layer, ac->n_heads, 1.0f / sqrtf((float)hd));
+    be->ops->attention(be->ctx, ob, qb, q2b, layer, ac->n_heads, 1.0f / sqrtf((float)hd));
+    be->ops->buf_free(be->ctx, q2b);
     float *out = download(be, ob, nq);
     be->ops->buf_free(be->ctx, kb);
     be->ops->buf_free(be->ctx, vb);
@@ -801,6 +916,30 @@ static void test_attention_case(const struct attn_case *ac)
         free(post);
         free_backend(&be);
     }
+    if (case_has_string(ac)) {
+        /* S >= every sequence's length: no key is shifted, so the output is plain attention's
+         * (the shifted queries, still passed, must be ignored) */
+        struct attn_case far = *ac, off = *ac;
+        for (int s = 0; s < ac->n_seqs; s++) {
+            far.string_shift[s] = ac->ctx[s] + ac->n_new[s] + s;
+            far.string_local[s] = s;
+            off.string_shift[s] = off.string_local[s] = 0;
+        }
+        struct backend be1 = make_backend(2), be2 = make_backend(2);
+        dd.ac = &far;
+        float *a = attn_run(&be1, &dd, storage, 0);
+        float *q2 = dd.q2;
+        dd.q2 = NULL;
+        dd.ac = &off;
+        float *b = attn_run(&be2, &dd, storage, 0);
+        dd.q2 = q2;
+        dd.ac = ac;
+        TEST_CONDF(bitwise_equal(a, b, nq), "attention %s: STRING with S >= length == plain attention", ac->name);
+        free(a);
+        free(b);
+        free_backend(&be1);
+        free_backend(&be2);
+    }
     free(got[0]);
     free(got[1]);
     free(ref);
@@ -810,14 +949,24 @@ static void test_attention_case(const struct attn_case *ac)
 static void test_attention(void)
 {
     static const struct attn_case cases[] = {
-        {"gqa1-hd64-bs16", 4, 4, 64, 16, 6, {100, 37, 0, 0, 64, 5}, {1, 20, 45, 1, 64, 130}, 4.0f, 0, 64},
-        {"gqa4-hd128-bs32-long", 8, 2, 128, 32, 5, {4100, 300, 31, 0, 3000}, {1, 70, 1, 33, 100}, 4.0f, 0, 128},
-        {"gqa8-hd16-bs16", 8, 1, 16, 16, 3, {999, 17, 0}, {1, 40, 9}, 4.0f, 0, 16},
-        {"gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 3, {2000, 100, 0}, {1, 17, 70}, 20.0f, 0, 64},
-        {"gqa4-hd64-bs16-prerope-partial", 8, 2, 64, 16, 3, {500, 40, 0}, {1, 30, 20}, 4.0f, 1, 48},
-        {"gqa1-hd80-bs16", 2, 2, 80, 16, 2, {200, 10}, {1, 25}, 4.0f, 0, 80},
-        {"gqa2-hd128-bs16-prerope", 4, 2, 128, 16, 2, {70, 0}, {3, 50}, 4.0f, 1, 128},
-        {"gqa4-hd64-bs64", 8, 2, 64, 64, 2, {130, 0}, {1, 70}, 4.0f, 0, 64},
+        {"gqa1-hd64-bs16", 4, 4, 64, 16, 6, {100, 37, 0, 0, 64, 5}, {1, 20, 45, 1, 64, 130}, 4.0f, 0, 64, {0}, {0}},
+        {"gqa4-hd128-bs32-long", 8, 2, 128, 32, 5, {4100, 300, 31, 0, 3000}, {1, 70, 1, 33, 100}, 4.0f, 0, 128, {0}, {0}},
+        {"gqa8-hd16-bs16", 8, 1, 16, 16, 3, {999, 17, 0}, {1, 40, 9}, 4.0f, 0, 16, {0}, {0}},
+        {"gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 3, {2000, 100, 0}, {1, 17, 70}, 20.0f, 0, 64, {0}, {0}},
+        {"gqa4-hd64-bs16-prerope-partial", 8, 2, 64, 16, 3, {500, 40, 0}, {1, 30, 20}, 4.0f, 1, 48, {0}, {0}},
+        {"gqa1-hd80-bs16", 2, 2, 80, 16, 2, {200, 10}, {1, 25}, 4.0f, 0, 80, {0}, {0}},
+        {"gqa2-hd128-bs16-prerope", 4, 2, 128, 16, 2, {70, 0}, {3, 50}, 4.0f, 1, 128, {0}, {0}},
+        {"gqa4-hd64-bs64", 8, 2, 64, 64, 2, {130, 0}, {1, 70}, 4.0f, 0, 64, {0}, {0}},
+        /* STRING: a decode and prefill rows with shifted, mixed and local tiles; a plain sequence
+         * in the same batch; S beyond the length (local only) */
+        {"string-gqa4-hd64-bs16", 8, 2, 64, 16, 4, {300, 0, 50, 120}, {1, 200, 30, 1}, 4.0f, 0, 64,
+         .string_shift = {100, 64, 0, 200}, .string_local = {8, 4, 0, 0}},
+        {"string-gqa1-hd128-bs32-decode", 4, 4, 128, 32, 3, {500, 10, 47}, {1, 1, 1}, 4.0f, 0, 128,
+         .string_shift = {77, 5, 48}, .string_local = {3, 0, 47}},
+        {"string-gqa4-hd64-bs16-prerope", 8, 2, 64, 16, 2, {150, 0}, {1, 90}, 4.0f, 1, 48,
+         .string_shift = {60, 33}, .string_local = {5, 1}},
+        {"string-gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 2, {2000, 100}, {1, 97}, 20.0f, 0, 64,
+         .string_shift = {1365, 50}, .string_local = {128, 10}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (small_mode && strstr(cases[i].name, "long")) continue;
@@ -851,7 +1000,7 @@ static void test_kv_copy_blocks(void)
     batch_begin(&be, &t);
     bk_buf *kb = upload(&be, kv, (size_t)n_tok * row), *qb = upload(&be, q, nq), *ob = upload(&be, NULL, nq);
     for (int l = 0; l < n_layers; l++) be.ops->kv_store(be.ctx, l, kb, kb);
-    be.ops->attention(be.ctx, ob, qb, 1, n_heads, 0.25f);
+    be.ops->attention(be.ctx, ob, qb, NULL, 1, n_heads, 0.25f);
     float *before = download(&be, ob, nq);
     const int32_t src[2] = {1, 2}, dst[2] = {4, 5};
     be.ops->kv_copy_blocks(be.ctx, src, dst, 2);
@@ -859,7 +1008,7 @@ static void test_kv_copy_blocks(void)
     t.block_tables[0] = 4;
     t.block_tables[1] = 5;
     batch_begin(&be, &t);
-    be.ops->attention(be.ctx, ob, qb, 1, n_heads, 0.25f);
+    be.ops->attention(be.ctx, ob, qb, NULL, 1, n_heads, 0.25f);
     float *after = download(&be, ob, nq);
     TEST_COND("kv_copy_blocks: attention through the copies is unchanged", bitwise_equal(before, after, nq));
     free(before);
@@ -938,7 +1087,7 @@ static void time_attention(void)
         batch_begin(&be, &t);
         be.ops->kv_store(be.ctx, 0, kb, kb);
         double t0 = now_s(), c0 = cpu_time_s();
-        be.ops->attention(be.ctx, ob, qb, 0, n_heads, 1.0f / sqrtf((float)hd));
+        be.ops->attention(be.ctx, ob, qb, NULL, 0, n_heads, 1.0f / sqrtf((float)hd));
         double ms = (now_s() - t0) * 1e3;
         total_cpu_s += cpu_time_s() - c0;
         total_ms += ms;
@@ -956,7 +1105,7 @@ static void time_attention(void)
     batch_begin(&be, &t);
     const int reps = 20;
     double t0 = now_s();
-    for (int i = 0; i < reps; i++) be.ops->attention(be.ctx, ob, qb, 0, n_heads, 1.0f / sqrtf((float)hd));
+    for (int i = 0; i < reps; i++) be.ops->attention(be.ctx, ob, qb, NULL, 0, n_heads, 1.0f / sqrtf((float)hd));
     printf("  decode at %d: %.3f ms per call\n", len, (now_s() - t0) * 1e3 / reps);
     be.ops->buf_free(be.ctx, qb);
     be.ops->buf_free(be.ctx, ob);

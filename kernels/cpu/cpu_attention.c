@@ -251,6 +251,7 @@ struct attn_args {
     struct cpu_ctx *c;
     float *out;       /* (n_tokens, n_heads, head_dim) */
     const float *q;   /* (n_tokens, n_heads, head_dim) */
+    const float *q2;  /* STRING's shifted queries, same shape, or NULL */
     const float *kc;  /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's keys */
     const float *vc;  /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's values */
     const struct attn_item *items;
@@ -265,7 +266,9 @@ struct attn_args {
 #define SCR_ML(hd) (SCR_ACC(hd) + (size_t)QUERY_TILE_MAX * (hd))     /* m, l, m_new, alpha (QUERY_TILE_MAX) */
 #define SCR_KS(hd) (SCR_ML(hd) + 4 * QUERY_TILE_MAX)                 /* ks (KEY_TILE, hd) */
 #define SCR_VS(hd) (SCR_KS(hd) + (size_t)KEY_TILE * (hd))            /* vs (KEY_TILE, hd) */
-#define SCR_SIZE(hd) (SCR_VS(hd) + (size_t)KEY_TILE * (hd))
+#define SCR_QT2(hd) (SCR_VS(hd) + (size_t)KEY_TILE * (hd))          /* STRING: qt of q_shift */
+#define SCR_ST2(hd) (SCR_QT2(hd) + (size_t)(hd) * QUERY_TILE_MAX)    /* STRING: st of q_shift */
+#define SCR_SIZE(hd) (SCR_ST2(hd) + (size_t)KEY_TILE * QUERY_TILE_MAX)
 
 static void attn_item_run(void *arg, int item_idx, int ith)
 {
@@ -295,23 +298,37 @@ static void attn_item_run(void *arg, int item_idx, int ith)
     float *restrict alpha = m_new + QUERY_TILE_MAX;
     float *restrict ks = scr + SCR_KS(hd);
     float *restrict vs = scr + SCR_VS(hd);
+    float *restrict qt2 = scr + SCR_QT2(hd);
+    float *restrict st2 = scr + SCR_ST2(hd);
     int pos_m[QUERY_TILE_MAX];
+    /* STRING: key j is scored with the shifted query of m when pos_m[m] - j >= S */
+    const int S = a->q2 && b->string_shift ? b->string_shift[it->seq] : 0;
 
     /* queries: qt[d][m], m = row * G + g, query head kvh * G + g */
     int max_pos = -1, min_pos = 1 << 30;
     for (int m = 0; m < Mp; m++) {
         if (m < M) {
             int r = it->row0 + m / G;
-            const float *q = a->q + ((size_t)r * a->n_heads + (size_t)kvh * G + m % G) * hd;
+            const size_t qoff = ((size_t)r * a->n_heads + (size_t)kvh * G + m % G) * hd;
+            const float *q = a->q + qoff;
             if (dot)
                 memcpy(qt + (size_t)m * hd, q, (size_t)hd * sizeof(float));
             else
                 for (int d = 0; d < hd; d++) qt[(size_t)d * Mp + m] = q[d];
+            if (S > 0) {
+                const float *q2 = a->q2 + qoff;
+                if (dot)
+                    memcpy(qt2 + (size_t)m * hd, q2, (size_t)hd * sizeof(float));
+                else
+                    for (int d = 0; d < hd; d++) qt2[(size_t)d * Mp + m] = q2[d];
+            }
             pos_m[m] = b->positions[r];
             if (pos_m[m] > max_pos) max_pos = pos_m[m];
             if (pos_m[m] < min_pos) min_pos = pos_m[m];
         } else {
             for (int d = 0; d < hd; d++) qt[(size_t)d * Mp + m] = 0.0f;
+            if (S > 0)
+                for (int d = 0; d < hd; d++) qt2[(size_t)d * Mp + m] = 0.0f;
             pos_m[m] = 1 << 30; /* padding column: never masked, never written out */
         }
         m_run[m] = -INFINITY;
@@ -339,10 +356,29 @@ static void attn_item_run(void *arg, int item_idx, int ith)
         }
         memset(ks + (size_t)nk * hd, 0, (size_t)(nk6 - nk) * hd * sizeof(float));
 
-        if (dot)
-            qk_dot(st, Mp, ks, nk, qt, M, hd);
-        else
-            qk_tile(st, ks, nk6, qt, Mp, hd);
+        /* STRING: the tile's keys are all local (j > p - S for every row), all shifted, or mixed */
+        const int any_shifted = S > 0 && j0 <= max_pos - S;
+        const int all_shifted = any_shifted && j0 + nk - 1 <= min_pos - S;
+        if (!all_shifted) {
+            if (dot)
+                qk_dot(st, Mp, ks, nk, qt, M, hd);
+            else
+                qk_tile(st, ks, nk6, qt, Mp, hd);
+        }
+        if (any_shifted) {
+            float *dst = all_shifted ? st : st2;
+            if (dot)
+                qk_dot(dst, Mp, ks, nk, qt2, M, hd);
+            else
+                qk_tile(dst, ks, nk6, qt2, Mp, hd);
+            if (!all_shifted)
+                for (int k = 0; k < nk; k++) {
+                    float *restrict s1 = st + (size_t)k * Mp;
+                    const float *restrict s2 = st2 + (size_t)k * Mp;
+                    const int lim = j0 + k + S; /* shifted for m when pos_m[m] >= lim */
+                    for (int m = 0; m < M; m++) s1[m] = pos_m[m] >= lim ? s2[m] : s1[m];
+                }
+        }
 
         /* causal mask (only in tiles that reach past the smallest position), running max */
         const int need_mask = j0 + nk - 1 > min_pos;
@@ -459,7 +495,8 @@ static int item_cmp(const void *x, const void *y)
 }
 
 /* out (n_tokens, n_heads, head_dim) = softmax(scale * q k^T, causal) v, GQA. */
-void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale)
+void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shift, int layer, int n_heads,
+                   float scale)
 {
     struct cpu_ctx *c = ctx;
     CHECK(c->kv_ready && c->have_batch, "attention before kv_init / batch_begin");
@@ -471,7 +508,8 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_hea
     CHECK(G <= QUERY_TILE_MAX, "GQA group %d > %d", G, QUERY_TILE_MAX);
     size_t n = (size_t)b->n_tokens * n_heads * hd;
     CHECK(q->n >= n && out->n >= n, "attention %d x %d x %d: buffers %zu %zu", b->n_tokens, n_heads, hd, q->n, out->n);
-    CHECK(out != q, "attention in place");
+    CHECK(out != q && out != q_shift, "attention in place");
+    CHECK(!q_shift || q_shift->n >= n, "attention q_shift: %zu of %zu", q_shift->n, n);
     CHECK(scale > 0.0f, "scale %g: the running max is taken over unscaled scores", scale);
     if (b->n_tokens == 0) return;
 
@@ -508,8 +546,8 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_hea
         }
     qsort(items, (size_t)n_items, sizeof *items, item_cmp);
 
-    struct attn_args a = {c, out->data, q->data, c->k_cache[layer], c->v_cache[layer], items, n_heads, G,
-                          scale * 1.44269504f};
+    struct attn_args a = {c, out->data, q->data, q_shift ? q_shift->data : NULL, c->k_cache[layer],
+                          c->v_cache[layer], items, n_heads, G, scale * 1.44269504f};
     cpu_parallel_for(c->pool, n_items, attn_item_run, &a);
     free(items);
 }

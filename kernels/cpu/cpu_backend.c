@@ -186,6 +186,10 @@ static int cpu_batch_begin(void *ctx, const struct bk_batch *b, char *err)
             if (b->positions[r] > max_pos) max_pos = b->positions[r];
         }
         c->seq_max_pos[s] = max_pos;
+        if (b->string_shift && b->string_shift[s] > 0)
+            CHECK(b->string_local && b->string_local[s] >= 0 && b->string_local[s] < b->string_shift[s],
+                  "sequence %d: STRING shift %d, local %d (need 0 <= local < shift)", s, b->string_shift[s],
+                  b->string_local ? b->string_local[s] : -1);
         if (c->kv_ready && r1 > r0) {
             /* the blocks attention will read must exist */
             int n_blocks = (b->seq_lens[s] + c->kv.block_size - 1) / c->kv.block_size;

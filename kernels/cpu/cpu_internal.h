@@ -112,9 +112,10 @@ void rope_rotate_cpu(float *y, const float *x, const float *cs, int half, int he
 
 void cpu_embed(void *ctx, bk_buf *x, const bk_buf *table, int dim);
 void cpu_rmsnorm(void *ctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int dim, float eps);
-void cpu_rope(void *ctx, bk_buf *q, bk_buf *k, int n_heads, int n_kv_heads, int head_dim);
+void cpu_rope(void *ctx, bk_buf *q, bk_buf *k, bk_buf *q_shift, int n_heads, int n_kv_heads, int head_dim);
 void cpu_kv_store(void *ctx, int layer, const bk_buf *k, const bk_buf *v);
-void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale);
+void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shift, int layer, int n_heads,
+                   float scale);
 void cpu_swiglu(void *ctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, int n_rows, int n);
 void cpu_add(void *ctx, bk_buf *x, const bk_buf *y, size_t n);
 void cpu_gather_rows(void *ctx, bk_buf *dst, const bk_buf *src, int dim);

@@ -26,7 +26,18 @@
  *
  * Registers (ptxas -v, sm_80/sm_90): 72 / 96 / 128 / 180-187 at GC 1/2/4/8, no spills; the
  * pre-RoPE instantiations (inlined sincosf) reach 192 and one (f16, GC 1, sm_90) spills 4 bytes
- * around the sincosf slow path.
+ * around the sincosf slow path. STRING instantiations, no spills: 64-72 / 94-96 / 128 / 187-192
+ * at GC 1/2/4/8, with pre-RoPE keys 96 / 116-120 / 152-167 / 193-197.
+ *
+ * STRING (REFERENCES-rope.md §8; a template flag, so the plain instantiations are unchanged):
+ * the row's keys j <= positions[r] - S are scored with q_shift, the others with q. A split's
+ * range [k0, k1) is cut at kb = clamp(L - S, k0, k1): chunks never straddle kb, qr holds
+ * q_shift until kb and q from there (q waits in the red buffer, unused until the end: reloading
+ * it from global memory inside the loop kept its addresses live and spilled), and one online
+ * softmax runs over both parts, since only the scores depend on the query. Splits, the merge and
+ * the empty-split rule are unchanged. Rejected: separate splits for the two parts merged by the
+ * (m, l) rescaling (more CTAs and partials for the same keys, and the split count would depend
+ * on S).
  *
  * Rejected: one warp per key with a 5-level reduction (3x the shuffles at hd 128); tensor cores
  * for decode (the kernel is bound by HBM bytes, and the GQA group of <= 8 rows would waste most
@@ -45,7 +56,30 @@
 // ------------------------------------------------------------------------------------------------
 // split-KV kernel
 
-template <typename T, int GC, bool PRE_ROPE>
+/* this lane's 8 query values per head from qsrc (q or q_shift), rounded like the cache and
+ * pre-multiplied by scale*log2 e; zeros for heads past the chunk and lanes past the row */
+template <typename T, int GC>
+__device__ __forceinline__ void load_q8(float (&qr)[GC][8], const float *qsrc, const struct attn_params &p,
+                                        int row, int kvh, int g0, int ng, int lig, bool lane_on)
+{
+    const int G = p.group, HD = p.head_dim;
+#pragma unroll
+    for (int g = 0; g < GC; g++) {
+        if (g < ng && lane_on) {
+            const float *qp = qsrc + (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
+            const float4 a = *reinterpret_cast<const float4 *>(qp);
+            const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
+            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * p.scale_log2;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) qr[g][e] = 0.f;
+        }
+    }
+}
+
+template <typename T, int GC, bool PRE_ROPE, bool STRING>
 __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct attn_params p)
 {
     __shared__ float sc[DEC_CHUNK * GC];   /* (chunk keys, GC) scores, then probabilities */
@@ -90,20 +124,25 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
         return;
     }
 
+    /* STRING: this split's keys [k0, kb) lie at distance >= S from the query (j <= L - 1 - S)
+     * and are scored with q_shift, keys [kb, k1) with q; kb = k0 when the sequence has no STRING */
+    int kb = k0;
+    if (STRING) {
+        const int S = p.string_shift[s];
+        if (S > 0) kb = min(max(L - S, k0), k1);
+    }
+
     float qr[GC][8]; /* this lane's 8 query values per head, rounded like the cache, x scale*log2 e */
+    load_q8<T, GC>(qr, p.q, p, row, kvh, g0, ng, lig, lane_on);
+    if (STRING && k0 < kb) {
+        /* q waits in red (unused until the end) for the chunk at kb; q_shift first. Reloading it
+         * from global memory inside the loop instead kept its addresses live and spilled. */
+        if (warp == 0 && grp == 0 && lane_on)
 #pragma unroll
-    for (int g = 0; g < GC; g++) {
-        if (g < ng && lane_on) {
-            const float *qp = p.q + (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
-            const float4 a = *reinterpret_cast<const float4 *>(qp);
-            const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
-            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            for (int g = 0; g < GC; g++)
 #pragma unroll
-            for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * p.scale_log2;
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; e++) qr[g][e] = 0.f;
-        }
+                for (int e = 0; e < 8; e++) red[g * HD + lig * 8 + e] = qr[g][e];
+        load_q8<T, GC>(qr, p.q_shift, p, row, kvh, g0, ng, lig, lane_on);
     }
     float o[GC][8];
 #pragma unroll
@@ -116,8 +155,15 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
     }
     __syncthreads();
 
-    for (int c0 = k0; c0 < k1; c0 += DEC_CHUNK) {
-        const int n = min(DEC_CHUNK, k1 - c0);
+    /* STRING: no chunk straddles kb (the shifted keys, then the local ones, one online softmax
+     * over both: only the scores depend on the query), and q replaces q_shift in qr at kb */
+    for (int c0 = k0; c0 < k1;) {
+        const int n = min(DEC_CHUNK, (STRING && c0 < kb ? kb : k1) - c0);
+        if (STRING && c0 == kb && k0 < kb && lane_on) /* after a barrier: red holds q */
+#pragma unroll
+            for (int g = 0; g < GC; g++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) qr[g][e] = red[g * HD + lig * 8 + e];
 
         /* (1) scores. U keys per lane group are loaded before any is used (memory-level
          * parallelism: a decode CTA is bound by load latency, not math). The loop bound is
@@ -217,6 +263,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
             }
         }
         __syncthreads(); /* sc and alpha_s are rewritten by the next chunk */
+        c0 += STRING ? n : DEC_CHUNK;
     }
 
     /* sum the lane groups of each warp (lanes with the same lig), then the warps in order */
@@ -301,17 +348,31 @@ int cuda_attn_decode_heads_per_cta(int group)
 int cuda_attn_decode_max_splits(void) { return DEC_MAX_SPLITS; }
 
 /* PRE_ROPE is a template flag: the inlined sincosf path would otherwise double the registers
- * of the common path (48 -> 96 at GC 1) and spill. */
-template <typename T, bool PRE>
+ * of the common path (48 -> 96 at GC 1) and spill. STRING is one too, so that the plain
+ * instantiations compile exactly as they did before STRING existed. */
+template <typename T, bool PRE, bool STR>
 static void launch_decode(const struct attn_params *p, int gc, dim3 grid, cudaStream_t stream)
 {
     switch (gc) {
-    case 1: attn_decode_kernel1<T, 1, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
-    case 2: attn_decode_kernel1<T, 2, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
-    case 4: attn_decode_kernel1<T, 4, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
-    default: attn_decode_kernel1<T, 8, PRE><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    case 1: attn_decode_kernel1<T, 1, PRE, STR><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    case 2: attn_decode_kernel1<T, 2, PRE, STR><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    case 4: attn_decode_kernel1<T, 4, PRE, STR><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
+    default: attn_decode_kernel1<T, 8, PRE, STR><<<grid, DEC_THREADS, 0, stream>>>(*p); break;
     }
     CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+static void launch_decode_dt(const struct attn_params *p, int gc, dim3 grid, cudaStream_t stream)
+{
+    const bool str = p->string_shift != NULL;
+    if (p->pre_rope) {
+        if (str) launch_decode<T, true, true>(p, gc, grid, stream);
+        else launch_decode<T, true, false>(p, gc, grid, stream);
+    } else {
+        if (str) launch_decode<T, false, true>(p, gc, grid, stream);
+        else launch_decode<T, false, false>(p, gc, grid, stream);
+    }
 }
 
 void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStream_t stream)
@@ -326,13 +387,11 @@ void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStrea
     while (tg < p.head_dim / 8) tg <<= 1;
     p.lanes_per_key = tg; /* <= 32 because head_dim <= 256 */
     const dim3 grid((unsigned)p.n_items, (unsigned)(p.n_kv_heads * p.n_hchunks), (unsigned)p.n_splits);
-    if (dt == BK_BF16) {
-        if (p.pre_rope) launch_decode<__nv_bfloat16, true>(&p, gc, grid, stream);
-        else launch_decode<__nv_bfloat16, false>(&p, gc, grid, stream);
-    } else {
-        if (p.pre_rope) launch_decode<__half, true>(&p, gc, grid, stream);
-        else launch_decode<__half, false>(&p, gc, grid, stream);
-    }
+    CHECK(!p.string_shift || p.q_shift, "STRING attention without q_shift");
+    if (dt == BK_BF16)
+        launch_decode_dt<__nv_bfloat16>(&p, gc, grid, stream);
+    else
+        launch_decode_dt<__half>(&p, gc, grid, stream);
     if (p.n_splits > 1) {
         attn_merge_kernel1<<<dim3((unsigned)p.n_items, (unsigned)p.n_heads), 128, 0, stream>>>(p);
         CUDA_LAUNCH_CHECK();

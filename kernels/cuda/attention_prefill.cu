@@ -25,11 +25,26 @@
  *
  * Registers (ptxas -v, sm_80/sm_90, no spills): 66-71 (hd 16), 77-80 (32), 95-96 (64), 121-125
  * (80), 127-128 (96/128), 229-232 (256, BN 32); dynamic shared memory (64 + 4 BN) rows x
- * (hd + 8) x 2 bytes: 85 KiB at hd 128 (2 CTAs per H100 SM), 99 KiB at hd 256.
+ * (hd + 8) x 2 bytes: 85 KiB at hd 128 (2 CTAs per H100 SM), 99 KiB at hd 256. STRING
+ * instantiations, no spills: 72 (hd 16), 94-96 (32), 124-126 (64/80), 130-154 (96), 127 on
+ * sm_80 / 166 on sm_90 (128), 227-231 (256).
  *
  * BK_K_PRE_ROPE: the K tile is loaded synchronously and rotated on the way (load_key8, fp32),
  * then rounded to the cache dtype for the mma (a second rounding the fp32 reference does not
  * make); V still comes by cp.async.
+ *
+ * STRING (REFERENCES-rope.md §8; a template flag, so the plain instantiations are unchanged):
+ * row r scores key j with q_shift iff j <= positions[r] - S. A second Q tile (q_shift, rounded
+ * like q) sits after the K/V buffers. Per key tile each warp decides with two votes over its 16
+ * rows: every key local -> the usual Q K^T on q; every key shifted -> the same on q_shift; mixed
+ * (only the tiles along the band's edge) -> Q K^T on q, then q_shift's scores one 8-key n-tile
+ * at a time, kept per element where j <= the row's threshold. The online softmax, the mask and
+ * P V are untouched: only the scores depend on which query. Rejected: two passes merged by their
+ * log-sum-exps (the HF/vLLM reference; twice the K/V reads), and a second full score
+ * accumulator for mixed tiles (32 more registers at BN 64: spills). The second Q tile costs
+ * 64 (hd + 8) x 2 bytes (17 KiB at hd 128: 102 KiB, still 2 CTAs per H100 SM; 132 KiB at
+ * hd 256); a device whose opt-in limit is smaller (sm_86/89: 99 KiB, so hd >= 128) sends the
+ * STRING batches' rows to the split-KV kernel instead (cuda_attn_prefill_string_supported).
  *
  * Rejected for now: a warp-specialized Hopper kernel (wgmma + TMA, FlashAttention-3), about 1.7x
  * faster at hd 128 but a much larger, sm_90-only kernel; this one is the baseline it must match. */
@@ -73,6 +88,14 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
                  : "r"(smem_u32(p))
                  : "memory");
 }
+/* two 8x8 b16 matrices; lanes 0-15 give the row addresses (lane i: row i % 8 of matrix i / 8) */
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -102,13 +125,14 @@ template <int HD> struct pf_cfg {
     static constexpr int LD = HD + 8;             /* padded smem row (elements) */
 };
 
-template <typename T, int HD>
+/* STRING instantiations hold a second Q tile (q_shift) after the plain layout */
+template <typename T, int HD, bool STRING>
 static constexpr size_t pf_smem_bytes()
 {
-    return (size_t)(PF_BM + 4 * pf_cfg<HD>::BN) * pf_cfg<HD>::LD * sizeof(T);
+    return (size_t)((STRING ? 2 : 1) * PF_BM + 4 * pf_cfg<HD>::BN) * pf_cfg<HD>::LD * sizeof(T);
 }
 
-template <typename T, int HD>
+template <typename T, int HD, bool STRING>
 __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct attn_params p)
 {
     constexpr int BN = pf_cfg<HD>::BN, LD = pf_cfg<HD>::LD, NCH = HD / 8;
@@ -116,6 +140,7 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
     T *sq = reinterpret_cast<T *>(smem_raw); /* (BM, LD) */
     T *sk = sq + PF_BM * LD;                 /* (2, BN, LD) */
     T *sv = sk + 2 * BN * LD;                /* (2, BN, LD) */
+    T *sqs = sv + 2 * BN * LD;               /* (BM, LD) q_shift, STRING only */
     __shared__ int s_pos[2];
 
     const int tile = blockIdx.x, kvh = blockIdx.y;
@@ -145,20 +170,26 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
     }
 
     /* Q tile: fp32 -> T; packed rows past the sequence are zero */
-    for (int idx = tid; idx < PF_BM * (HD / 4); idx += PF_THREADS) {
-        const int r = idx / (HD / 4), c = idx - r * (HD / 4);
-        const int pr = pr0 + r;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (pr < n_pr) {
-            const int t = pr / G, gi = pr - t * G;
-            v = *reinterpret_cast<const float4 *>(p.q + (size_t)(qs + t) * p.q_row_stride +
-                                                  (size_t)(kvh * G + gi) * HD + c * 4);
+    auto load_q = [&](T *dst, const float *src) {
+        for (int idx = tid; idx < PF_BM * (HD / 4); idx += PF_THREADS) {
+            const int r = idx / (HD / 4), c = idx - r * (HD / 4);
+            const int pr = pr0 + r;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (pr < n_pr) {
+                const int t = pr / G, gi = pr - t * G;
+                v = *reinterpret_cast<const float4 *>(src + (size_t)(qs + t) * p.q_row_stride +
+                                                      (size_t)(kvh * G + gi) * HD + c * 4);
+            }
+            uint2 u;
+            u.x = pack2<T>(v.x, v.y);
+            u.y = pack2<T>(v.z, v.w);
+            *reinterpret_cast<uint2 *>(dst + r * LD + c * 4) = u;
         }
-        uint2 u;
-        u.x = pack2<T>(v.x, v.y);
-        u.y = pack2<T>(v.z, v.w);
-        *reinterpret_cast<uint2 *>(sq + r * LD + c * 4) = u;
-    }
+    };
+    load_q(sq, p.q);
+    /* STRING: S of this sequence, 0 = off (then sqs is neither loaded nor read) */
+    const int str_S = STRING ? p.string_shift[s] : 0;
+    if (STRING && str_S > 0) load_q(sqs, p.q_shift);
     __syncthreads();
     const int min_pos = s_pos[0], kv_len = s_pos[1] + 1;
     const int n_kt = (kv_len + BN - 1) / BN;
@@ -169,6 +200,16 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
     /* padding rows see every loaded key (never masked, never written): no all-masked rows */
     const int pos_a = pr_a < n_pr ? p.positions[qs + pr_a / G] : INT_MAX;
     const int pos_b = pr_b < n_pr ? p.positions[qs + pr_b / G] : INT_MAX;
+
+    /* STRING: row a scores key j with q_shift iff j <= th_a = pos_a - S (likewise b); -1 (no
+     * key) for sequences without STRING. Padding rows take the threshold of the sequence's last
+     * token, so they never make a tile look mixed (their scores are never written anyway). */
+    int th_a = -1, th_b = -1;
+    if (STRING && str_S > 0) {
+        const int pos_last = p.positions[p.query_start[s + 1] - 1];
+        th_a = (pr_a < n_pr ? pos_a : pos_last) - str_S;
+        th_b = (pr_b < n_pr ? pos_b : pos_last) - str_S;
+    }
 
     const int32_t *bt = p.block_tables + (size_t)s * p.block_table_stride;
     const T *kc = (const T *)p.k_cache + (size_t)kvh * HD;
@@ -226,6 +267,19 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
         const T *kb = sk + (kt & 1) * BN * LD;
         const T *vb = sv + (kt & 1) * BN * LD;
 
+        /* STRING: which Q this warp scores the key tile [kt BN, kt BN + BN) with, decided over
+         * its 16 rows (warp-uniform: the mma runs on whole warps): q when every key is local for
+         * every row, q_shift when every key is shifted, else both (q first, then the shifted
+         * scores replace those of the keys j <= th) */
+        const T *qt = sq;
+        bool mixed = false;
+        if (STRING && !__all_sync(0xffffffffu, kt * BN > max(th_a, th_b))) {
+            if (__all_sync(0xffffffffu, kt * BN + BN - 1 <= min(th_a, th_b)))
+                qt = sqs;
+            else
+                mixed = true;
+        }
+
         /* S (16 x BN per warp) = Q K^T */
         float sacc[BN / 8][4];
 #pragma unroll
@@ -234,7 +288,7 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
         for (int kd = 0; kd < HD / 16; kd++) {
             uint32_t a[4];
             /* matrices: rows 0-7/8-15 x d 0-7, then d 8-15 -> a0..a3 */
-            ldsm_x4(a, sq + (warp * 16 + (lane & 15)) * LD + kd * 16 + (lane >> 4) * 8);
+            ldsm_x4(a, qt + (warp * 16 + (lane & 15)) * LD + kd * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int nn = 0; nn < BN / 16; nn++) {
                 uint32_t b[4];
@@ -242,6 +296,27 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
                 ldsm_x4(b, kb + (nn * 16 + ((lane >> 4) << 3) + (lane & 7)) * LD + kd * 16 + ((lane >> 3) & 1) * 8);
                 mma16816<T>::run(sacc[2 * nn], a, b[0], b[1]);
                 mma16816<T>::run(sacc[2 * nn + 1], a, b[2], b[3]);
+            }
+        }
+        if (STRING && mixed) {
+            /* the q_shift scores of one n-tile (8 keys) at a time, kept where key j <= the row's
+             * threshold: few extra registers (only the tiles on the band's edge come here) */
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int kd = 0; kd < HD / 16; kd++) {
+                    uint32_t a[4], b[2];
+                    ldsm_x4(a, sqs + (warp * 16 + (lane & 15)) * LD + kd * 16 + (lane >> 4) * 8);
+                    /* matrices: keys 0-7 x d 0-7, keys 0-7 x d 8-15 (lanes 0-15 give the rows) */
+                    ldsm_x2(b, kb + (nt * 8 + (lane & 7)) * LD + kd * 16 + ((lane >> 3) & 1) * 8);
+                    mma16816<T>::run(t, a, b[0], b[1]);
+                }
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = kt * BN + nt * 8 + 2 * (lane & 3) + (e & 1); /* as in the mask below */
+                    if (j <= (e < 2 ? th_a : th_b)) sacc[nt][e] = t[e];
+                }
             }
         }
 
@@ -353,19 +428,43 @@ int cuda_attn_prefill_supported(int head_dim)
     }
 }
 
-template <typename T, int HD>
-static cudaError_t prefill_set_smem(void)
+/* bf16 and f16 instantiations take the same bytes */
+static size_t prefill_string_smem(int head_dim)
 {
-    return cudaFuncSetAttribute(attn_prefill_kernel1<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)pf_smem_bytes<T, HD>());
+    switch (head_dim) {
+#define X(hd) \
+    case hd: return pf_smem_bytes<__half, hd, true>();
+        PF_FOR_EACH_HD(X)
+#undef X
+    default:
+        return 0;
+    }
 }
 
-int cuda_attn_prefill_init(char *err)
+int cuda_attn_prefill_string_supported(int head_dim, size_t smem_optin)
+{
+    return cuda_attn_prefill_supported(head_dim) && prefill_string_smem(head_dim) <= smem_optin;
+}
+
+template <typename T, int HD, bool STR>
+static cudaError_t prefill_set_smem(void)
+{
+    return cudaFuncSetAttribute(attn_prefill_kernel1<T, HD, STR>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)pf_smem_bytes<T, HD, STR>());
+}
+
+int cuda_attn_prefill_init(size_t smem_optin, char *err)
 {
     cudaError_t e = cudaSuccess;
-#define X(hd)                                                                  \
-    if (e == cudaSuccess) e = prefill_set_smem<__nv_bfloat16, hd>();           \
-    if (e == cudaSuccess) e = prefill_set_smem<__half, hd>();
+    /* the STRING instantiation of a head_dim whose two Q tiles do not fit is never launched
+     * (cuda_attn_prefill_string_supported): backend_cuda.cu sends those rows to split-KV */
+#define X(hd)                                                                                  \
+    if (e == cudaSuccess) e = prefill_set_smem<__nv_bfloat16, hd, false>();                    \
+    if (e == cudaSuccess) e = prefill_set_smem<__half, hd, false>();                           \
+    if (e == cudaSuccess && cuda_attn_prefill_string_supported(hd, smem_optin))                \
+        e = prefill_set_smem<__nv_bfloat16, hd, true>();                                       \
+    if (e == cudaSuccess && cuda_attn_prefill_string_supported(hd, smem_optin))                \
+        e = prefill_set_smem<__half, hd, true>();
     PF_FOR_EACH_HD(X)
 #undef X
     if (e != cudaSuccess) {
@@ -376,14 +475,14 @@ int cuda_attn_prefill_init(char *err)
     return 0;
 }
 
-template <typename T>
+template <typename T, bool STR>
 static void launch_prefill(const struct attn_params *p, int n_tiles, cudaStream_t stream)
 {
     const dim3 grid((unsigned)n_tiles, (unsigned)p->n_kv_heads);
     switch (p->head_dim) {
-#define X(hd)                                                                                      \
-    case hd:                                                                                       \
-        attn_prefill_kernel1<T, hd><<<grid, PF_THREADS, pf_smem_bytes<T, hd>(), stream>>>(*p); \
+#define X(hd)                                                                                           \
+    case hd:                                                                                            \
+        attn_prefill_kernel1<T, hd, STR><<<grid, PF_THREADS, pf_smem_bytes<T, hd, STR>(), stream>>>(*p); \
         break;
         PF_FOR_EACH_HD(X)
 #undef X
@@ -396,8 +495,13 @@ static void launch_prefill(const struct attn_params *p, int n_tiles, cudaStream_
 void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream)
 {
     if (n_tiles == 0) return;
-    if (dt == BK_BF16)
-        launch_prefill<__nv_bfloat16>(p, n_tiles, stream);
-    else
-        launch_prefill<__half>(p, n_tiles, stream);
+    const bool str = p->string_shift != NULL;
+    CHECK(!str || p->q_shift, "STRING attention without q_shift");
+    if (dt == BK_BF16) {
+        if (str) launch_prefill<__nv_bfloat16, true>(p, n_tiles, stream);
+        else launch_prefill<__nv_bfloat16, false>(p, n_tiles, stream);
+    } else {
+        if (str) launch_prefill<__half, true>(p, n_tiles, stream);
+        else launch_prefill<__half, false>(p, n_tiles, stream);
+    }
 }

@@ -15,6 +15,10 @@
  * attention() call on disjoint output rows. Head dims without a tensor-core instantiation, and
  * ROPESERVE_CUDA_ATTN=simt (read at init; the checkers use it to test both paths), send every
  * row to the split-KV kernel, which is correct for any row, only slower for long prefills.
+ * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
+ * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
+ * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile
+ * does not fit the device's shared memory, that batch's rows all go to split-KV.
  *
  * Memory. cuBLAS gets a fixed 32 MiB workspace and the split-KV partials a fixed 32 MiB, both
  * allocated at init, and the matmul cast scratch grows in act_new (never inside an op), so after
@@ -323,6 +327,12 @@ static void batch_validate(const struct cuda_ctx *c, const struct bk_batch *bt)
     for (int s = 0; s < ns; s++) {
         const int a = bt->query_start[s], e = bt->query_start[s + 1];
         CHECK(a <= e, "query_start not ascending at %d", s);
+        if (bt->string_shift)
+            CHECK(bt->string_shift[s] >= 0 &&
+                      (bt->string_shift[s] == 0 ||
+                       (bt->string_local && bt->string_local[s] >= 0 && bt->string_local[s] < bt->string_shift[s])),
+                  "sequence %d: STRING shift %d, local %d (need 0 <= local < shift)", s, bt->string_shift[s],
+                  bt->string_local ? bt->string_local[s] : -1);
         const int len = bt->seq_lens[s];
         for (int r = a; r < e; r++)
             CHECK(bt->positions[r] >= 0 && bt->positions[r] < len, "row %d: position %d, seq_len %d", r,
@@ -352,9 +362,12 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
     batch_validate(c, bt);
     const int nt = bt->n_tokens, ns = bt->n_seqs, half = bt->rotary_dim / 2;
     const int has_rope = bt->inv_freq && bt->attn_factor && half > 0;
+    int has_string = 0; /* some sequence uses STRING: else its arrays are not even uploaded */
+    for (int s = 0; bt->string_shift && s < ns; s++) has_string |= bt->string_shift[s] > 0;
 
     /* layout of the staging buffer (and of d_meta) */
-    enum { S_TOK, S_POS, S_SLOT, S_QS, S_LEN, S_BT, S_OUT, S_FREQ, S_AF, S_ROWSEQ, S_ITEMS, S_N };
+    enum { S_TOK, S_POS, S_SLOT, S_QS, S_LEN, S_BT, S_OUT, S_FREQ, S_AF, S_QSCALE, S_SSHIFT, S_SLOCAL, S_ROWSEQ,
+           S_ITEMS, S_N };
     size_t sz[S_N], off[S_N], total = 0;
     sz[S_TOK] = (size_t)nt * 4;
     sz[S_POS] = (size_t)nt * 4;
@@ -365,6 +378,9 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
     sz[S_OUT] = (size_t)bt->n_out * 4;
     sz[S_FREQ] = has_rope ? (size_t)ns * half * 4 : 0;
     sz[S_AF] = has_rope ? (size_t)ns * 4 : 0;
+    sz[S_QSCALE] = bt->q_scale ? (size_t)nt * 4 : 0;
+    sz[S_SSHIFT] = has_string ? (size_t)ns * 4 : 0;
+    sz[S_SLOCAL] = has_string ? (size_t)ns * 4 : 0;
     sz[S_ROWSEQ] = (size_t)nt * 4;
     sz[S_ITEMS] = (size_t)nt * 4;
     for (int i = 0; i < S_N; i++) {
@@ -415,6 +431,11 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
         memcpy(h + off[S_FREQ], bt->inv_freq, sz[S_FREQ]);
         memcpy(h + off[S_AF], bt->attn_factor, sz[S_AF]);
     }
+    if (sz[S_QSCALE]) memcpy(h + off[S_QSCALE], bt->q_scale, sz[S_QSCALE]);
+    if (has_string) {
+        memcpy(h + off[S_SSHIFT], bt->string_shift, sz[S_SSHIFT]);
+        memcpy(h + off[S_SLOCAL], bt->string_local, sz[S_SLOCAL]);
+    }
     /* derived: row -> sequence; split-KV rows (single-token sequences first, then the rest) */
     int32_t *row_seq = (int32_t *)(h + off[S_ROWSEQ]);
     int32_t *items = (int32_t *)(h + off[S_ITEMS]);
@@ -458,6 +479,10 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
     b->out_rows = (const int32_t *)(d + off[S_OUT]);
     b->inv_freq = has_rope ? (const float *)(d + off[S_FREQ]) : NULL;
     b->attn_factor = has_rope ? (const float *)(d + off[S_AF]) : NULL;
+    b->q_scale = bt->q_scale ? (const float *)(d + off[S_QSCALE]) : NULL;
+    b->string_shift = has_string ? (const int32_t *)(d + off[S_SSHIFT]) : NULL;
+    b->string_local = has_string ? (const int32_t *)(d + off[S_SLOCAL]) : NULL;
+    b->has_string = has_string;
     b->row_seq = (const int32_t *)(d + off[S_ROWSEQ]);
     b->items = (const int32_t *)(d + off[S_ITEMS]);
     b->n_dec = n_dec;
@@ -526,18 +551,23 @@ static void cu_matmul(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w,
     out->version++;
 }
 
-static void cu_rope(void *vctx, bk_buf *q, bk_buf *k, int n_heads, int n_kv_heads, int head_dim)
+static void cu_rope(void *vctx, bk_buf *q, bk_buf *k, bk_buf *q_shift, int n_heads, int n_kv_heads, int head_dim)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     CHECK_BATCH(c);
     const size_t nt = (size_t)c->b.n_tokens;
     CHECK(q->n >= nt * n_heads * head_dim && (!k || k->n >= nt * n_kv_heads * head_dim), "rope: sizes");
+    CHECK(!q_shift || (q_shift->n >= nt * n_heads * head_dim && q_shift->d != q->d && (!k || q_shift->d != k->d)),
+          "rope: q_shift sizes / aliasing");
     CHECK_ACT(q);
     if (k) CHECK_ACT(k);
+    if (q_shift) CHECK_ACT(q_shift);
     set_device(c);
-    cuda_rope((float *)q->d, k ? (float *)k->d : NULL, &c->b, n_heads, n_kv_heads, head_dim, c->stream);
+    cuda_rope((float *)q->d, k ? (float *)k->d : NULL, q_shift ? (float *)q_shift->d : NULL, &c->b, n_heads,
+              n_kv_heads, head_dim, c->stream);
     q->version++;
     if (k) k->version++;
+    if (q_shift && c->b.has_string) q_shift->version++;
 }
 
 static void cu_kv_store(void *vctx, int layer, const bk_buf *k, const bk_buf *v)
@@ -610,7 +640,8 @@ static void build_tiles(struct cuda_ctx *c, int group)
     c->tiles_group = group;
 }
 
-static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, int layer, int n_heads, float scale)
+static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shift, int layer, int n_heads,
+                         float scale)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     CHECK_BATCH(c);
@@ -624,6 +655,12 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, int layer, in
     CHECK(out->d != q->d, "attention: out must not alias q");
     CHECK_ACT(q);
     CHECK_ACT(out);
+    if (b->has_string) {
+        CHECK(q_shift, "attention: a batch with STRING sequences needs q_shift");
+        CHECK(q_shift->n >= (size_t)b->n_tokens * n_heads * hd && q_shift->d != out->d,
+              "attention: q_shift sizes / aliasing");
+        CHECK_ACT(q_shift);
+    }
     if (b->n_tokens == 0) return;
     set_device(c);
 
@@ -655,8 +692,14 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, int layer, in
         p.inv_freq = b->inv_freq;
         p.attn_factor = b->attn_factor;
     }
+    if (b->has_string) { /* else the plain kernels, whatever q_shift is */
+        p.q_shift = (const float *)q_shift->d;
+        p.string_shift = b->string_shift;
+    }
 
-    const int tc = !c->attn_simt_only && cuda_attn_prefill_supported(hd);
+    /* tensor cores for the multi-token rows, unless simt, or STRING's second Q tile does not fit */
+    const int tc = !c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
+                   (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin));
     const int n_items = tc ? b->n_dec : b->n_tokens;
     if (n_items > 0) {
         p.items = b->items;
@@ -800,7 +843,8 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
     CUBLAS_CHECK(cublasSetWorkspace(c->cublas, c->cublas_ws, c->cublas_ws_bytes));
     if (dev_alloc((void **)&c->part, PART_CAP_FLOATS * sizeof(float), err, "split-KV partials")) goto fail;
     c->part_cap = PART_CAP_FLOATS;
-    if (cuda_attn_prefill_init(err)) goto fail;
+    c->smem_optin = prop.sharedMemPerBlockOptin;
+    if (cuda_attn_prefill_init(c->smem_optin, err)) goto fail;
 
     b->ops = &cuda_ops;
     b->ctx = c;

@@ -79,6 +79,12 @@ struct cuda_batch {
     const int32_t *out_rows;     /* (n_out) */
     const float *inv_freq;       /* (n_seqs, rotary_dim / 2) */
     const float *attn_factor;    /* (n_seqs) */
+    const float *q_scale;        /* (n_tokens) or NULL: rope multiplies q (and q_shift) rows by it */
+    /* STRING (backend.h, REFERENCES-rope.md §8): both NULL when no sequence of the batch has
+     * string_shift > 0 (has_string 0), so every kernel keeps its plain path */
+    const int32_t *string_shift; /* (n_seqs) S, 0 = off */
+    const int32_t *string_local; /* (n_seqs) W */
+    int has_string;
     const int32_t *row_seq;      /* (n_tokens) the sequence of each row (derived) */
     const int32_t *items;        /* (n_tokens) rows for the split-KV kernel: the n_dec rows of
                                     single-token sequences first, then every row of the others */
@@ -95,6 +101,7 @@ struct cuda_ctx {
     enum bk_dtype dtype;         /* weights and KV cache: BK_BF16 or BK_F16 */
     double gpu_memory_utilization;
     int attn_simt_only;          /* ROPESERVE_CUDA_ATTN=simt: every row through the split-KV kernel */
+    size_t smem_optin;           /* max dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin) */
 
     cudaStream_t stream;
     cublasHandle_t cublas;
@@ -165,6 +172,12 @@ struct attn_params {
     float *part_lse;             /* (n_items, n_heads, n_splits), base 2 */
     /* prefill kernel */
     const int32_t *tiles;        /* (n_tiles, 2) */
+    /* STRING: string_shift NULL = no STRING sequence in the launch (the plain instantiations).
+     * Otherwise, for a sequence with S = string_shift[s] > 0, the query at position p scores key j
+     * with q_shift (same layout and strides as q) when p - j >= S, i.e. j <= p - S, and with q
+     * otherwise. q_shift rows of other sequences are never read. */
+    const float *q_shift;        /* (n_tokens, n_heads, head_dim) or NULL */
+    const int32_t *string_shift; /* (n_seqs) or NULL */
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -255,8 +268,10 @@ void cuda_embed(float *x, const void *table, enum bk_dtype tdt, const int32_t *t
                 int dim, cudaStream_t stream);
 void cuda_rmsnorm(float *out, const float *x, const void *w, enum bk_dtype wdt, int n_rows, int dim,
                   float eps, cudaStream_t stream);
-void cuda_rope(float *q, float *k, const struct cuda_batch *b, int n_heads, int n_kv_heads,
-               int head_dim, cudaStream_t stream);
+/* q, k rotated in place, q rows times b->q_scale; q_shift (may be NULL) filled for the rows of
+ * STRING sequences only (backend.h, rope) */
+void cuda_rope(float *q, float *k, float *q_shift, const struct cuda_batch *b, int n_heads,
+               int n_kv_heads, int head_dim, cudaStream_t stream);
 void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
@@ -264,16 +279,22 @@ void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream);
 void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_out, int dim,
                       cudaStream_t stream);
 
-/* attention_decode.cu: split-KV kernel over p->n_items rows, then the merge when n_splits > 1. */
+/* attention_decode.cu: split-KV kernel over p->n_items rows, then the merge when n_splits > 1.
+ * STRING (p->string_shift set) takes its own instantiations; the plain ones are unchanged. */
 void cuda_attn_decode(const struct attn_params *p, enum bk_dtype dt, cudaStream_t stream);
 /* Query heads one split-KV CTA serves (GC <= 8); a group of G heads takes ceil(G / GC) CTAs. */
 int cuda_attn_decode_heads_per_cta(int group);
 int cuda_attn_decode_supported(int head_dim); /* head_dim % 8 == 0 && head_dim <= 256 */
 int cuda_attn_decode_max_splits(void);
 
-/* attention_prefill.cu: tensor-core kernel over p->tiles (n_tiles of them). */
+/* attention_prefill.cu: tensor-core kernel over p->tiles (n_tiles of them). STRING launches
+ * (p->string_shift set) take their own instantiations, which hold a second Q tile in shared
+ * memory: supported where that fits the device's opt-in limit (smem_optin), else the caller
+ * sends those rows to the split-KV kernel. */
 int cuda_attn_prefill_supported(int head_dim);
-int cuda_attn_prefill_init(char *err); /* raises the dynamic shared memory limits; once */
+int cuda_attn_prefill_string_supported(int head_dim, size_t smem_optin);
+/* raises the dynamic shared memory limits (the STRING ones only where they fit); once */
+int cuda_attn_prefill_init(size_t smem_optin, char *err);
 void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt,
                        cudaStream_t stream);
 #define ATTN_PREFILL_BLOCK_M 64 /* packed (token, head) rows per CTA */

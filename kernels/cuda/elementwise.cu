@@ -8,7 +8,9 @@
  * sin are multiplied by the sequence's attention factor, and the rotation itself uses explicit
  * _rn ops so the result does not depend on FMA contraction. One thread per (row, pair) computes
  * its sincosf once and rotates that pair in every q and k head. Rejected: host-computed cos/sin
- * tables (64 MiB per frequency set at 128k, and per-sequence frequencies make them per batch). */
+ * tables (64 MiB per frequency set at 128k, and per-sequence frequencies make them per batch).
+ * q_scale multiplies q after the rotation (one fp32 multiply, as the CPU); STRING rows also get
+ * q rotated at max(0, p - S + W) (a second sincosf) into q_shift, times q_scale. */
 #include "common.cuh"
 
 static inline unsigned int blocks_for(size_t n, int threads)
@@ -115,53 +117,89 @@ void cuda_rmsnorm(float *out, const float *x, const void *w, enum bk_dtype wdt, 
 // ------------------------------------------------------------------------------------------------
 // rope: rotate q (n_tokens, n_heads, head_dim) and k (n_tokens, n_kv_heads, head_dim) in place,
 // HF rotate-half pairs (x[i], x[i + rotary_dim/2]); grid = n_tokens, threads over pairs.
+// Then q row r times q_scale[r] (k never). STRING rows (q_shift given, S = string_shift[s] > 0)
+// first get the unrotated q rotated at max(0, p - S + W), times q_scale[r], in q_shift: the same
+// thread reads a pair once and writes both results, so no other thread sees a rotated value.
+// Dims >= rotary_dim: q_shift = q * qs, q *= qs (only when there is something to write).
 
-__global__ void rope_kernel1(float *q, float *k, const int32_t *positions, const int32_t *row_seq,
-                             const float *inv_freq /* (n_seqs, half) */,
-                             const float *attn_factor /* (n_seqs) */, int n_heads, int n_kv_heads,
-                             int head_dim, int half)
+__global__ void rope_kernel1(float *q, float *k, float *q_shift, const int32_t *positions,
+                             const int32_t *row_seq, const float *inv_freq /* (n_seqs, half) */,
+                             const float *attn_factor /* (n_seqs) */,
+                             const float *q_scale /* (n_tokens) or NULL */,
+                             const int32_t *string_shift /* (n_seqs) or NULL */,
+                             const int32_t *string_local /* (n_seqs) or NULL */, int n_heads,
+                             int n_kv_heads, int head_dim, int half)
 {
     const int r = blockIdx.x;
     const int s = row_seq[r];
-    const float pos = (float)positions[r];
-    const float af = attn_factor[s];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float ang = __fmul_rn(pos, inv_freq[(size_t)s * half + i]);
-        float sn, cs;
-        sincosf(ang, &sn, &cs);
-        cs = __fmul_rn(cs, af);
-        sn = __fmul_rn(sn, af);
-        float *qr = q + (size_t)r * n_heads * head_dim;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = qr + (size_t)h * head_dim;
-            const float x1 = v[i], x2 = v[i + half];
-            v[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-            v[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
-        }
-        if (k) {
-            float *kr = k + (size_t)r * n_kv_heads * head_dim;
-            for (int h = 0; h < n_kv_heads; h++) {
-                float *v = kr + (size_t)h * head_dim;
+    const float qs = q_scale ? q_scale[r] : 1.f;
+    const int S = q_shift && string_shift ? string_shift[s] : 0;
+    float *qr = q + (size_t)r * n_heads * head_dim;
+    float *qsr = S > 0 ? q_shift + (size_t)r * n_heads * head_dim : nullptr;
+    if (half > 0) {
+        const float pos = (float)positions[r];
+        const float pos_sh = S > 0 ? (float)max(0, positions[r] - S + string_local[s]) : 0.f;
+        const float af = attn_factor[s];
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            const float fr = inv_freq[(size_t)s * half + i];
+            const float ang = __fmul_rn(pos, fr);
+            float sn, cs;
+            sincosf(ang, &sn, &cs);
+            cs = __fmul_rn(cs, af);
+            sn = __fmul_rn(sn, af);
+            float sn2 = 0.f, cs2 = 0.f;
+            if (qsr) {
+                sincosf(__fmul_rn(pos_sh, fr), &sn2, &cs2);
+                cs2 = __fmul_rn(cs2, af);
+                sn2 = __fmul_rn(sn2, af);
+            }
+            for (int h = 0; h < n_heads; h++) {
+                float *v = qr + (size_t)h * head_dim;
                 const float x1 = v[i], x2 = v[i + half];
-                v[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-                v[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+                if (qsr) {
+                    float *w = qsr + (size_t)h * head_dim;
+                    w[i] = __fmul_rn(__fsub_rn(__fmul_rn(x1, cs2), __fmul_rn(x2, sn2)), qs);
+                    w[i + half] = __fmul_rn(__fadd_rn(__fmul_rn(x2, cs2), __fmul_rn(x1, sn2)), qs);
+                }
+                v[i] = __fmul_rn(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)), qs);
+                v[i + half] = __fmul_rn(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)), qs);
+            }
+            if (k) {
+                float *kr = k + (size_t)r * n_kv_heads * head_dim;
+                for (int h = 0; h < n_kv_heads; h++) {
+                    float *v = kr + (size_t)h * head_dim;
+                    const float x1 = v[i], x2 = v[i + half];
+                    v[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+                    v[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+                }
             }
         }
     }
+    if (q_scale || qsr)
+        for (int d = 2 * half + threadIdx.x; d < head_dim; d += blockDim.x)
+            for (int h = 0; h < n_heads; h++) {
+                const float x = qr[(size_t)h * head_dim + d];
+                if (qsr) qsr[(size_t)h * head_dim + d] = __fmul_rn(x, qs);
+                qr[(size_t)h * head_dim + d] = __fmul_rn(x, qs);
+            }
 }
 
-void cuda_rope(float *q, float *k, const struct cuda_batch *b, int n_heads, int n_kv_heads,
-               int head_dim, cudaStream_t stream)
+void cuda_rope(float *q, float *k, float *q_shift, const struct cuda_batch *b, int n_heads,
+               int n_kv_heads, int head_dim, cudaStream_t stream)
 {
     const int half = b->rotary_dim / 2;
-    if (b->n_tokens == 0 || half == 0) return;
     CHECK(b->rotary_dim <= head_dim && b->rotary_dim % 2 == 0, "rotary_dim %d, head_dim %d",
           b->rotary_dim, head_dim);
-    CHECK(b->inv_freq && b->attn_factor, "rope: the batch carries no inv_freq/attn_factor");
-    const int threads = half >= 128 ? 128 : ((half + 31) / 32) * 32;
-    rope_kernel1<<<b->n_tokens, threads, 0, stream>>>(q, k, b->positions, b->row_seq, b->inv_freq,
-                                                      b->attn_factor, n_heads, n_kv_heads, head_dim,
-                                                      half);
+    if (!b->has_string) q_shift = NULL; /* nothing to write */
+    if (b->n_tokens == 0 || (half == 0 && !b->q_scale && !q_shift)) return;
+    CHECK(half == 0 || (b->inv_freq && b->attn_factor), "rope: the batch carries no inv_freq/attn_factor");
+    const int pass = head_dim - 2 * half; /* dims >= rotary_dim */
+    const int work = half > pass ? half : pass;
+    const int threads = work >= 128 ? 128 : ((work + 31) / 32) * 32;
+    rope_kernel1<<<b->n_tokens, threads, 0, stream>>>(q, k, q_shift, b->positions, b->row_seq,
+                                                      b->inv_freq, b->attn_factor, b->q_scale,
+                                                      b->string_shift, b->string_local, n_heads,
+                                                      n_kv_heads, head_dim, half);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -5,6 +5,8 @@
  *                                                ctx_before .. ctx_before + n_new - 1
  *   b.finish(block_size, rotary_dim, ...);       fills slot_mapping from the block tables,
  *                                                out_rows (last row of each sequence), RoPE
+ *   b.set_string(S, W);  b.set_q_scale(qs);      optional, after finish: STRING per sequence
+ *                                                (S 0 = off), q_scale per row
  *   ops->batch_begin(ctx, &b.b, err);
  */
 #ifndef ROPESERVE_CHECK_BATCH_H
@@ -17,7 +19,8 @@
 struct ck_batch {
     std::vector<int32_t> tokens, positions, query_start, seq_lens, block_tables, out_rows;
     std::vector<int64_t> slot_mapping;
-    std::vector<float> inv_freq, attn_factor;
+    std::vector<float> inv_freq, attn_factor, q_scale;
+    std::vector<int32_t> string_shift, string_local;
     std::vector<std::vector<int32_t>> tables; /* per sequence */
     struct bk_batch b;
 
@@ -96,6 +99,30 @@ struct ck_batch {
         b.rotary_dim = rotary_dim;
         b.inv_freq = inv_freq.data();
         b.attn_factor = attn_factor.data();
+    }
+
+    /* STRING shift S and local window W per sequence (S 0 = off); empty S = no STRING arrays */
+    void set_string(const std::vector<int32_t> &S, const std::vector<int32_t> &W)
+    {
+        string_shift = S;
+        string_local = W;
+        b.string_shift = string_shift.empty() ? NULL : string_shift.data();
+        b.string_local = string_local.empty() ? NULL : string_local.data();
+    }
+
+    /* q_scale per row (n_tokens values); empty = none */
+    void set_q_scale(const std::vector<float> &qs)
+    {
+        q_scale = qs;
+        b.q_scale = q_scale.empty() ? NULL : q_scale.data();
+    }
+
+    /* the sequence of row r */
+    int seq_of(int r) const
+    {
+        int s = 0;
+        while (query_start[s + 1] <= r) s++;
+        return s;
     }
 };
 

@@ -9,7 +9,7 @@
  * Decode rows (one new token) and prefill rows (several, on top of cached context or not) are
  * mixed in one batch; GQA groups 1, 2, 4, 6, 8, 16; head_dim 16 (the test fixtures), 32, 64,
  * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; pre-RoPE keys (CLEX); the split-KV
- * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens.
+ * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens; STRING (below).
  *
  * Reference and tolerance. Three runs: the GPU with fp32 inputs (it rounds q, k, v to the
  * cache dtype itself), the CPU on inputs rounded to that dtype (the naive bf16 run: same
@@ -25,7 +25,24 @@
  * or a NaN read errs by 0.1 .. inf. The errors of the GPU and of the naive run against the fp32 run are
  * printed for information (the GPU's should be within ~2x the naive run's).
  *
- * Usage: check_attention [--quick]   (--quick skips the 128k and bench-size configurations) */
+ * STRING (backend.h, REFERENCES-rope.md §8): configurations with str_S > 0 give that shift S to
+ * every str_every-th sequence (the others plain, in the same batch) and pass a q_shift filled
+ * with its own random values, so a key scored with the wrong query set errs by O(1); q_shift
+ * rows of sequences without STRING hold NaN (they must never be read). Shapes: decode with
+ * many splits on either side of the boundary, a prefill long enough that most key tiles are
+ * entirely shifted, chunked prefill, S 1 (every key but the diagonal shifted), S a multiple of
+ * the key tile, GQA 1..16, pre-RoPE keys, the split-KV fallback for every row, head_dim 256
+ * (the second Q tile's shared memory). Besides the CPU comparison, two properties on the GPU
+ * alone, against the same batch without STRING (string_shift NULL): with q_shift = q the output
+ * is the plain one up to summation order (same tolerance: the shifted/local split changes the
+ * online softmax's chunking), and with S >= every sequence's length and q_shift all NaN it is
+ * the plain one (tolerance 1e-6, and it says whether it is bit for bit); the latter on the CPU
+ * backend too. On a mismatch, the rows that fail are listed with their sequence, position,
+ * whether the sequence is STRING and how many of their keys are shifted.
+ *
+ * Usage: check_attention [--quick] [--only SUBSTRING]
+ *   --quick  skips the 128k and bench-size configurations
+ *   --only   runs the configurations whose name contains SUBSTRING (e.g. --only STRING) */
 #include <string>
 
 #include "batch.h"
@@ -47,6 +64,8 @@ struct attn_config {
     int bench;
     int copy_blocks;          /* also check kv_copy_blocks */
     std::vector<attn_seq> seqs;
+    int str_S = 0;            /* STRING shift S (0 = no STRING in the batch), W = S / 4 */
+    int str_every = 1;        /* STRING on the sequences s % str_every == 0, the others plain */
 };
 
 #define FILL_CHUNK 8192
@@ -84,9 +103,99 @@ static void store_rows(struct backend **be, const int *round, int nbe, enum bk_d
     }
 }
 
+/* On a mismatch: the rows (all heads) that fail, with what decides their path. */
+static void report_rows(const ck_batch &bt, const std::vector<int32_t> &S_s, const float *got, const float *ref,
+                        int n_heads, int hd, float atol, float rtol)
+{
+    const size_t row_n = (size_t)n_heads * hd;
+    int shown = 0, bad_rows = 0;
+    for (int r = 0; r < bt.b.n_tokens; r++) {
+        int bad = 0, first_h = -1;
+        double mx = 0.0;
+        for (size_t i = r * row_n; i < (r + 1) * row_n; i++) {
+            if (!isfinite(ref[i])) continue;
+            const double err = fabs((double)got[i] - (double)ref[i]);
+            if (!(err <= (double)atol + (double)rtol * fabs((double)ref[i]))) {
+                if (first_h < 0) first_h = (int)((i - r * row_n) / hd);
+                bad++;
+                if (err != err)
+                    mx = INFINITY;
+                else if (err > mx)
+                    mx = err;
+            }
+        }
+        if (!bad) continue;
+        bad_rows++;
+        if (shown++ >= 12) continue;
+        const int s = bt.seq_of(r), p = bt.positions[r];
+        const int S = S_s.empty() ? 0 : S_s[s];
+        const int nq = bt.query_start[s + 1] - bt.query_start[s];
+        printf("    BAD ROW %d: seq %d (%s, %d new), position %d, %s, %d of %zu values off (first head %d), max |err| "
+               "%.3g\n",
+               r, s, nq == 1 ? "decode" : "prefill", nq, p,
+               S > 0 ? (p - S + 1 > 0 ? "STRING" : "STRING (no key shifted yet)") : "plain", bad, row_n, first_h, mx);
+        if (S > 0 && p - S >= 0) printf("        S %d: keys 0..%d shifted, %d..%d local\n", S, p - S, p - S + 1, p);
+    }
+    if (bad_rows) printf("    %d rows with mismatches\n", bad_rows);
+}
+
 /* see the top of the file; pre-RoPE keys get 2x for the second rounding of rotated keys */
 static float tol_atol(const attn_config &cf) { return (cf.dt == BK_F16 ? 1e-3f : 5e-3f) * (cf.pre_rope ? 2.f : 1.f); }
 static float tol_rtol(const attn_config &cf) { return (cf.dt == BK_F16 ? 5e-3f : 1e-2f) * (cf.pre_rope ? 2.f : 1.f); }
+
+/* The STRING properties (see the top of the file), against each backend's output for the same
+ * batch with string_shift NULL. Leaves every backend on the batch bt as given. */
+static void string_properties(const attn_config &cf, ck_batch &bt, struct backend **be, int layer, int n_heads,
+                              float scale, bk_buf **qb, bk_buf **ob, int max_len, size_t nq, float atol, float rtol)
+{
+    const int32_t *ss = bt.b.string_shift, *sl = bt.b.string_local;
+    std::vector<float> plain[2], got[2];
+    char what[256];
+
+    bt.b.string_shift = bt.b.string_local = NULL;
+    for (int i = 0; i < 2; i++) {
+        ck_begin(be[i], &bt.b);
+        be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], NULL, layer, n_heads, scale);
+        plain[i] = ck_read(be[i], ob[i], nq);
+    }
+
+    /* q_shift = q: the plain output, up to the online softmax's chunking */
+    bt.b.string_shift = ss;
+    bt.b.string_local = sl;
+    ck_begin(be[0], &bt.b);
+    be[0]->ops->attention(be[0]->ctx, ob[0], qb[0], qb[0], layer, n_heads, scale);
+    got[0] = ck_read(be[0], ob[0], nq);
+    snprintf(what, sizeof what, "%s: gpu STRING with q_shift = q vs gpu plain", cf.name.c_str());
+    struct ck_result r = check_compare("string(q_shift=q) vs plain", got[0].data(), plain[0].data(), nq, atol, rtol);
+    TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s", what);
+
+    /* S >= every sequence's length (W 0), q_shift all NaN: exactly the plain output */
+    const int ns = bt.b.n_seqs;
+    std::vector<int32_t> s_big(ns), w_big(ns, 0);
+    for (int s = 0; s < ns; s++) s_big[s] = ss[s] > 0 ? max_len : 0;
+    bt.b.string_shift = s_big.data();
+    bt.b.string_local = w_big.data();
+    std::vector<float> nan_q(nq, NAN);
+    for (int i = 0; i < 2; i++) {
+        ck_begin(be[i], &bt.b);
+        bk_buf *nb = ck_act_from(be[i], nan_q.data(), nq);
+        be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], nb, layer, n_heads, scale);
+        got[i] = ck_read(be[i], ob[i], nq);
+        be[i]->ops->buf_free(be[i]->ctx, nb);
+        const char *who = i == 0 ? "gpu" : "cpu";
+        snprintf(what, sizeof what, "%s: %s STRING with S = %d >= every length (q_shift NaN) equals %s plain",
+                 cf.name.c_str(), who, max_len, who);
+        r = check_compare(i == 0 ? "gpu string(S>=len) vs plain" : "cpu string(S>=len) vs plain", got[i].data(),
+                          plain[i].data(), nq, 1e-5f, 1e-5f);
+        printf("    %s: %s\n", who,
+               memcmp(got[i].data(), plain[i].data(), nq * sizeof(float)) == 0 ? "bit for bit" : "NOT bit for bit");
+        TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s", what);
+    }
+
+    bt.b.string_shift = ss;
+    bt.b.string_local = sl;
+    for (int i = 0; i < 2; i++) ck_begin(be[i], &bt.b);
+}
 
 static void run_config(const attn_config &cf)
 {
@@ -99,11 +208,21 @@ static void run_config(const attn_config &cf)
         (s.n_new == 1 ? n_dec : n_pre)++;
         max_len = std::max(max_len, s.ctx_before + s.n_new);
     }
+    const int str = cf.str_S > 0;
+    std::vector<int32_t> S_s, W_s; /* per sequence; empty without STRING */
+    if (str)
+        for (size_t s = 0; s < cf.seqs.size(); s++) {
+            const int on = (int)s % cf.str_every == 0;
+            S_s.push_back(on ? cf.str_S : 0);
+            W_s.push_back(on ? cf.str_S / 4 : 0);
+        }
     printf("config: %s\n    %s, block_size %d, kv heads %d x group %d, head_dim %d, %s keys%s, %d decode + %d prefill "
-           "sequences, longest %d%s\n",
+           "sequences, longest %d%s",
            cf.name.c_str(), ck_dtype_name(cf.dt), bs, cf.n_kv_heads, cf.group, hd,
            cf.pre_rope ? "pre-RoPE" : "rotated", cf.pre_rope && rd != hd ? " (partial rotary)" : "", n_dec, n_pre,
            max_len, cf.simt ? ", ROPESERVE_CUDA_ATTN=simt" : "");
+    if (str) printf(", STRING S %d on %s sequences", cf.str_S, cf.str_every == 1 ? "all" : "every other");
+    printf("\n");
 
     struct backend gpu = ck_cuda_backend(cf.dt, cf.simt), cbf = ck_cpu_backend(), c32 = ck_cpu_backend();
     struct backend *be[3] = {&gpu, &cbf, &c32};
@@ -171,6 +290,7 @@ static void run_config(const attn_config &cf)
         afs.push_back(s % 2 ? 1.2079442f : 1.f);
     }
     bt.finish(bs, rd, bases, scales, afs);
+    if (str) bt.set_string(S_s, W_s);
     const size_t nt = (size_t)bt.b.n_tokens, nq = nt * n_heads * hd, nkv = nt * cf.n_kv_heads * hd;
     std::vector<float> q(nq), k(nkv), v(nkv), qr(nq), kr(nkv), vr(nkv);
     ck_fill(q.data(), nq, -cf.q_amp, cf.q_amp);
@@ -179,8 +299,19 @@ static void run_config(const attn_config &cf)
     ck_round_all(qr.data(), q.data(), nq, cf.dt);
     ck_round_all(kr.data(), k.data(), nkv, cf.dt);
     ck_round_all(vr.data(), v.data(), nkv, cf.dt);
+    /* STRING's shifted queries: their own random values; NaN in the rows of plain sequences */
+    std::vector<float> q2, q2r;
+    if (str) {
+        q2.resize(nq);
+        q2r.resize(nq);
+        ck_fill(q2.data(), nq, -cf.q_amp, cf.q_amp);
+        for (size_t row = 0; row < nt; row++)
+            if (S_s[bt.seq_of((int)row)] == 0)
+                std::fill(q2.begin() + row * n_heads * hd, q2.begin() + (row + 1) * n_heads * hd, NAN);
+        ck_round_all(q2r.data(), q2.data(), nq, cf.dt);
+    }
     const float scale = 1.0f / sqrtf((float)hd);
-    bk_buf *qb[3], *ob[3];
+    bk_buf *qb[3], *ob[3], *q2b[3] = {NULL, NULL, NULL};
     std::vector<float> out[3];
     for (int i = 0; i < nbe; i++) {
         ck_begin(be[i], &bt.b);
@@ -190,8 +321,9 @@ static void run_config(const attn_config &cf)
         be[i]->ops->buf_free(be[i]->ctx, kb);
         be[i]->ops->buf_free(be[i]->ctx, vb);
         qb[i] = ck_act_from(be[i], round[i] ? qr.data() : q.data(), nq);
+        if (str) q2b[i] = ck_act_from(be[i], round[i] ? q2r.data() : q2.data(), nq);
         ob[i] = ck_act(be[i], nq);
-        be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], layer, n_heads, scale);
+        be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], q2b[i], layer, n_heads, scale);
         out[i] = ck_read(be[i], ob[i], nq);
     }
 
@@ -199,6 +331,18 @@ static void run_config(const attn_config &cf)
     struct ck_result r = check_compare("attention", out[0].data(), out[1].data(), nq, atol, rtol);
     TEST_CONDF(r.mismatches == 0, "%s: attention within atol %g rtol %g", cf.name.c_str(), atol, rtol);
     TEST_CONDF(r.nonfinite_ref == 0, "%s: the CPU reference is finite (it read no NaN slot)", cf.name.c_str());
+    if (r.mismatches) report_rows(bt, S_s, out[0].data(), out[1].data(), n_heads, hd, atol, rtol);
+    if (str) {
+        /* how the STRING rows split: keys shifted / total, over the batch */
+        long long n_sh = 0, n_all = 0;
+        for (size_t row = 0; row < nt; row++) {
+            const int S = S_s[bt.seq_of((int)row)], p = bt.positions[row];
+            n_all += p + 1;
+            if (S > 0) n_sh += std::max(0, p - S + 1);
+        }
+        printf("    STRING: %lld of %lld (row, key) pairs scored with q_shift\n", n_sh, n_all);
+        string_properties(cf, bt, be, layer, n_heads, scale, qb, ob, max_len, nq, atol, rtol);
+    }
     if (ref32) {
         const double eg = ck_max_err(out[0].data(), out[2].data(), nq), en = ck_max_err(out[1].data(), out[2].data(), nq);
         printf("    vs fp32 inputs: gpu max |err| %.3g, naive %s run %.3g (ratio %.2f)\n", eg, ck_dtype_name(cf.dt), en,
@@ -219,10 +363,11 @@ static void run_config(const attn_config &cf)
         ck_batch b2;
         for (size_t s = 0; s < cf.seqs.size(); s++) b2.add_seq(cf.seqs[s].ctx_before, cf.seqs[s].n_new, s == 0 ? dst : tables[s]);
         b2.finish(bs, rd, bases, scales, afs);
+        if (str) b2.set_string(S_s, W_s);
         std::vector<float> out2[2];
         for (int i = 0; i < 2; i++) {
             ck_begin(be[i], &b2.b);
-            be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], layer, n_heads, scale);
+            be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], q2b[i], layer, n_heads, scale);
             out2[i] = ck_read(be[i], ob[i], nq);
         }
         r = check_compare("attention after kv_copy_blocks", out2[0].data(), out2[1].data(), nq, atol, rtol);
@@ -239,12 +384,21 @@ static void run_config(const attn_config &cf)
             kv_bytes += len * cf.n_kv_heads * hd * 2.0 * 2.0;
             for (int i = 0; i < s.n_new; i++) flop += 4.0 * n_heads * hd * (s.ctx_before + i + 1);
         }
-        const float ms = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], layer, n_heads, scale); });
+        const float ms = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], q2b[0], layer, n_heads, scale); });
         printf("    bench %s: %.4f ms, KV %.1f GB/s (each sequence's K and V read once), %.1f TFLOP/s (causal)\n",
                cf.name.c_str(), ms, kv_bytes / (ms * 1e6), flop / (ms * 1e9));
+        if (str) { /* the same batch without STRING, for the cost of the second query set */
+            bt.b.string_shift = bt.b.string_local = NULL;
+            ck_begin(&gpu, &bt.b);
+            const float ms0 = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], NULL, layer, n_heads, scale); });
+            printf("    bench %s without STRING: %.4f ms (STRING costs %+.1f%%)\n", cf.name.c_str(), ms0,
+                   100.0 * (ms / ms0 - 1.0));
+            bt.set_string(S_s, W_s);
+        }
     }
     for (int i = 0; i < nbe; i++) {
         be[i]->ops->buf_free(be[i]->ctx, qb[i]);
+        be[i]->ops->buf_free(be[i]->ctx, q2b[i]);
         be[i]->ops->buf_free(be[i]->ctx, ob[i]);
     }
     backend_free(&gpu);
@@ -269,7 +423,18 @@ static std::vector<attn_seq> cat(std::vector<attn_seq> a, const std::vector<attn
 int main(int argc, char **argv)
 {
     if (check_skip_without_device("check_attention")) return 0;
-    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    int quick = 0;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            quick = 1;
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            only = argv[++i];
+        } else {
+            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING]\n");
+            return 2;
+        }
+    }
     ck_seed(2024);
     const enum bk_dtype B = BK_BF16, F = BK_F16;
     const std::vector<attn_seq> mix = {{0, 37}, {100, 1}, {250, 1}, {0, 1}, {31, 64}, {600, 7}, {1000, 1}, {15, 2}};
@@ -298,6 +463,23 @@ int main(int argc, char **argv)
         {"split-KV for every row (simt) hd16 pre-RoPE", B, 16, 2, 2, 16, 1, 0, 1, 1, 6.f, 0, 0, 0, mix},
         {"kv_copy_blocks gqa4 hd64", B, 16, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 1, {{300, 1}, {40, 30}, {17, 1}}},
         {"kv_copy_blocks prefill first hd128", B, 32, 2, 2, 128, 0, 0, 0, 1, 6.f, 0, 0, 1, {{70, 50}, {500, 1}}},
+        /* STRING (str_S, str_every at the end) */
+        {"STRING decode gqa4 hd128 bs16, S 700", B, 16, 2, 4, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, decodes(8, 3000), 700, 1},
+        {"STRING decode gqa1 hd64 f16, S 200", F, 32, 3, 1, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, decodes(6, 1500), 200, 1},
+        {"STRING prefill 1024 gqa4 hd128, S 300 (most key tiles shifted)", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{0, 1024}}, 300, 1},
+        {"STRING chunked prefill gqa8 hd128 bs32, S 512", B, 32, 2, 8, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, {{100, 200}, {1000, 300}, {4095, 2}}, 512, 1},
+        {"STRING mixed gqa2 hd64, S 64 (a key tile)", B, 16, 2, 2, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 64, 1},
+        {"STRING and plain sequences in one batch, gqa4 hd128, S 40", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 40, 2},
+        {"STRING fixtures shape hd16 gqa2, S 1 (all but the diagonal shifted)", B, 16, 2, 2, 16, 0, 0, 0, 2, 6.f, 0, 0, 0, mix, 1, 1},
+        {"STRING pre-RoPE keys gqa4 hd128, S 100", B, 16, 2, 4, 128, 1, 0, 0, 2, 6.f, 0, 0, 0, mix, 100, 1},
+        {"STRING pre-RoPE keys partial rotary 64 of hd128 f16, plain beside, S 33", F, 32, 2, 2, 128, 1, 64, 0, 1, 6.f, 0, 0, 0, mix, 33, 2},
+        {"STRING split-KV for every row (simt) gqa4 hd128, S 100", B, 16, 2, 4, 128, 0, 0, 1, 1, 6.f, 0, 0, 0, mix, 100, 1},
+        {"STRING split-KV for every row (simt) pre-RoPE hd16, plain beside, S 9", B, 16, 2, 2, 16, 1, 0, 1, 1, 6.f, 0, 0, 0, mix, 9, 2},
+        {"STRING gqa16 hd64 (two head chunks), S 30", B, 16, 1, 16, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, cat(decodes(3, 2000), {{0, 20}, {77, 9}}), 30, 1},
+        {"STRING gqa1 hd256 (second Q tile: 132 KiB smem), S 100", B, 16, 2, 1, 256, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 100, 1},
+        {"STRING gqa1 hd80 f16, S 37", F, 32, 2, 1, 80, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 37, 1},
+        {"STRING gqa6 hd96 (padded head chunk), S 250", B, 16, 2, 6, 96, 0, 0, 0, 1, 6.f, 0, 0, 0, cat(decodes(4, 2000), {{500, 40}}), 250, 1},
+        {"STRING kv_copy_blocks gqa4 hd64, S 20", B, 16, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 1, {{300, 1}, {40, 30}, {17, 1}}, 20, 1},
         /* 128k decode: one sequence at the maximum length beside a short one; block sizes 16/32/64 */
         {"decode 131072 + 5000, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}, {4999, 1}}},
         {"decode 131072, gqa4 hd128 bs32", B, 32, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
@@ -310,9 +492,14 @@ int main(int argc, char **argv)
         {"chunked prefill 1024 at 7168, 32 heads gqa4 hd128", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{7168, 1024}}},
         {"chunked prefill 1024 at 7168 (simt)", B, 16, 8, 4, 128, 0, 0, 1, 1, 6.f, 1, 1, 0, {{7168, 1024}}},
         {"prefill 2048 at 0, MHA 32 heads hd128", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 2048}}},
+        /* STRING at the paper's S = 0.33 L: cost against the same batch without STRING */
+        {"STRING decode 131072 + 5000, gqa4 hd128 bs16, S 43253", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}, {4999, 1}}, 43253, 1},
+        {"STRING batch decode 64 x 4096, gqa4 hd128 bs16, S 1365", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, decodes(64, 4096), 1365, 1},
+        {"STRING chunked prefill 1024 at 7168, gqa4 hd128, S 2730", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{7168, 1024}}, 2730, 1},
+        {"STRING prefill 2048 at 0, MHA 32 heads hd128, S 683", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 2048}}, 683, 1},
     };
     for (const auto &cf : configs) {
-        if (quick && cf.big) continue;
+        if ((quick && cf.big) || (only && !strstr(cf.name.c_str(), only))) continue;
         run_config(cf);
     }
     return test_report("check_attention");
