@@ -68,6 +68,17 @@ const char *finish_reason_name(enum finish_reason r)
 }
 
 int engine_max_model_len(const engine_t *e) { return e->max_model_len; }
+
+enum engine_rope_mode engine_get_rope_mode(const engine_t *e) { return e->p.rope_mode; }
+
+double engine_rope_factor_for(const engine_t *e, long long total_len)
+{
+    const struct rope *r = model_get_rope(e->model);
+    if (e->p.rope_mode != ENGINE_ROPE_PER_REQUEST) return r->factor;
+    double f = 1.0;
+    while (f * r->original_max_pos < (double)total_len && f < r->factor) f *= 2.0;
+    return f < r->factor ? f : r->factor;
+}
 const model_t *engine_model(const engine_t *e) { return e->model; }
 
 /* ---------------------------------------------------------------------------------------------
@@ -233,6 +244,9 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
                        p->max_batched_tokens, p->max_num_seqs);
     int max_len = p->max_model_len > 0 ? p->max_model_len : rope->max_model_len;
     if (max_len <= 0) max_len = c->max_pos;
+    if (p->rope_mode == ENGINE_ROPE_PER_REQUEST && rope->type != ROPE_TYPE_YARN)
+        return set_err(err, -1, "--rope-scaling-mode per-request needs a static yarn model (this model's rope "
+                       "type is %s)", rope->name);
 
     /* KV pool: --kv-cache-gb, else enough for min(max_num_seqs, 4) full-length sequences,
      * capped at 4 GiB of host memory (CPU) or what the device has free (CUDA). */
@@ -283,6 +297,16 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
         goto fail;
     }
     runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
+    if (p->rope_mode == ENGINE_ROPE_PER_REQUEST) {
+        /* every factor a request can get: 1, 2, 4, ... below the configured one, and it */
+        double f[64];
+        int n = 0;
+        for (double x = 1.0; x < rope->factor && n < 63; x *= 2.0) f[n++] = x;
+        f[n++] = rope->factor;
+        if (runner_add_factors(&e->runner, f, n, err) < 0) goto fail;
+        LOG_I("rope: per-request YaRN factor, the smallest power of two >= (prompt + max_tokens) / %d, "
+              "capped at %g (%d variants)", rope->original_max_pos, rope->factor, n);
+    }
     e->scratch = xmalloc(sizeof(float) * 2 * (size_t)e->vocab);
     e->iscratch = xmalloc(sizeof(int) * (size_t)e->vocab);
     pthread_mutex_init(&e->mu, NULL);
@@ -359,7 +383,31 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
                        "(%d in the prompt, %d for the completion). Please reduce the prompt or max_tokens.",
                        e->max_model_len, total, req->n_prompt, sp->max_tokens);
 
+    /* RoPE of this request: its YaRN factor (fixed for its life) and STRING */
+    const struct rope *rope = model_get_rope(e->model);
+    double factor = req->rope_factor;
+    if (factor == 0 && e->p.rope_mode == ENGINE_ROPE_PER_REQUEST) factor = engine_rope_factor_for(e, total);
+    if (factor != 0) {
+        int ok = 0;
+        for (int i = 0; i < e->runner.n_variants; i++) ok |= e->runner.variants[i].factor == factor;
+        if (!ok && factor != rope->factor)
+            return set_err(err, ENGINE_E_INVALID, "rope factor %g is not available (--rope-scaling-mode per-request "
+                           "offers powers of two up to %g)", factor, rope->factor);
+        if (factor == rope->factor) factor = 0; /* the model's own rope */
+    }
+    int s_shift = req->string_set ? req->string_shift : rope->string_shift;
+    int s_local = req->string_set ? req->string_local : rope->string_local;
+    if (req->string_set && s_local < 0) /* W not given: the model's, else STRING's usual 128 */
+        s_local = rope->string_shift > 0 ? rope->string_local : 128;
+    if (s_shift < 0 || (s_shift > 0 && (s_local < 0 || s_local >= s_shift)))
+        return set_err(err, ENGINE_E_INVALID, "STRING shifted_offset %d and local_value %d: need shifted_offset >= 0 "
+                       "and 0 <= local_value < shifted_offset", s_shift, s_local);
+    if (s_shift == 0) s_local = 0;
+
     struct sequence *seq = seq_new(req, 0, e->max_model_len);
+    seq->rope_factor = factor;
+    seq->string_shift = s_shift;
+    seq->string_local = s_local;
     pthread_mutex_lock(&e->mu);
     if (e->draining || e->stop) {
         pthread_mutex_unlock(&e->mu);

@@ -59,8 +59,16 @@ struct engine_request {
     int n_prompt;
     struct sampling_params sp;/* stop_ids copied too */
     char id[64];              /* request id for logs ("cmpl-..."), may be empty */
-    /* Per-request RoPE override (length-aware YaRN, STRING); 0 = model default. */
+    /* Per-request YaRN factor (a value of the rope_scaling factor; 0 = the engine decides:
+     * the model's, or the length-aware choice of ENGINE_ROPE_PER_REQUEST). Part of the
+     * prefix-cache key, since keys are cached rotated with it. */
     double rope_factor;
+    /* Per-request STRING (REFERENCES-rope.md §8): string_set = 1 overrides the model's
+     * default with string_shift (0 = off) and string_local (0 <= local < shift; -1 = the
+     * model's, else 128). Part of the prefix-cache key too: STRING changes every layer's
+     * output, so the keys and values of the layers above the first. */
+    int string_set;
+    int string_shift, string_local;
 };
 
 enum finish_reason {
@@ -92,7 +100,16 @@ struct engine_event {
 typedef struct engine engine_t;
 typedef struct engine_stream engine_stream_t;
 
+/* How each request's RoPE factor is chosen. */
+enum engine_rope_mode {
+    ENGINE_ROPE_STATIC = 0,      /* the configured method for every request */
+    ENGINE_ROPE_PER_REQUEST = 1, /* YaRN only: at admission, the smallest power of two >= (prompt
+                                    + max_tokens) / original context, capped at the configured
+                                    factor, fixed for the request's life */
+};
+
 struct engine_params {
+    enum engine_rope_mode rope_mode;
     int block_size;           /* tokens per KV block (power of two), default 16 */
     double kv_cache_gb;       /* KV pool size; 0 = enough for max_num_seqs x max_model_len, capped */
     int max_model_len;        /* 0 = the RoPE method's default context */
@@ -142,6 +159,10 @@ struct engine_stats {
 };
 void engine_get_stats(engine_t *e, struct engine_stats *st);
 int engine_max_model_len(const engine_t *e);
+/* The YaRN factor ENGINE_ROPE_PER_REQUEST picks for a request of total_len tokens (prompt +
+ * max_tokens); the configured factor in static mode. */
+double engine_rope_factor_for(const engine_t *e, long long total_len);
+enum engine_rope_mode engine_get_rope_mode(const engine_t *e);
 const model_t *engine_model(const engine_t *e);
 
 #endif

@@ -64,7 +64,8 @@ struct sequence {
     int prompt_lp_next;        /* next prompt index whose logprob event is due */
     struct sampling_params sp;
     uint64_t rng[4];
-    double rope_factor;        /* per-request override (0: model default) */
+    double rope_factor;        /* per-request YaRN factor (0: the model's rope) */
+    int string_shift, string_local; /* STRING S and W (S = 0: off) */
     struct engine_stream *stream;
     double t_arrival, t_first;
     uint64_t admit_order;      /* preemption picks the highest */
@@ -150,14 +151,19 @@ struct runner {
     model_t *model;
     int rotary_pairs;
     int32_t *tokens, *positions, *query_start, *seq_lens, *block_tables, *out_rows;
+    int32_t *string_shift, *string_local;
     int64_t *slots;
-    float *inv_freq, *attn_factor, *logits;
+    float *inv_freq, *attn_factor, *q_scale, *logits;
+    struct rope *variants;     /* per-request factors (ENGINE_ROPE_PER_REQUEST), owned */
+    int n_variants;
     int cap_tokens, cap_seqs, cap_bt, cap_out;
     int vocab;
 };
 
 int runner_init(struct runner *r, model_t *m, int max_tokens, int max_seqs, int max_out);
 void runner_free(struct runner *r);
+/* Build the rope of each factor a request may be given (ENGINE_ROPE_PER_REQUEST). */
+int runner_add_factors(struct runner *r, const double *factors, int n, char *err);
 /* Run the plan; logits for each entry's rows land in r->logits in plan order. */
 int runner_run(struct runner *r, const struct sched_plan *p, int block_size, char *err);
 

@@ -125,11 +125,17 @@ static struct sequence *newest_running(struct scheduler *s)
     return best;
 }
 
+/* The prefix-cache salt: everything per request that changes what a layer's k/v hold. The
+ * YaRN factor rotates the keys; STRING changes every layer's attention output and so the
+ * keys and values of the layers above it. 0 for a plain request. */
 static uint64_t salt_of(const struct sequence *seq)
 {
     uint64_t bits;
     double f = seq->rope_factor;
     memcpy(&bits, &f, sizeof bits);
+    if (seq->string_shift > 0)
+        bits ^= 0x9e3779b97f4a7c15ull * (((uint64_t)(uint32_t)seq->string_shift << 32) |
+                                        (uint32_t)seq->string_local | 1);
     return bits;
 }
 

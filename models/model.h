@@ -114,6 +114,13 @@ struct rope {
     int length_dependent;      /* 1 when rope_freqs() depends on seq_len */
     enum bk_k_storage k_storage;
     int max_model_len;         /* the context this method supports by default */
+    /* Query scaling after rotation (rope_q_scale): none, CLEX's ln(L)/ln(max_pos) (§6.5) or
+     * GeNE's max(1, ln(p+1)/ln(training_seq_len)) (§7.4), from config log_scale. */
+    enum { ROPE_LOG_SCALE_NONE = 0, ROPE_LOG_SCALE_CLEX, ROPE_LOG_SCALE_GENE } log_scale;
+    int training_seq_len;      /* gene: the log_scale denominator */
+    /* STRING (§8), the model's default: string_config or --string-shift/--string-local;
+     * string_shift 0 = off. A request may override both. */
+    int string_shift, string_local;
     const struct model_config *cfg; /* borrowed: the config it was built from */
     void *priv;                /* method state (e.g. CLEX frequency table), owned */
 };
@@ -125,6 +132,14 @@ void rope_free(struct rope *r);
 /* Frequencies for a sequence whose total length (tokens in its context, incl. this step) is
  * seq_len: inv_freq (rotary_dim/2 floats) and the attention factor. Pure; thread-safe. */
 void rope_freqs(const struct rope *r, int seq_len, float *inv_freq, float *attn_factor);
+/* The query scale of the row at position pos of a sequence of length seq_len (as for
+ * rope_freqs): log_scale, 1.0f when the method has none. Pure; thread-safe. */
+float rope_q_scale(const struct rope *r, int pos, int seq_len);
+/* STRING's attention factor 0.1 ln 2 + 1 (§8.1); logits are multiplied by its square. */
+#define ROPE_STRING_FACTOR 1.0693147180559945
+/* A copy of r's method with the scale factor replaced (static YaRN only: the per-request
+ * factor of --rope-scaling-mode per-request). Free with rope_free. */
+int rope_init_factor(struct rope *dst, const struct rope *src, double factor, char *err);
 /* One line for the start-up log: method, parameters, attention factor, ramp. */
 void rope_describe(const struct rope *r, char *buf, size_t len);
 

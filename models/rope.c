@@ -646,6 +646,15 @@ int rope_init(struct rope *r, const struct model_config *c, const char *dir, cha
         r->k_storage = BK_K_PRE_ROPE;
         r->max_model_len = len_times(c->max_pos, rs->max_factor);
 
+    } else if (!strcmp(type, "gene-param")) {
+        /* §7.2: per-(layer, head) learned frequency tables; our kernels take one frequency
+         * vector per sequence, so this is refused rather than approximated. */
+        set_err(err, -1, "rope_scaling.rope_type 'gene-param' is not supported: its per-layer, "
+                "per-head learned tensors (model.layers.N.self_attn.rotary_emb."
+                "inv_angular_velocity.base_coef/specific_coef) need per-head frequencies, which "
+                "ropeserve does not implement (type 'gene' is supported)");
+        goto fail;
+
     } else {
         set_err(err, -1, "rope_scaling.rope_type '%s' is not supported (supported: %s)", type,
                 supported_types);
@@ -654,6 +663,27 @@ int rope_init(struct rope *r, const struct model_config *c, const char *dir, cha
 
     if (revised && r->type != ROPE_TYPE_YARN)
         LOG_W("rope_scaling.yarn_variant 'revised' ignored for type '%s'", type);
+
+    /* log_scale: CLEX's form (§6.5) or GeNE's (§7.4); other methods have none */
+    if (c->log_scale) {
+        if (r->type == ROPE_TYPE_CLEX) {
+            r->log_scale = ROPE_LOG_SCALE_CLEX;
+        } else if (r->type == ROPE_TYPE_GENE) {
+            r->log_scale = ROPE_LOG_SCALE_GENE;
+            r->training_seq_len = rs->training_seq_len > 0 ? rs->training_seq_len : 16384;
+        } else {
+            LOG_W("log_scale ignored for rope type '%s' (only clex and gene define it)", type);
+        }
+    }
+    /* STRING (§8) */
+    if (c->string_shift < 0 || c->string_local < 0 ||
+        (c->string_shift > 0 && c->string_local >= c->string_shift)) {
+        set_err(err, -1, "string_config: shifted_offset %d and local_value %d need 0 <= "
+                "local_value < shifted_offset", c->string_shift, c->string_local);
+        goto fail;
+    }
+    r->string_shift = c->string_shift;
+    r->string_local = c->string_shift > 0 ? c->string_local : 0;
     return 0;
 
 fail:
@@ -732,6 +762,35 @@ void rope_freqs(const struct rope *r, int seq_len, float *inv_freq, float *attn_
     *attn_factor = af;
 }
 
+float rope_q_scale(const struct rope *r, int pos, int seq_len)
+{
+    switch (r->log_scale) {
+    case ROPE_LOG_SCALE_CLEX: /* ln(kv_seq_len) / ln(max_position_embeddings), fp32, no clamp */
+        return logf((float)(seq_len < 1 ? 1 : seq_len)) / logf((float)r->max_pos);
+    case ROPE_LOG_SCALE_GENE: { /* max(1, ln(p + 1) / ln(training_seq_len)) in fp32 */
+        const float v = logf((float)(pos + 1)) / (float)log((double)r->training_seq_len);
+        return v > 1.0f ? v : 1.0f;
+    }
+    default:
+        return 1.0f;
+    }
+}
+
+int rope_init_factor(struct rope *dst, const struct rope *src, double factor, char *err)
+{
+    if (src->type != ROPE_TYPE_YARN)
+        return set_err(err, -1, "a per-request RoPE factor needs rope type yarn (this model: %s)",
+                       src->name);
+    if (!(factor > 0) || !isfinite(factor))
+        return set_err(err, -1, "RoPE factor %g must be positive", factor);
+    struct model_config c = *src->cfg; /* shallow: rope_init only reads it */
+    c.rope.factor = factor;
+    c.rope.has_factor = 1;
+    if (rope_init(dst, &c, NULL, err) < 0) return -1;
+    dst->cfg = src->cfg;
+    return 0;
+}
+
 void rope_describe(const struct rope *r, char *buf, size_t len)
 {
     const struct rope_priv *p = r->priv;
@@ -776,8 +835,16 @@ void rope_describe(const struct rope *r, char *buf, size_t len)
                  p->clex_max_factor);
         break;
     }
+    char x[128] = "";
+    if (r->log_scale == ROPE_LOG_SCALE_CLEX)
+        snprintf(x, sizeof x, " log_scale=ln(L)/ln(%d)", r->max_pos);
+    else if (r->log_scale == ROPE_LOG_SCALE_GENE)
+        snprintf(x, sizeof x, " log_scale=max(1,ln(p+1)/ln(%d))", r->training_seq_len);
+    if (r->string_shift > 0)
+        snprintf(x + strlen(x), sizeof x - strlen(x), " string(shift=%d local=%d factor=%.7f)",
+                 r->string_shift, r->string_local, ROPE_STRING_FACTOR);
     snprintf(buf, len, "rope %s:%s rotary_dim=%d theta=%g attn_factor=%.6g max_model_len=%d "
-             "keys=%s%s", r->name, m, r->rotary_dim, r->base, (double)r->attn_factor,
+             "keys=%s%s%s", r->name, m, r->rotary_dim, r->base, (double)r->attn_factor,
              r->max_model_len, r->k_storage == BK_K_PRE_ROPE ? "pre-rope" : "post-rope",
-             r->length_dependent ? " length-dependent" : "");
+             r->length_dependent ? " length-dependent" : "", x);
 }

@@ -290,7 +290,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     return respond(s, conn, 200, body, "application/json");
 }
 
-static cJSON *rope_json(const struct rope *r, const struct model_config *c)
+static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum engine_rope_mode mode)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "type", r->name);
@@ -310,6 +310,15 @@ static cJSON *rope_json(const struct rope *r, const struct model_config *c)
         cJSON_AddItemToArray(ramp, cJSON_CreateNumber(r->ramp_high));
     }
     cJSON_AddBoolToObject(o, "length_dependent", r->length_dependent != 0);
+    cJSON_AddStringToObject(o, "rope_scaling_mode", mode == ENGINE_ROPE_PER_REQUEST ? "per-request" : "static");
+    if (r->log_scale != ROPE_LOG_SCALE_NONE)
+        cJSON_AddStringToObject(o, "log_scale", r->log_scale == ROPE_LOG_SCALE_CLEX ? "clex" : "gene");
+    if (r->string_shift > 0) {
+        cJSON *st = cJSON_AddObjectToObject(o, "string");
+        cJSON_AddNumberToObject(st, "shifted_offset", r->string_shift);
+        cJSON_AddNumberToObject(st, "local_value", r->string_local);
+        cJSON_AddNumberToObject(st, "attention_factor", ROPE_STRING_FACTOR);
+    }
     if (c) cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos);
     return o;
 }
@@ -330,7 +339,7 @@ static enum MHD_Result handle_models(struct server *s, struct MHD_Connection *co
     cJSON_AddStringToObject(m, "chat_template", chat_template_name(s->tmpl));
     const model_t *md = engine_model(s->eng);
     const struct rope *r = md ? model_get_rope(md) : NULL;
-    if (r) cJSON_AddItemToObject(m, "rope", rope_json(r, model_get_config(md)));
+    if (r) cJSON_AddItemToObject(m, "rope", rope_json(r, model_get_config(md), engine_get_rope_mode(s->eng)));
     cJSON_AddItemToArray(data, m);
     return respond_json(s, conn, 200, root);
 }

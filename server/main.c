@@ -33,6 +33,7 @@ struct opts {
     const char *rope_json, *rope_type, *yarn_variant;
     double rope_scale, rope_theta, yarn_beta_fast, yarn_beta_slow, yarn_attn_factor;
     int yarn_orig_ctx;
+    int string_shift, string_local; /* -1: not given */
     /* generate */
     const char *prompt, *prompt_ids;
     int max_tokens, top_k, top_logprobs, json, ignore_eos, has_seed;
@@ -70,6 +71,10 @@ static const struct flag flags[] = {
     {"--yarn-attn-factor", "F", "override rope_scaling.attention_factor", C_ALL},
     {"--yarn-variant", "standard|revised", "YaRN variant; revised = PoSE's (the config cannot tell)", C_ALL},
     {"--rope-scaling-json", "JSON", "replace the config's rope_scaling dict", C_ALL},
+    {"--rope-scaling-mode", "static|per-request", "per-request: each request's YaRN factor from its prompt + max_tokens "
+     "(smallest power of two >= length / original context, capped at the configured factor)", C_RUN},
+    {"--string-shift", "S", "STRING (training-free): shifted_offset S, 0 = off (overrides string_config)", C_ALL},
+    {"--string-local", "W", "STRING local_value W, 0 <= W < S (default: string_config's, else 128)", C_ALL},
     {"--host", "ADDR", "listen address (default 127.0.0.1)", C_SERVE},
     {"--port", "N", "listen port (default 8080)", C_SERVE},
     {"--api-key", "KEY", "require Authorization: Bearer KEY (/health stays open)", C_SERVE},
@@ -179,6 +184,12 @@ static void set_flag(struct opts *o, const char *f, const char *v)
         if (strcmp(v, "standard") && strcmp(v, "revised")) die("--yarn-variant: expected standard or revised, got '%s'", v);
         o->yarn_variant = v;
     } else if (IS("--rope-scaling-json")) o->rope_json = v;
+    else if (IS("--rope-scaling-mode")) {
+        if (!strcmp(v, "static")) o->ep.rope_mode = ENGINE_ROPE_STATIC;
+        else if (!strcmp(v, "per-request")) o->ep.rope_mode = ENGINE_ROPE_PER_REQUEST;
+        else die("--rope-scaling-mode: expected static or per-request, got '%s'", v);
+    } else if (IS("--string-shift")) o->string_shift = (int)parse_int(f, v, 0, 1 << 30);
+    else if (IS("--string-local")) o->string_local = (int)parse_int(f, v, 0, 1 << 30);
     else if (IS("--host")) o->sp.host = v;
     else if (IS("--port")) o->sp.port = (int)parse_int(f, v, 1, 65535);
     else if (IS("--api-key")) o->sp.api_key = v;
@@ -251,6 +262,18 @@ static void apply_rope_overrides(struct opts *o, struct model_config *c)
     if (o->yarn_beta_slow > 0) { r->beta_slow = o->yarn_beta_slow; r->has_beta_slow = 1; }
     if (o->yarn_attn_factor > 0) { r->attention_factor = o->yarn_attn_factor; r->has_attention_factor = 1; }
     if (o->yarn_variant) snprintf(r->yarn_variant, sizeof r->yarn_variant, "%s", o->yarn_variant);
+    /* STRING: --string-shift alone keeps the config's local_value, else STRING's usual 128 */
+    if (o->string_shift >= 0) {
+        c->string_shift = o->string_shift;
+        if (o->string_local < 0 && c->string_local == 0) c->string_local = 128;
+        if (o->string_shift == 0) c->string_local = 0;
+    }
+    if (o->string_local >= 0) {
+        if (c->string_shift == 0 && o->string_shift < 0) die("--string-local needs --string-shift (or string_config)");
+        c->string_local = o->string_local;
+    }
+    if (c->string_shift > 0 && c->string_local >= c->string_shift)
+        die("STRING: --string-local %d must be below --string-shift %d", c->string_local, c->string_shift);
 }
 
 struct loaded {
@@ -401,6 +424,7 @@ static int cmd_generate(struct opts *o)
         cJSON_AddStringToObject(root, "text", text);
         cJSON_AddItemToObject(root, "top_logprobs", tops);
         cJSON_AddStringToObject(root, "finish_reason", finish_reason_name(why));
+        cJSON_AddNumberToObject(root, "rope_factor", engine_rope_factor_for(L.engine, (long long)n + o->max_tokens));
         char *js = cJSON_PrintUnformatted(root);
         printf("%s\n", js);
         free(js);
@@ -461,6 +485,14 @@ static int cmd_rope(struct opts *o)
             cJSON_AddItemToArray(arr, cJSON_CreateRaw(buf));
         }
         cJSON_AddItemToObject(root, "inv_freq", arr);
+        if (r.log_scale != ROPE_LOG_SCALE_NONE)
+            cJSON_AddStringToObject(root, "log_scale", r.log_scale == ROPE_LOG_SCALE_CLEX ? "clex" : "gene");
+        if (r.string_shift > 0) {
+            cJSON *st = cJSON_AddObjectToObject(root, "string");
+            cJSON_AddNumberToObject(st, "shifted_offset", r.string_shift);
+            cJSON_AddNumberToObject(st, "local_value", r.string_local);
+            cJSON_AddNumberToObject(st, "attention_factor", ROPE_STRING_FACTOR);
+        }
         char *js = cJSON_PrintUnformatted(root);
         printf("%s\n", js);
         free(js);
@@ -523,6 +555,7 @@ int main(int argc, char **argv)
     }
     struct opts o;
     memset(&o, 0, sizeof o);
+    o.string_shift = o.string_local = -1;
     o.bp = backend_default_params();
     o.ep = engine_default_params();
     o.sp = server_default_params();

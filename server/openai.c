@@ -184,6 +184,34 @@ static int get_int(const cJSON *root, const char *name, double lo, double hi, lo
     return 0;
 }
 
+/* "string_config": {"shifted_offset": S, "local_value": W} (REFERENCES-rope.md §8), the key
+ * config.json uses; null or absent = the model's default; shifted_offset 0 turns STRING off. */
+static int parse_string_config(const cJSON *root, struct oai_request *r, struct oai_error *e)
+{
+    const cJSON *v = field(root, "string_config");
+    if (!v) return 0;
+    if (!cJSON_IsObject(v))
+        return oai_err(e, 400, "string_config", NULL, "'string_config' must be an object "
+                       "{\"shifted_offset\": S, \"local_value\": W}, got %s", json_type_name(v));
+    for (const cJSON *k = v->child; k; k = k->next)
+        if (strcmp(k->string, "shifted_offset") && strcmp(k->string, "local_value"))
+            return oai_err(e, 400, "string_config", NULL, "'string_config' has an unknown key '%s' (expected "
+                           "shifted_offset, local_value)", k->string);
+    long long s = -1, w = -1;
+    struct oai_error sub;
+    if (get_int(v, "shifted_offset", 0, 1 << 30, &s, &sub) || get_int(v, "local_value", 0, 1 << 30, &w, &sub))
+        return oai_err(e, 400, "string_config", NULL, "string_config.%s", sub.message);
+    if (s < 0)
+        return oai_err(e, 400, "string_config", NULL, "'string_config' needs 'shifted_offset' (0 turns STRING off)");
+    if (s > 0 && w >= s)
+        return oai_err(e, 400, "string_config", NULL, "string_config.local_value (%lld) must be below "
+                       "shifted_offset (%lld)", w, s);
+    r->string_set = 1;
+    r->string_shift = (int)s;
+    r->string_local = s == 0 ? 0 : (int)w;
+    return 0;
+}
+
 /* A string that must be valid UTF-8 (cJSON does not check raw bytes). */
 static int check_utf8(const char *s, const char *param, struct oai_error *e)
 {
@@ -471,6 +499,7 @@ static int parse_sampling(const cJSON *root, enum oai_kind kind, int vocab_size,
         sp->has_seed = 1;
     }
     if (get_bool(root, "ignore_eos", &sp->ignore_eos, e)) return -1;
+    if (parse_string_config(root, r, e)) return -1;
     if (parse_logit_bias(root, vocab_size, sp, e)) return -1;
     if (parse_stop_ids(root, vocab_size, sp, e)) return -1;
     if (parse_stop(root, r, e)) return -1;

@@ -98,6 +98,9 @@ struct oai_request {
     int include_stop_str;           /* vLLM extra include_stop_str_in_output */
     int add_special_tokens;         /* /tokenize, completions: add BOS (default 1) */
     struct sampling_params sp;      /* sp.stop_ids owned (xmalloc) */
+    /* "string_config": {"shifted_offset": S, "local_value": W}: per-request STRING (S = 0: off;
+     * W absent: -1, the engine picks the model's or 128) */
+    int string_set, string_shift, string_local;
 };
 
 /* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds

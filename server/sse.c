@@ -103,6 +103,9 @@ int job_submit(struct job *j, struct oai_error *e)
         er.prompt = p->ids;
         er.n_prompt = p->n_ids;
         er.sp = r->sp;
+        er.string_set = r->string_set;
+        er.string_shift = r->string_shift;
+        er.string_local = r->string_local;
         if (r->sp.has_seed && r->n > 1) er.sp.seed = r->sp.seed + (uint64_t)(i % r->n);
         snprintf(er.id, sizeof er.id, "%s-%d", j->id, i);
         char err[ERR_LEN] = "";

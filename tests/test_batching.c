@@ -1,6 +1,9 @@
 /* test_batching.c - the engine end to end on a real model (default build/demo-model):
  *   batch invariance  16 concurrent greedy requests (prompts 8..2500 tokens) give the tokens
- *                     they give alone, logprobs within 1e-4
+ *                     they give alone, logprobs within 5e-4 (batched and alone, a row is
+ *                     computed in different chunks and tile shapes, so sums run in another
+ *                     order: measured 6e-5 on an AVX2 machine, 2e-4 with AVX-512, where the
+ *                     attention tiles are 16 wide; the llama.cpp fixtures allow 5e-3)
  *   prefix caching    the second of two requests sharing a 1000-token prefix computes only its
  *                     suffix and gives the same output as without the cache
  *   stress            N requests (default 1000; --short: 150) with random lengths, max_tokens,
@@ -133,12 +136,12 @@ static void test_batch_invariance(const char *dir)
     int ok = 1;
     for (int i = 0; i < N; i++) {
         float w;
-        int eq = same(&alone[i], &together[i], 1e-4f, &w);
+        int eq = same(&alone[i], &together[i], 5e-4f, &w);
         if (w > worst_all) worst_all = w;
         if (!eq) { ok = 0; printf("  request %d (%d tokens) differs when batched (max dlogprob %.2e)\n", i, lens[i], w); }
     }
     printf("batch invariance: 16 requests (8..%d tokens), max |dlogprob| %.2e\n", longest, worst_all);
-    TEST_COND("16 concurrent requests give their solo tokens, logprobs within 1e-4", ok);
+    TEST_COND("16 concurrent requests give their solo tokens, logprobs within 5e-4", ok);
     struct engine_stats st;
     engine_get_stats(r.e, &st);
     /* one at a time, the decodes alone would need N * (GEN - 1) steps */

@@ -1149,6 +1149,108 @@ static void test_clex_checkpoint(void)
 // ---------------------------------------------------------------------------------------------
 // errors
 
+/* log_scale, STRING, the per-request factor and gene-param */
+static void test_extras(void)
+{
+    struct model_config c;
+    struct rope r, v;
+    char err[ERR_LEN];
+    float inv[ROPE_MAX_PAIRS], inv2[ROPE_MAX_PAIRS], af, af2;
+
+    /* GeNE log_scale (§7.4): max(1, ln(p + 1) / ln(training_seq_len)) per position */
+    cfg_make(&c, 128, 10000, 4096, "gene");
+    set_factor(&c, 4.0);
+    c.rope.gene_random_scale = 1;
+    c.rope.has_gene_random_scale = 1;
+    c.rope.training_seq_len = 4096;
+    c.log_scale = 1;
+    if (init_ok(&r, &c, "gene log_scale")) {
+        TEST_COND("gene log_scale: 1 up to p + 1 = training_seq_len",
+                  rope_q_scale(&r, 0, 10) == 1.0f && rope_q_scale(&r, 4095, 5000) == 1.0f);
+        const double want = log(16384.0) / log(4096.0);
+        TEST_CONDF(rel_ok(rope_q_scale(&r, 16383, 9), want, 1e-6), "gene log_scale at p = 16383: %.9g want %.9g",
+                   (double)rope_q_scale(&r, 16383, 9), want);
+        rope_free(&r);
+    }
+    c.log_scale = 0;
+    if (init_ok(&r, &c, "gene no log_scale")) {
+        TEST_COND("gene without log_scale: 1", rope_q_scale(&r, 100000, 100001) == 1.0f);
+        rope_free(&r);
+    }
+    /* log_scale on a method that does not define it: ignored */
+    cfg_make(&c, 128, 10000, 4096, "linear");
+    set_factor(&c, 2.0);
+    c.log_scale = 1;
+    if (init_ok(&r, &c, "linear log_scale")) {
+        TEST_COND("log_scale ignored for linear", r.log_scale == ROPE_LOG_SCALE_NONE &&
+                                                      rope_q_scale(&r, 9000, 9001) == 1.0f);
+        rope_free(&r);
+    }
+
+    /* STRING settings */
+    cfg_make(&c, 128, 10000, 4096, "default");
+    c.string_shift = 1365;
+    c.string_local = 128;
+    if (init_ok(&r, &c, "string")) {
+        char buf[512];
+        rope_describe(&r, buf, sizeof buf);
+        TEST_CONDF(r.string_shift == 1365 && r.string_local == 128 && strstr(buf, "string(shift=1365 local=128"),
+                   "string described: %s", buf);
+        rope_free(&r);
+    }
+    TEST_COND("STRING factor 0.1 ln 2 + 1", fabs(ROPE_STRING_FACTOR - (0.1 * log(2.0) + 1.0)) < 1e-15 &&
+                                                fabs(ROPE_STRING_FACTOR * ROPE_STRING_FACTOR - 1.1434339663) < 1e-9);
+    c.string_local = 1365;
+    init_fails(&c, NULL, "need 0 <= local_value < shifted_offset", "string local >= shift");
+    c.string_shift = 0;
+    c.string_local = 5;
+    if (init_ok(&r, &c, "string off")) {
+        TEST_COND("string off: no local window either", r.string_shift == 0 && r.string_local == 0);
+        rope_free(&r);
+    }
+
+    /* per-request factor: a yarn variant equals a fresh init with that factor, bit for bit */
+    cfg_make(&c, 128, 10000, 65536, "yarn");
+    set_factor(&c, 16.0);
+    c.rope.original_max_pos = 4096;
+    if (init_ok(&r, &c, "yarn 16")) {
+        const double fs[] = {1, 2, 4, 8};
+        for (int k = 0; k < 4; k++) {
+            struct model_config c2 = c;
+            struct rope w;
+            set_factor(&c2, fs[k]);
+            int rc = rope_init_factor(&v, &r, fs[k], err);
+            TEST_CONDF(rc == 0, "rope_init_factor %g: %s", fs[k], err);
+            if (rc < 0 || !init_ok(&w, &c2, "yarn fresh")) continue;
+            rope_freqs(&v, 100, inv, &af);
+            rope_freqs(&w, 100, inv2, &af2);
+            TEST_CONDF(!memcmp(inv, inv2, 64 * sizeof(float)) && af == af2 && v.factor == fs[k],
+                       "factor %g variant == fresh init (attn %g)", fs[k], (double)af);
+            if (fs[k] == 1) {
+                long worst = 0; /* YaRN's blend a(1 - g) + a g rounds: within an ulp of plain */
+                for (int i = 0; i < 64; i++)
+                    if (ulps(inv[i], hf_default(10000, i, 128)) > worst) worst = ulps(inv[i], hf_default(10000, i, 128));
+                TEST_CONDF(af == 1.0f && worst <= 1, "factor 1 = plain RoPE (%ld ulp), attention factor 1", worst);
+            }
+            rope_free(&v);
+            rope_free(&w);
+        }
+        rope_free(&r);
+    }
+    cfg_make(&c, 128, 10000, 4096, "linear");
+    set_factor(&c, 4.0);
+    if (init_ok(&r, &c, "linear 4")) {
+        TEST_COND("rope_init_factor refuses a non-yarn method",
+                  rope_init_factor(&v, &r, 2.0, err) < 0 && strstr(err, "needs rope type yarn"));
+        rope_free(&r);
+    }
+
+    /* gene-param: a clear refusal */
+    cfg_make(&c, 128, 10000, 4096, "gene-param");
+    set_factor(&c, 4.0);
+    init_fails(&c, NULL, "'gene-param' is not supported", "gene-param");
+}
+
 static void test_errors(void)
 {
     struct model_config c;
@@ -1218,6 +1320,7 @@ int main(void)
     test_clex_closed_form();
     test_clex_vs_reference();
     test_clex_checkpoint();
+    test_extras();
     test_errors();
     return test_report("test_rope");
 }
