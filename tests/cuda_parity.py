@@ -25,6 +25,11 @@ llama.cpp fixtures to 1.4e-4) moves the prompt-end top-20 logprobs by up to 0.03
 or a missing attention factor moves them by 2 .. 19 (tests/fixtures/README.md); the kernel
 checkers hold the tight per-op tolerances.
 
+The same comparison runs on the RoPE fixtures (tests/fixtures/rope/<method>.json: every scaling
+method, CLEX's pre-RoPE keys and log_scale, STRING through string_config) and on two per-request
+settings of the YaRN fixture (--rope-scaling-mode per-request; --string-shift 40 --string-local 6),
+all with --max-model-len 1024.
+
 One test per (model, prompt, dtype) plus the aggregate agreement per dtype; prints
 "cuda_parity: N passed, N failed" last. Without a GPU (nvidia-smi finds none) it prints SKIP and
 "0 passed, 0 failed".
@@ -151,35 +156,50 @@ def main():
         print("%s: %d passed, %d failed" % (SUITE, passed, failed))
         return 1
     stats = {dt: [0, 0, 0] for dt in dtypes}  # agreed, compared, near-tie divergences
+    runs = []  # (label, model, prompt ids, extra flags)
     for fx in sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "llamacpp", "*.json"))):
         d = json.load(open(fx))
         model = os.path.join(ROOT, "tests", "fixtures", "models", d["variant"])
         cases = [(c["name"], c["prompt_ids"]) for c in d["cases"]]
         cases.append(("text", d["text_case"]["prompt_ids_llamacpp"]))
         for name, ids in cases:
-            if a.quick and len(ids) > 257:
-                continue
-            label = "%s %s (%d prompt tokens)" % (d["variant"], name, len(ids))
+            runs.append(("%s %s" % (d["variant"], name), model, ids, []))
+    rope_fix = os.path.join(ROOT, "tests", "fixtures", "rope")
+    long_ = ["--max-model-len", "1024"]
+    for fx in sorted(glob.glob(os.path.join(rope_fix, "*.json"))):
+        d = json.load(open(fx))
+        model = os.path.join(rope_fix, d["model_dir"])
+        for c in d["cases"]:
+            runs.append(("rope/%s %s" % (d["method"], c["name"]), model, c["prompt_ids"], long_))
+            if d["method"] == "yarn":
+                runs.append(("rope/yarn per-request %s" % c["name"], model, c["prompt_ids"],
+                             long_ + ["--rope-scaling-mode", "per-request"]))
+                runs.append(("rope/yarn STRING 40/6 %s" % c["name"], model, c["prompt_ids"],
+                             long_ + ["--string-shift", "40", "--string-local", "6"]))
+    for name, model, ids, extra in runs:
+        if a.quick and len(ids) > 257:
+            continue
+        label = "%s (%d prompt tokens)" % (name, len(ids))
+        try:
+            ref = generate(model, ids, ref_dev, extra)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+            report(False, "%s: reference run: %s" % (label, e))
+            continue
+        for dt in dtypes:
+            lab = "%s %s" % (label, dt)
             try:
-                ref = generate(model, ids, ref_dev, [])
+                got = generate(model, ids, dev, extra + ["--dtype", dt])
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-                report(False, "%s: reference run: %s" % (label, e))
+                report(False, "%s: %s" % (lab, e))
                 continue
-            for dt in dtypes:
-                lab = "%s %s" % (label, dt)
-                try:
-                    got = generate(model, ids, dev, ["--dtype", dt])
-                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-                    report(False, "%s: %s" % (lab, e))
-                    continue
-                ok, agreed, cmp_, tie, max_d, note = compare(got, ref, TOLS[dt])
-                st = stats[dt]
-                st[0] += agreed
-                st[1] += cmp_
-                st[2] += tie
-                print("%s: %d/%d tokens agree, max |dlogprob| %.2e%s" % (lab, agreed, cmp_, max_d,
-                                                                         (", " + note) if note else ""))
-                report(ok, lab + (": " + note if note else ""))
+            ok, agreed, cmp_, tie, max_d, note = compare(got, ref, TOLS[dt])
+            st = stats[dt]
+            st[0] += agreed
+            st[1] += cmp_
+            st[2] += tie
+            print("%s: %d/%d tokens agree, max |dlogprob| %.2e%s" % (lab, agreed, cmp_, max_d,
+                                                                     (", " + note) if note else ""))
+            report(ok, lab + (": " + note if note else ""))
     for dt in dtypes:
         agreed, cmp_, tie = stats[dt]
         raw = agreed / cmp_ if cmp_ else 0.0

@@ -2,6 +2,8 @@
 # device-check.sh - the one script a GPU session runs (see shared/device/README.md): it checks and
 # measures the prebuilt CUDA backend and leaves every log and figure under $OUT.
 #
+#   0. Hugging Face transformers references for the RoPE methods it implements
+#      (tests/rope_ref/make_hf_fixtures.py -> $OUT/hf; commit them as tests/fixtures/rope/hf/)
 #   1. nvidia-smi: device, driver, memory, clocks (read only: never change clocks or modes)
 #   2. tests/run-cuda.sh: every kernel checker + the end-to-end parity (make test-cuda without make)
 #   3. compute-sanitizer memcheck and racecheck over the small attention configurations
@@ -17,7 +19,15 @@
 # Output (at most 8 files, as the device tool brings back): summary.txt, nvidia-smi.txt,
 # test-cuda.log, checkers.log (every checker's full output), sanitizer.log, bench.txt.
 # Environment: OUT (default build/device-check), QUICK=1 (check_attention --quick, no bench),
-# STEP_TIMEOUT (seconds per step, default 900).
+# STEP_TIMEOUT (seconds per step, default 900), HF=0 (skip step 0), SANITIZE=0 (skip step 3),
+# PACK=1 (also pack $OUT into $OUT/device-check.tgz: the device tool brings back 8 files).
+#
+# Carrying the build (64 MiB limit; OpenBLAS alone is 37 MB): pack it compressed, ~12 MB,
+#   ../shared/device/bundle-libs.sh build/ropeserve .devlibs
+#   mkdir -p .devpack && tar cJf .devpack/devlibs.tar.xz .devlibs &&
+#     tar cJf .devpack/build.tar.xz build/ropeserve build/tests/kernels build/tools/bench build/tools/make_model
+#   run: tar xJf .devpack/devlibs.tar.xz && tar xJf .devpack/build.tar.xz && PACK=1 QUICK=1 tools/device-check.sh
+#   with carry [".devpack"] and OUT=$OUT (.devpack is in .gitignore).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-build/device-check}
@@ -29,6 +39,12 @@ S="$OUT/summary.txt"
 : >"$S"
 say() { echo "$*" | tee -a "$S"; }
 t0=$(date +%s)
+
+# 0. transformers references (CPU fp32 on that machine; it has torch and transformers)
+if [ "${HF:-1}" = 1 ]; then
+    PYTHONUNBUFFERED=1 timeout "$T" python3 tests/rope_ref/make_hf_fixtures.py "$OUT/hf" >"$OUT/hf-run.log" 2>&1
+    say "transformers references (exit $?): $(ls "$OUT/hf" 2>/dev/null | tr '\n' ' ')"
+fi
 
 # 1. the device
 {
@@ -56,7 +72,9 @@ done >"$OUT/checkers.log" 2>&1
 
 # 3. sanitizers: out-of-bounds / uninitialized reads, shared-memory races in the attention kernels
 : >"$OUT/sanitizer.log"
-if command -v compute-sanitizer >/dev/null && [ -x build/tests/kernels/check_attention ]; then
+if [ "${SANITIZE:-1}" != 1 ]; then
+    say "sanitizers skipped (SANITIZE=0)"
+elif command -v compute-sanitizer >/dev/null && [ -x build/tests/kernels/check_attention ]; then
     for tool in memcheck racecheck; do
         echo "=================== compute-sanitizer --tool $tool check_attention --quick" >>"$OUT/sanitizer.log"
         timeout "$T" compute-sanitizer --tool "$tool" --error-exitcode 99 build/tests/kernels/check_attention --quick \
@@ -87,4 +105,7 @@ if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_m
     say "engine bench: exit $?"
 fi
 say "device-check done in $(( $(date +%s) - t0 ))s; logs in $OUT"
+if [ "${PACK:-0}" = 1 ]; then
+    tar czf /tmp/device-check.tgz -C "$OUT" . && mv /tmp/device-check.tgz "$OUT/device-check.tgz"
+fi
 exit $rc_tests

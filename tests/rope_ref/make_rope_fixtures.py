@@ -1,23 +1,46 @@
 #!/usr/bin/env python3
 """Tiny random LLaMA checkpoints, one per RoPE scaling method, plus float64 NumPy reference outputs.
 
-    /usr/bin/python3 tests/rope_ref/make_rope_fixtures.py [method ...]
+    /usr/bin/python3 tests/rope_ref/make_rope_fixtures.py [--out DIR] [method ...]
 
-numpy only. Writes, under tests/fixtures/rope/:
+numpy only. Writes, under tests/fixtures/rope/ (or DIR):
   models/shared/model.safetensors   F32 weights shared by every method (hidden 64, 2 layers, 4 heads,
                                     2 KV heads, head_dim 16, ffn 172, vocab 512; q/k sigma 0.2)
   models/<method>/                  config.json (the method's rope_scaling), tokenizer files, and
                                     model.safetensors -> ../shared/model.safetensors (a symlink, so
-                                    the fixture set stays small)
+                                    the fixture set stays small). CLEX dirs are sharded instead:
+                                    model.safetensors.index.json, model-00001-of-00002.safetensors ->
+                                    ../shared/model.safetensors, and model-00002-of-00002.safetensors
+                                    holding model.clex_layer.{proj_func.ode_up_proj,
+                                    proj_func.ode_down_proj, inv_freq} (F32, seeded random ODE weights)
   <method>.json                     greedy ids + top-20 log-probs per step for each prompt
 
-The RoPE math is written from /work/shared/REFERENCES-rope.md (HF transformers semantics), not from
-the engine's code. The forward is HF LLaMA in float64 with a per-layer cache of *rotated* keys; each
-forward (the whole prompt, then one token per decode step) computes its own frequency table from
-L = max position in the forward + 1, so length-dependent methods (dynamic, longrope, gene) behave as
-in HF: keys already in the cache keep the rotation they were written with. Angles are
-float32(p) * float32(inv_freq) multiplied in fp32; cos/sin are then taken in float64 and multiplied
-by the attention factor.
+The RoPE math is written from /work/shared/REFERENCES-rope.md (HF transformers semantics, and the
+original repositories for dynamic-yarn, CLEX, GeNE and STRING), not from the engine's code. The
+forward is HF LLaMA in float64. Each forward (the whole prompt, then one token per decode step)
+computes its own frequency table from L = max position in the forward + 1 = the total length after
+the forward, so length-dependent methods behave as in their references:
+  - dynamic, dynamic-yarn, longrope, gene: keys are cached *rotated*; keys already in the cache keep
+    the rotation they were written with;
+  - clex (§6): keys are cached *un-rotated* and every forward re-rotates all of them with the
+    current t = clamp(ceil(L / max_pos), 1, max_factor); theta(t) comes from the neural ODE,
+    integrated in float32 exactly as torchdiffeq 0.2.3 "rk4" does (3/8 rule, fp32 grid, linear
+    interpolation at the integer times);
+  - clex log_scale (§6.5): q *= ln(L)/ln(max_pos) after rotation (one factor per forward, no clamp);
+  - gene log_scale (§7.4): q at position p *= max(1, ln(p+1)/ln(training_seq_len));
+  - STRING (§8, top-level "string_config": {"shifted_offset": S, "local_value": W}): the two-pass
+    flash formulation: q1 = RoPE(q, p), q2 = RoPE(q, p - S + W), keys rotated at their true
+    positions, cos/sin of all three multiplied by af = 0.1 ln 2 + 1 (times the method's own
+    attention factor); pass 1 over keys with p - j < S with q1, pass 2 over p - j >= S with q2, each
+    its own softmax + log-sum-exp, merged with w = 1/(1 + exp(lse1 - lse2)). The split is the
+    reference's DECODE rule, used for the prefill too (distance exactly S is in the shifted pass
+    only; the reference's flash prefill counts it in both).
+Angles are float32(p) * float32(inv_freq) multiplied in fp32; cos/sin are then taken in float64 and
+multiplied by the attention factor.
+
+Prompts: lengths 20, 58, 128, 500, 512 are drawn in that order from default_rng(PROMPT_SEED) (the
+original fixture set); any other length n from default_rng([PROMPT_SEED, n]), so adding a length
+never changes an existing prompt. tests/rope_ref/check_rope_ref.py runs the self-consistency checks.
 """
 import json
 import math
@@ -37,15 +60,24 @@ EPS = 1e-5
 THETA = 10000.0
 SEED = 880001
 PROMPT_SEED = 4321
+LEGACY_LENS = [20, 58, 128, 500, 512]
 N_NEW = 12
 TOPK = 20
 L0 = 64  # original context of every model
+STRING_AF = 0.1 * math.log(2) + 1.0  # 1.0693147180559945
+CLEX_B = 10000.0  # the base hard-coded in CLEX's get_time_embedding (§6.2), whatever rope_theta is
 
 SHORT = [1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 1.8, 2.0]
 LONG = [1.0, 1.25, 1.5, 2.5, 4.0, 8.0, 12.0, 16.0]
 
+GENE = {"type": "gene", "factor": 4.0, "num_rotations": 3.0, "training_seq_len": 256,
+        "gene_random_scale": True, "log_scale": False}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": L0}
+
 # method -> (config overrides, prompt lengths). 58 + 12 crosses L0 = 64 during decoding.
 METHODS = {
+    "default": (dict(), [20, 58, 128, 512]),
     "linear": (dict(max_position_embeddings=256,
                     rope_scaling={"type": "linear", "factor": 4.0}), [20, 58, 128, 512]),
     "dynamic": (dict(max_position_embeddings=L0,
@@ -59,20 +91,50 @@ METHODS = {
                           rope_scaling={"rope_type": "yarn", "factor": 16.0,
                                         "original_max_position_embeddings": L0,
                                         "yarn_variant": "revised"}), [20, 58, 128, 512]),
-    "llama3": (dict(max_position_embeddings=512,
-                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0,
-                                  "original_max_position_embeddings": L0}), [20, 58, 128, 512]),
+    "llama3": (dict(max_position_embeddings=512, rope_scaling=dict(LLAMA3)), [20, 58, 128, 512]),
     "longrope": (dict(max_position_embeddings=1024,
                       rope_scaling={"rope_type": "longrope", "factor": 16.0,
                                     "original_max_position_embeddings": L0,
                                     "short_factor": SHORT, "long_factor": LONG}), [20, 58, 128, 512]),
     # gene: r = max(factor, ceil(L/Lmax)); 500 + 12 keeps ceil(L/64) = 8 through the decode steps
-    "gene": (dict(max_position_embeddings=L0,
-                  rope_scaling={"type": "gene", "factor": 4.0, "num_rotations": 3.0,
-                                "training_seq_len": 256, "gene_random_scale": True,
-                                "log_scale": False}), [20, 58, 128, 500]),
+    "gene": (dict(max_position_embeddings=L0, rope_scaling=dict(GENE)), [20, 58, 128, 500]),
+    # dynamic-yarn (§4.2, jquesnelle's Llama class, finetuned absent = false): plain RoPE (mscale 1)
+    # while L <= max_position_embeddings, then yarn(s = L / original) with mscale 0.1 ln s + 1,
+    # recomputed every forward (58 + 12 crosses 64 while decoding).
+    "dynamic-yarn": (dict(max_position_embeddings=L0,
+                          rope_scaling={"type": "dynamic-yarn", "factor": 4.0,
+                                        "original_max_position_embeddings": L0}), [20, 58, 128, 500]),
+    # finetuned: yarn(max_pos / original = 4) up to max_pos = 256, then yarn(L / 64)
+    # (250 + 12 crosses 256 while decoding)
+    "dynamic-yarn-ft": (dict(max_position_embeddings=256,
+                             rope_scaling={"type": "dynamic-yarn", "factor": 4.0,
+                                           "original_max_position_embeddings": L0,
+                                           "finetuned": True}), [20, 128, 250, 500]),
+    # clex: t = clamp(ceil(L/64), 1, 8): 58+12 crosses t 1->2, 120+12 crosses 2->3,
+    # 250+12 crosses 4->5 while decoding; 520 > 64*8 (t clamped to 8)
+    "clex": (dict(max_position_embeddings=L0, log_scale=False, use_flashattn=True,
+                  rope_scaling={"type": "clex", "max_factor": 8, "param_factor": 1, "act": "tanh",
+                                "factor": 1, "time_dt": 0.01}), [20, 58, 120, 250, 520]),
+    # clex-log: act absent (SiLU), time_dt absent (0.01), param_factor 2, max_factor 4, log_scale
+    # (q *= ln L / ln 64, < 1 below 64): 60+12 crosses 64, 190+12 crosses 192, 300 > 256 (clamped)
+    "clex-log": (dict(max_position_embeddings=L0, log_scale=True, use_flashattn=True,
+                      rope_scaling={"type": "clex", "max_factor": 4, "param_factor": 2}),
+                 [20, 60, 190, 300]),
+    # gene-log: q_p *= max(1, ln(p+1)/ln 256): 250+12 crosses p = 255 while decoding
+    "gene-log": (dict(max_position_embeddings=L0, rope_scaling=dict(GENE, log_scale=True)),
+                 [20, 128, 250, 500]),
+    # string: S = 40, W = 6 on plain RoPE: 20 < S (plain attention x af^2), 35+12 crosses S while
+    # decoding, 58+12 crosses L0, then well past both
+    "string": (dict(max_position_embeddings=L0,
+                    string_config={"shifted_offset": 40, "local_value": 6}), [20, 35, 58, 128, 500]),
+    # string-llama3: S = 48, W = 8 on the llama3 frequencies (44+12 crosses S while decoding)
+    "string-llama3": (dict(max_position_embeddings=512, rope_scaling=dict(LLAMA3),
+                           string_config={"shifted_offset": 48, "local_value": 8}),
+                      [20, 44, 58, 125, 500]),
 }
+
+# CLEX ODE weights: seed and standard deviations of ode_up_proj / ode_down_proj
+CLEX_ODE = {"clex": (990004, 0.1, 0.02), "clex-log": (990003, 0.05, 0.02)}
 
 
 # ----------------------------------------------------------------------------- RoPE (from the spec)
@@ -97,10 +159,33 @@ def yarn_ramp(beta_fast, beta_slow, d, base, l0):
     return np.clip(ramp, 0, 1).astype(np.float32)
 
 
-def rope_params(cfg, L):
-    """(inv_freq fp32 [d/2], attention factor) for a forward whose max position + 1 is L."""
+def yarn_inv_freq(b, s, l0, beta_fast, beta_slow, revised=False, d=HD):
+    """§2.5 / §5.3 in fp32: standard (arithmetic blend) or PoSE's revised (harmonic blend)."""
+    pos_freqs = (np.float32(b) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
+    gamma = (1 - yarn_ramp(beta_fast, beta_slow, d, b, l0)).astype(np.float32)
+    if revised:
+        inv = (np.float32(1.0) / pos_freqs) / ((1 - gamma) * np.float32(s) + gamma)
+    else:
+        inv_ext = np.float32(1.0) / pos_freqs
+        inv_int = np.float32(1.0) / (np.float32(s) * pos_freqs)
+        inv = inv_int * (1 - gamma) + inv_ext * gamma
+    return inv.astype(np.float32)
+
+
+def yarn_mscale(s):
+    return 1.0 if s <= 1 else 0.1 * math.log(s) + 1.0
+
+
+def rope_kind(cfg):
     rs = cfg.get("rope_scaling") or {}
-    kind = rs.get("rope_type", rs.get("type", "default"))
+    return rs.get("rope_type", rs.get("type", "default"))
+
+
+def rope_params(cfg, L, clex_freqs=None):
+    """(inv_freq fp32 [d/2], attention factor) for a forward whose max position + 1 is L.
+    clex_freqs: [max_t, d/2] fp32, row t-1 = theta(t) (clex only)."""
+    rs = cfg.get("rope_scaling") or {}
+    kind = rope_kind(cfg)
     b = cfg["rope_theta"]
     d = HD
     if kind == "default":
@@ -117,18 +202,25 @@ def rope_params(cfg, L):
         return base_inv_freq(b * s ** (d / (d - 2))), 1.0
     if kind == "yarn":
         l0 = rs.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
-        pos_freqs = (np.float32(b) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
-        gamma = (1 - yarn_ramp(rs.get("beta_fast") or 32, rs.get("beta_slow") or 1, d, b, l0)).astype(np.float32)
-        if rs.get("yarn_variant") == "revised":
-            inv = (np.float32(1.0) / pos_freqs) / ((1 - gamma) * np.float32(s) + gamma)
-        else:
-            inv_ext = np.float32(1.0) / pos_freqs
-            inv_int = np.float32(1.0) / (np.float32(s) * pos_freqs)
-            inv = inv_int * (1 - gamma) + inv_ext * gamma
+        inv = yarn_inv_freq(b, s, l0, rs.get("beta_fast") or 32, rs.get("beta_slow") or 1,
+                            revised=rs.get("yarn_variant") == "revised")
         att = rs.get("attention_factor")
         if att is None:
-            att = 1.0 if s <= 1 else 0.1 * math.log(s) + 1.0
-        return inv.astype(np.float32), float(att)
+            att = yarn_mscale(s)
+        return inv, float(att)
+    if kind == "dynamic-yarn":
+        # jquesnelle LlamaDynamicYaRNScaledRotaryEmbedding: betas are the class defaults 32/1 (never
+        # read from the config); the cache starts at max_position_embeddings and is rebuilt with
+        # yarn(seq_len / original) when seq_len exceeds it (per request: no state between requests)
+        lmax = cfg["max_position_embeddings"]
+        l0 = rs["original_max_position_embeddings"]
+        if L > lmax:
+            sc = L / l0
+        elif rs.get("finetuned", False):
+            sc = lmax / l0
+        else:
+            return base_inv_freq(b), 1.0
+        return yarn_inv_freq(b, sc, l0, 32, 1), yarn_mscale(sc)
     if kind == "llama3":
         l0 = rs["original_max_position_embeddings"]
         lo, hi = rs["low_freq_factor"], rs["high_freq_factor"]
@@ -158,7 +250,121 @@ def rope_params(cfg, L):
         r = max(s, math.ceil(L / lmax)) if rs["gene_random_scale"] else s
         angvel = (np.float32(b) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
         return (np.float32(1.0) / (np.float32(r) ** w * angvel)).astype(np.float32), 1.0
+    if kind == "clex":
+        t = clex_t(cfg, L)
+        if t == 1:
+            return base_inv_freq(b), 1.0  # plain RoPE, no exp(log())
+        return clex_freqs[t - 1], 1.0
     raise ValueError("unknown rope type " + kind)
+
+
+def clex_t(cfg, L):
+    """§6.4: t = clamp(ceil(L / max_pos), 1, max_factor), L = the total length after the forward."""
+    lmax = cfg["max_position_embeddings"]
+    t = L // lmax if L % lmax == 0 else L // lmax + 1
+    return max(1, min(t, int(cfg["rope_scaling"]["max_factor"])))
+
+
+def q_scale(cfg, pos, L):
+    """Per-query multiplier (applied after rotation) or None: CLEX log_scale (§6.5), GeNE log_scale (§7.4)."""
+    rs = cfg.get("rope_scaling") or {}
+    kind = rope_kind(cfg)
+    if kind == "clex" and cfg.get("log_scale"):
+        # log(tensor(kv_seq_len * 1.0)) / log(tensor(naive_len)), fp32, one value for the forward
+        v = np.float32(np.log(np.float32(L))) / np.float32(np.log(np.float32(cfg["max_position_embeddings"])))
+        return np.full(len(pos), float(v))
+    if kind in ("gene", "gene-param") and rs.get("log_scale"):
+        # arange(1, 1 + kv_seq_len).log() / log(training_seq_len), clip(min=1), model dtype (fp32)
+        logn = np.log(np.asarray(pos, dtype=np.float32) + np.float32(1))
+        v = logn / np.float32(math.log(rs.get("training_seq_len", 16384)))
+        return np.maximum(v, np.float32(1.0)).astype(np.float32).astype(np.float64)
+    return None
+
+
+# ----------------------------------------------------------------------------- CLEX ODE (§6.2, §6.3)
+
+def clex_rhs(t, y, w_up, w_down, act, d, B=CLEX_B, F=np.float32):
+    """ODELinear.forward(t, x), all in F (fp32 as in CLEX), torch's op order."""
+    t = F(t)
+    alpha = F(1) if t < 1 else F(2) * t - F(1)
+    index = np.arange(0, d, 2, dtype=F)
+    ntk_base = F(B) * alpha ** F(d / (d - 2))
+    time = F(1) / (ntk_base ** (index / F(d)))
+    delta = F(-2) * index / F(d - 2) * F(1) / (F(B) ** (index / F(d)) * (alpha ** (index / F(d - 2) + F(1))))
+    x = (y + np.log(time)).astype(F)
+    time_embed = delta / time
+    hdn = (x @ w_up.astype(F)).astype(F)
+    if act == "tanh":
+        hdn = np.tanh(hdn)
+    else:  # silu
+        hdn = hdn / (F(1) + np.exp(-hdn))
+    return ((hdn.astype(F) @ w_down.astype(F)) + time_embed).astype(F)
+
+
+def rk38_step(f, t0, dt, t1, y0, F=np.float32):
+    """torchdiffeq 0.2.3 rk4_alt_step_func (3/8 rule), in F."""
+    third, two_thirds = F(1 / 3), F(2 / 3)
+    k1 = f(t0, y0)
+    k2 = f(t0 + dt * third, y0 + dt * k1 * third)
+    k3 = f(t0 + dt * two_thirds, y0 + dt * (k2 - k1 * third))
+    k4 = f(t1, y0 + dt * (k1 - k2 + k3))
+    return ((k1 + F(3) * (k2 + k3) + k4) * dt * F(0.125)).astype(F)
+
+
+def odeint_fixed(f, y0, times, step_size, F=np.float32):
+    """torchdiffeq 0.2.3 FixedGridODESolver.integrate with options step_size, in F: grid
+    arange(ceil((t_end - t_start)/step + 1)) * step + t_start (last point clamped to t_end), one
+    3/8-rule step per grid interval, linear interpolation at each requested time."""
+    times = np.asarray(times, dtype=F)
+    start, end = times[0], times[-1]
+    niters = int(math.ceil(float(F((end - start) / F(step_size)) + F(1))))
+    grid = (np.arange(0, niters, dtype=F) * F(step_size) + start).astype(F)
+    if grid[-1] > end:
+        grid[-1] = end
+    assert grid[0] == start and grid[-1] == end
+    sol = [y0]
+    j = 1
+    y = y0
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        dt = F(t1 - t0)
+        y1 = (y + rk38_step(f, t0, dt, t1, y, F)).astype(F)
+        while j < len(times) and t1 >= times[j]:
+            tj = times[j]
+            if tj == t0:
+                sol.append(y)
+            elif tj == t1:
+                sol.append(y1)
+            else:
+                slope = F((tj - t0) / (t1 - t0))
+                sol.append((y + slope * (y1 - y)).astype(F))
+            j += 1
+        y = y1
+    return np.stack(sol).astype(F)
+
+
+def clex_freqs(cfg, w_up, w_down, d=HD, F=np.float32):
+    """freq_cached = exp(odeint(proj_func, log(inv_freq), arange(1, max_t + 1))): [max_t, d/2] (fp32
+    as in CLEX; F = float64 only for the self-checks)."""
+    rs = cfg["rope_scaling"]
+    max_t = int(rs["max_factor"])
+    act = rs.get("act", "silu")
+    dt = float(rs.get("time_dt", 0.01))
+    inv = base_inv_freq(cfg["rope_theta"], d)
+    times = np.arange(1.0, max_t + 1.0, dtype=F)
+    f = lambda t, y: clex_rhs(t, y, w_up, w_down, act, d, F=F)  # noqa: E731
+    sol = odeint_fixed(f, np.log(inv.astype(F)).astype(F), times, dt, F)
+    return np.exp(sol).astype(F)
+
+
+def clex_weights(method, cfg, d=HD):
+    seed, s_up, s_down = CLEX_ODE[method]
+    pf = int(cfg["rope_scaling"]["param_factor"])
+    rng = np.random.default_rng(seed)
+    up = (rng.standard_normal((d // 2, pf * d)) * s_up).astype(np.float32)
+    down = (rng.standard_normal((pf * d, d // 2)) * s_down).astype(np.float32)
+    return {"model.clex_layer.proj_func.ode_up_proj": up,
+            "model.clex_layer.proj_func.ode_down_proj": down,
+            "model.clex_layer.inv_freq": base_inv_freq(cfg["rope_theta"], d)}
 
 
 def rotate(x, positions, inv, att):
@@ -230,11 +436,37 @@ def config_for(over):
     return c
 
 
+def make_prompts(lens):
+    rng = np.random.default_rng(PROMPT_SEED)
+    prompts = {n: [1] + [int(i) for i in rng.integers(3, VOCAB, size=n - 1)] for n in LEGACY_LENS}
+    for n in sorted(set(lens) - set(LEGACY_LENS)):
+        r = np.random.default_rng([PROMPT_SEED, n])
+        prompts[n] = [1] + [int(i) for i in r.integers(3, VOCAB, size=n - 1)]
+    return prompts
+
+
+def masked_softmax(sc, keep):
+    """Row-wise softmax over the kept entries: (probabilities, log-sum-exp); an empty row gives
+    zeros and -inf."""
+    sc = np.where(keep, sc, -np.inf)
+    m = sc.max(axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(sc - m)
+    z = e.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pr = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
+        lse = np.where(z[:, 0] > 0, m[:, 0] + np.log(np.where(z[:, 0] > 0, z[:, 0], 1.0)), -np.inf)
+    return pr, lse
+
+
 class Model:
-    def __init__(self, w, cfg):
+    def __init__(self, w, cfg, freqs=None):
         self.w = {k: v.astype(np.float64) for k, v in w.items()}
         self.cfg = cfg
         self.eps = cfg["rms_norm_eps"]
+        self.freqs = freqs  # clex: [max_t, d/2]
+        self.pre_rope_k = rope_kind(cfg) == "clex"
+        self.string = cfg.get("string_config")
 
     def rms(self, x, g):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * g
@@ -244,28 +476,14 @@ class Model:
         self.vc = [np.zeros((0, NKV, HD)) for _ in range(NL)]
         self.n = 0
 
-    def forward(self, ids):
-        """Appends ids at positions n..n+T-1; returns the log-softmax of the last position."""
-        w = self.w
-        T = len(ids)
-        pos = np.arange(self.n, self.n + T)
-        inv, att = rope_params(self.cfg, int(pos[-1]) + 1)
-        x = w["model.embed_tokens.weight"][np.asarray(ids)]
+    def attend(self, q, K, V, pos, q2=None):
+        """q [T, NH, HD] (rotated), K/V [S, NKV, HD]; q2: STRING's shifted query (then two passes)."""
+        T = q.shape[0]
+        S = K.shape[0]
         grp = NH // NKV
-        for l in range(NL):
-            p = "model.layers.%d." % l
-            h = self.rms(x, w[p + "input_layernorm.weight"])
-            q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, NH, HD)
-            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, NKV, HD)
-            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, NKV, HD)
-            q = rotate(q, pos, inv, att)
-            k = rotate(k, pos, inv, att)
-            self.kc[l] = np.concatenate([self.kc[l], k])
-            self.vc[l] = np.concatenate([self.vc[l], v])
-            K, V = self.kc[l], self.vc[l]
-            S = K.shape[0]
+        out = np.empty((T, NH, HD))
+        if q2 is None:
             mask = np.arange(S)[None, :] > pos[:, None]
-            out = np.empty((T, NH, HD))
             for hh in range(NH):
                 kv = hh // grp
                 sc = (q[:, hh, :] @ K[:, kv, :].T) / math.sqrt(HD)
@@ -274,6 +492,54 @@ class Model:
                 pr = np.exp(sc)
                 pr /= pr.sum(axis=1, keepdims=True)
                 out[:, hh, :] = pr @ V[:, kv, :]
+            return out
+        dist = pos[:, None] - np.arange(S)[None, :]
+        shift = self.string["shifted_offset"]
+        local = (dist >= 0) & (dist < shift)  # pass 1 (q1): 0 <= p - j < S
+        far = dist >= shift  # pass 2 (q2): p - j >= S
+        for hh in range(NH):
+            kv = hh // grp
+            p1, lse1 = masked_softmax((q[:, hh, :] @ K[:, kv, :].T) / math.sqrt(HD), local)
+            p2, lse2 = masked_softmax((q2[:, hh, :] @ K[:, kv, :].T) / math.sqrt(HD), far)
+            with np.errstate(over="ignore"):
+                wgt = 1.0 / (1.0 + np.exp(lse1 - lse2))  # weight of the shifted part; 0 if empty
+            out[:, hh, :] = (p1 @ V[:, kv, :]) * (1 - wgt)[:, None] + (p2 @ V[:, kv, :]) * wgt[:, None]
+        return out
+
+    def forward(self, ids):
+        """Appends ids at positions n..n+T-1; returns the log-softmax of the last position."""
+        w = self.w
+        T = len(ids)
+        pos = np.arange(self.n, self.n + T)
+        L = int(pos[-1]) + 1
+        inv, att = rope_params(self.cfg, L, self.freqs)
+        qs = q_scale(self.cfg, pos, L)
+        x = w["model.embed_tokens.weight"][np.asarray(ids)]
+        for l in range(NL):
+            p = "model.layers.%d." % l
+            h = self.rms(x, w[p + "input_layernorm.weight"])
+            q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, NH, HD)
+            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, NKV, HD)
+            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, NKV, HD)
+            q2 = None
+            if self.string:
+                af = att * STRING_AF
+                q2 = rotate(q, pos - self.string["shifted_offset"] + self.string["local_value"], inv, af)
+                q = rotate(q, pos, inv, af)
+                k = rotate(k, pos, inv, af)
+            elif self.pre_rope_k:
+                q = rotate(q, pos, inv, att)  # k stays un-rotated in the cache
+            else:
+                q = rotate(q, pos, inv, att)
+                k = rotate(k, pos, inv, att)
+            if qs is not None:
+                q = q * qs[:, None, None]
+            self.kc[l] = np.concatenate([self.kc[l], k])
+            self.vc[l] = np.concatenate([self.vc[l], v])
+            K, V = self.kc[l], self.vc[l]
+            if self.pre_rope_k:  # CLEX: every cached key re-rotated with this forward's theta(t)
+                K = rotate(K, np.arange(K.shape[0]), inv, att)
+            out = self.attend(q, K, V, pos, q2)
             x = x + out.reshape(T, NH * HD) @ w[p + "self_attn.o_proj.weight"].T
             h = self.rms(x, w[p + "post_attention_layernorm.weight"])
             g = h @ w[p + "mlp.gate_proj.weight"].T
@@ -302,43 +568,82 @@ class Model:
         return ids, steps
 
 
-def main():
-    methods = sys.argv[1:] or list(METHODS)
-    os.makedirs(os.path.join(OUT, "models", "shared"), exist_ok=True)
-    w = make_weights()
-    write_safetensors(os.path.join(OUT, "models", "shared", "model.safetensors"), w)
-    rng = np.random.default_rng(PROMPT_SEED)
-    all_lens = sorted({n for _, lens in METHODS.values() for n in lens})
-    prompts = {n: [1] + [int(i) for i in rng.integers(3, VOCAB, size=n - 1)] for n in all_lens}
+def build_model(method, w):
+    """(config, Model, extra tensors for the checkpoint) for a METHODS entry."""
+    over, _ = METHODS[method]
+    cfg = config_for(over)
+    extra, freqs = {}, None
+    if rope_kind(cfg) == "clex":
+        extra = clex_weights(method, cfg)
+        freqs = clex_freqs(cfg, extra["model.clex_layer.proj_func.ode_up_proj"],
+                           extra["model.clex_layer.proj_func.ode_down_proj"])
+    return cfg, Model(w, cfg, freqs), extra
+
+
+def link(target, path):
+    if os.path.lexists(path):
+        os.remove(path)
+    os.symlink(target, path)
+
+
+def write_model_dir(out, method, cfg, w, extra):
+    d = os.path.join(out, "models", method)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    for fn in ("generation_config.json", "tokenizer.model", "tokenizer_config.json",
+               "special_tokens_map.json"):
+        shutil.copyfile(os.path.join(TOKDIR, fn), os.path.join(d, fn))
+    shared = os.path.join("..", "shared", "model.safetensors")
+    if not extra:
+        link(shared, os.path.join(d, "model.safetensors"))
+        return
+    # sharded: shard 1 = the shared weights (symlink), shard 2 = the extra tensors
+    if os.path.lexists(os.path.join(d, "model.safetensors")):
+        os.remove(os.path.join(d, "model.safetensors"))
+    s1, s2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    link(shared, os.path.join(d, s1))
+    write_safetensors(os.path.join(d, s2), extra)
+    wm = {k: s1 for k in w}
+    wm.update({k: s2 for k in extra})
+    size = sum(a.nbytes for a in w.values()) + sum(a.nbytes for a in extra.values())
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": size}, "weight_map": dict(sorted(wm.items()))}, f, indent=2)
+        f.write("\n")
+
+
+def main(argv):
+    out = OUT
+    if argv[:1] == ["--out"]:
+        out, argv = argv[1], argv[2:]
+    methods = argv or list(METHODS)
     for m in methods:
-        over, lens = METHODS[m]
-        cfg = config_for(over)
-        d = os.path.join(OUT, "models", m)
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-            f.write("\n")
-        for fn in ("generation_config.json", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json"):
-            shutil.copyfile(os.path.join(TOKDIR, fn), os.path.join(d, fn))
-        link = os.path.join(d, "model.safetensors")
-        if os.path.lexists(link):
-            os.remove(link)
-        os.symlink(os.path.join("..", "shared", "model.safetensors"), link)
-        model = Model(w, cfg)
+        if m not in METHODS:
+            sys.exit("unknown method %s (known: %s)" % (m, " ".join(METHODS)))
+    os.makedirs(os.path.join(out, "models", "shared"), exist_ok=True)
+    w = make_weights()
+    write_safetensors(os.path.join(out, "models", "shared", "model.safetensors"), w)
+    prompts = make_prompts({n for _, lens in METHODS.values() for n in lens})
+    for m in methods:
+        _, lens = METHODS[m]
+        cfg, model, extra = build_model(m, w)
+        write_model_dir(out, m, cfg, w, extra)
         cases = []
         for n in lens:
             ids, steps = model.greedy(prompts[n], N_NEW)
             cases.append({"name": "rand_%d" % n, "prompt_ids": prompts[n], "greedy_ids": ids,
                           "steps": steps})
-            print("%-13s rand_%-4d greedy %s" % (m, n, ids))
+            print("%-15s rand_%-4d greedy %s" % (m, n, ids), flush=True)
         fx = {"format_version": 1, "method": m, "model_dir": "models/" + m,
               "reference": "float64 numpy HF-LLaMA forward, tests/rope_ref/make_rope_fixtures.py",
               "config": cfg, "new_tokens": N_NEW, "prompt_seed": PROMPT_SEED, "cases": cases}
-        with open(os.path.join(OUT, m + ".json"), "w") as f:
+        if model.freqs is not None:  # CLEX: theta(t) for t = 1..max_factor (fp32), for direct checks
+            fx["clex_theta"] = [[float(v) for v in row] for row in model.freqs]
+        with open(os.path.join(out, m + ".json"), "w") as f:
             json.dump(fx, f, separators=(",", ":"))
             f.write("\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
