@@ -44,6 +44,12 @@
  * batch_begin and reused by every layer; rotation uses rope_rotate_cpu, so a key rotated here is
  * bit-identical to one the rope op rotated before kv_store.
  *
+ * STRING (REFERENCES-rope.md §8): a sequence with string_shift S > 0 also brings its shifted
+ * queries (q_shift, laid out like q). Key j is scored with the shifted query of row m when
+ * pos_m - j >= S. Per key tile: if no (row, key) pair of the item is that far apart, the tile
+ * uses q alone; if every pair is, q_shift alone; otherwise both score tiles are computed and
+ * merged per element before the mask and the softmax, which are unchanged.
+ *
  * Rejected: cblas_sgemm per tile (packing overhead dominates 128 x 48 x 64 products, and
  * OpenBLAS's own threads would fight the pool); one item per (row, head) (no key reuse);
  * scores over the whole sequence (n x n memory at 128k); split-KV for decode (a decode step is
