@@ -9,7 +9,7 @@ B=${B:-build}
 M=$B/bench-model
 [ -f $M/config.json ] || $B/tools/make_model --preset bench --out $M
 THREADS=${THREADS:-$(nproc)}
-echo "== prefill and decode, $THREADS threads (llama.cpp on this machine: pp512 ~1600, pp2048 ~1130, pp8192 ~520, tg ~195 t/s)"
+echo "== prefill and decode, $THREADS threads (llama.cpp on the first 2-core dev VM, see README: pp512 ~1600, pp2048 ~1130, pp8192 ~520, tg ~195 t/s)"
 $B/tools/bench --model $M --threads "$THREADS" --pp 512,2048,8192 --tg 128 --reps ${REPS:-3}
 echo "== continuous batching: aggregate decode with 1, 4 and 16 streams; a short request during a 16k prefill"
 $B/tools/bench --model $M --threads "$THREADS" --pp "" --tg 64 --streams 1,4,16 --long-prefill 16000 --reps ${REPS:-3}
