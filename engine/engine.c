@@ -298,14 +298,13 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     }
     runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
     if (p->rope_mode == ENGINE_ROPE_PER_REQUEST) {
-        /* every factor a request can get: 1, 2, 4, ... below the configured one, and it */
+        /* every factor a request can get below the configured one (that one is the model's) */
         double f[64];
         int n = 0;
-        for (double x = 1.0; x < rope->factor && n < 63; x *= 2.0) f[n++] = x;
-        f[n++] = rope->factor;
+        for (double x = 1.0; x < rope->factor && n < 64; x *= 2.0) f[n++] = x;
         if (runner_add_factors(&e->runner, f, n, err) < 0) goto fail;
         LOG_I("rope: per-request YaRN factor, the smallest power of two >= (prompt + max_tokens) / %d, "
-              "capped at %g (%d variants)", rope->original_max_pos, rope->factor, n);
+              "capped at %g (%d variants besides it)", rope->original_max_pos, rope->factor, n);
     }
     e->scratch = xmalloc(sizeof(float) * 2 * (size_t)e->vocab);
     e->iscratch = xmalloc(sizeof(int) * (size_t)e->vocab);
@@ -383,22 +382,15 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
                        "(%d in the prompt, %d for the completion). Please reduce the prompt or max_tokens.",
                        e->max_model_len, total, req->n_prompt, sp->max_tokens);
 
-    /* RoPE of this request: its YaRN factor (fixed for its life) and STRING */
+    /* RoPE of this request: its YaRN factor (fixed for its life; 0 = the model's own) and
+     * STRING. Both are part of the prefix-cache key (scheduler.c). */
     const struct rope *rope = model_get_rope(e->model);
-    double factor = req->rope_factor;
-    if (factor == 0 && e->p.rope_mode == ENGINE_ROPE_PER_REQUEST) factor = engine_rope_factor_for(e, total);
-    if (factor != 0) {
-        int ok = 0;
-        for (int i = 0; i < e->runner.n_variants; i++) ok |= e->runner.variants[i].factor == factor;
-        if (!ok && factor != rope->factor)
-            return set_err(err, ENGINE_E_INVALID, "rope factor %g is not available (--rope-scaling-mode per-request "
-                           "offers powers of two up to %g)", factor, rope->factor);
-        if (factor == rope->factor) factor = 0; /* the model's own rope */
-    }
+    double factor = engine_rope_factor_for(e, total);
+    if (factor == rope->factor) factor = 0;
     int s_shift = req->string_set ? req->string_shift : rope->string_shift;
     int s_local = req->string_set ? req->string_local : rope->string_local;
     if (req->string_set && s_local < 0) /* W not given: the model's, else STRING's usual 128 */
-        s_local = rope->string_shift > 0 ? rope->string_local : 128;
+        s_local = rope->string_shift > 0 ? rope->string_local : ROPE_STRING_LOCAL_DEFAULT;
     if (s_shift < 0 || (s_shift > 0 && (s_local < 0 || s_local >= s_shift)))
         return set_err(err, ENGINE_E_INVALID, "STRING shifted_offset %d and local_value %d: need shifted_offset >= 0 "
                        "and 0 <= local_value < shifted_offset", s_shift, s_local);

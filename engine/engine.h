@@ -59,10 +59,6 @@ struct engine_request {
     int n_prompt;
     struct sampling_params sp;/* stop_ids copied too */
     char id[64];              /* request id for logs ("cmpl-..."), may be empty */
-    /* Per-request YaRN factor (a value of the rope_scaling factor; 0 = the engine decides:
-     * the model's, or the length-aware choice of ENGINE_ROPE_PER_REQUEST). Part of the
-     * prefix-cache key, since keys are cached rotated with it. */
-    double rope_factor;
     /* Per-request STRING (REFERENCES-rope.md §8): string_set = 1 overrides the model's
      * default with string_shift (0 = off) and string_local (0 <= local < shift; -1 = the
      * model's, else 128). Part of the prefix-cache key too: STRING changes every layer's

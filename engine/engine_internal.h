@@ -64,8 +64,8 @@ struct sequence {
     int prompt_lp_next;        /* next prompt index whose logprob event is due */
     struct sampling_params sp;
     uint64_t rng[4];
-    double rope_factor;        /* per-request YaRN factor (0: the model's rope) */
-    int string_shift, string_local; /* STRING S and W (S = 0: off) */
+    double rope_factor;        /* per-request YaRN factor (0: the model's rope); set at submit */
+    int string_shift, string_local; /* STRING S and W (S = 0: off); set at submit */
     struct engine_stream *stream;
     double t_arrival, t_first;
     uint64_t admit_order;      /* preemption picks the highest */

@@ -8,9 +8,9 @@
  * Face runs the prompt in one forward), the current length while decoding.
  *
  * Per-request RoPE: a sequence with a rope_factor uses the rope variant built for that factor
- * (ENGINE_ROPE_PER_REQUEST); one with STRING gets its S and W and, on every row, STRING's
- * factor squared in q_scale (with the method's log_scale, when it has one). The STRING arrays
- * and q_scale are passed only when some sequence / row of the batch needs them. */
+ * (ENGINE_ROPE_PER_REQUEST); one with STRING gets its S and W; every row gets rope_q_scale
+ * (log_scale, STRING's factor). The STRING arrays and q_scale are passed only when some
+ * sequence / row of the batch needs them. */
 #include <string.h>
 
 #include <stdio.h>
@@ -100,7 +100,6 @@ int runner_run(struct runner *r, const struct sched_plan *p, int block_size, cha
         r->block_tables = xrealloc(r->block_tables, sizeof(int32_t) * r->cap_bt);
     }
     const struct rope *rope = model_get_rope(r->model);
-    const float string_q = (float)(ROPE_STRING_FACTOR * ROPE_STRING_FACTOR);
     int row = 0, n_out = 0, any_string = 0, any_q_scale = 0;
     for (int i = 0; i < p->n; i++) {
         const struct sched_entry *e = &p->e[i];
@@ -114,8 +113,7 @@ int runner_run(struct runner *r, const struct sched_plan *p, int block_size, cha
         any_string |= seq->string_shift > 0;
         for (int j = 0; j < e->n_tokens; j++, row++) {
             int pos = seq->n_computed + j;
-            float qs = rope_q_scale(sr, pos, rope_len);
-            if (seq->string_shift > 0) qs *= string_q;
+            const float qs = rope_q_scale(sr, pos, rope_len, seq->string_shift > 0);
             r->q_scale[row] = qs;
             any_q_scale |= qs != 1.0f;
             r->tokens[row] = seq->tokens[pos];

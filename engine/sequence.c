@@ -34,9 +34,6 @@ struct sequence *seq_new(const struct engine_request *req, uint64_t id, int max_
         s->sp.stop_ids = NULL;
         s->sp.n_stop_ids = 0;
     }
-    s->rope_factor = req->rope_factor;
-    s->string_shift = req->string_shift;
-    s->string_local = req->string_local;
     s->t_arrival = now_s();
     return s;
 }

@@ -475,7 +475,7 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
     if ((v = item(root, "string_config"))) {
         if (!cJSON_IsObject(v)) return field_err(&x, "string_config", "an object or null", v);
         struct jctx xs = {src, "string_config.", err};
-        c->string_local = 128; /* STRING's usual local window when local_value is absent */
+        c->string_local = ROPE_STRING_LOCAL_DEFAULT; /* when local_value is absent */
         if (opt_int(&xs, v, "shifted_offset", 0, &c->string_shift) ||
             opt_int(&xs, v, "local_value", 0, &c->string_local))
             return -1;

@@ -133,10 +133,13 @@ void rope_free(struct rope *r);
  * seq_len: inv_freq (rotary_dim/2 floats) and the attention factor. Pure; thread-safe. */
 void rope_freqs(const struct rope *r, int seq_len, float *inv_freq, float *attn_factor);
 /* The query scale of the row at position pos of a sequence of length seq_len (as for
- * rope_freqs): log_scale, 1.0f when the method has none. Pure; thread-safe. */
-float rope_q_scale(const struct rope *r, int pos, int seq_len);
+ * rope_freqs): the method's log_scale (1 when it has none), times STRING's factor squared
+ * when string is set. Pure; thread-safe. */
+float rope_q_scale(const struct rope *r, int pos, int seq_len, int string);
 /* STRING's attention factor 0.1 ln 2 + 1 (§8.1); logits are multiplied by its square. */
 #define ROPE_STRING_FACTOR 1.0693147180559945
+/* STRING's local window W when only the shifted offset S is given (the paper's usual 128). */
+#define ROPE_STRING_LOCAL_DEFAULT 128
 /* A copy of r's method with the scale factor replaced (static YaRN only: the per-request
  * factor of --rope-scaling-mode per-request). Free with rope_free. */
 int rope_init_factor(struct rope *dst, const struct rope *src, double factor, char *err);

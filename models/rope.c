@@ -762,18 +762,22 @@ void rope_freqs(const struct rope *r, int seq_len, float *inv_freq, float *attn_
     *attn_factor = af;
 }
 
-float rope_q_scale(const struct rope *r, int pos, int seq_len)
+float rope_q_scale(const struct rope *r, int pos, int seq_len, int string)
 {
+    float v = 1.0f;
     switch (r->log_scale) {
     case ROPE_LOG_SCALE_CLEX: /* ln(kv_seq_len) / ln(max_position_embeddings), fp32, no clamp */
-        return logf((float)(seq_len < 1 ? 1 : seq_len)) / logf((float)r->max_pos);
-    case ROPE_LOG_SCALE_GENE: { /* max(1, ln(p + 1) / ln(training_seq_len)) in fp32 */
-        const float v = logf((float)(pos + 1)) / (float)log((double)r->training_seq_len);
-        return v > 1.0f ? v : 1.0f;
-    }
+        v = logf((float)(seq_len < 1 ? 1 : seq_len)) / logf((float)r->max_pos);
+        break;
+    case ROPE_LOG_SCALE_GENE: /* max(1, ln(p + 1) / ln(training_seq_len)) in fp32 */
+        v = logf((float)(pos + 1)) / (float)log((double)r->training_seq_len);
+        if (v < 1.0f) v = 1.0f;
+        break;
     default:
-        return 1.0f;
+        break;
     }
+    /* STRING: the reference's factor on the cos and sin of q and k, as the logits' square */
+    return string ? v * (float)(ROPE_STRING_FACTOR * ROPE_STRING_FACTOR) : v;
 }
 
 int rope_init_factor(struct rope *dst, const struct rope *src, double factor, char *err)

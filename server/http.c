@@ -290,6 +290,18 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     return respond(s, conn, 200, body, "application/json");
 }
 
+void rope_json_extras(cJSON *o, const struct rope *r)
+{
+    if (r->log_scale != ROPE_LOG_SCALE_NONE)
+        cJSON_AddStringToObject(o, "log_scale", r->log_scale == ROPE_LOG_SCALE_CLEX ? "clex" : "gene");
+    if (r->string_shift > 0) {
+        cJSON *st = cJSON_AddObjectToObject(o, "string");
+        cJSON_AddNumberToObject(st, "shifted_offset", r->string_shift);
+        cJSON_AddNumberToObject(st, "local_value", r->string_local);
+        cJSON_AddNumberToObject(st, "attention_factor", ROPE_STRING_FACTOR);
+    }
+}
+
 static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum engine_rope_mode mode)
 {
     cJSON *o = cJSON_CreateObject();
@@ -311,14 +323,7 @@ static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum
     }
     cJSON_AddBoolToObject(o, "length_dependent", r->length_dependent != 0);
     cJSON_AddStringToObject(o, "rope_scaling_mode", mode == ENGINE_ROPE_PER_REQUEST ? "per-request" : "static");
-    if (r->log_scale != ROPE_LOG_SCALE_NONE)
-        cJSON_AddStringToObject(o, "log_scale", r->log_scale == ROPE_LOG_SCALE_CLEX ? "clex" : "gene");
-    if (r->string_shift > 0) {
-        cJSON *st = cJSON_AddObjectToObject(o, "string");
-        cJSON_AddNumberToObject(st, "shifted_offset", r->string_shift);
-        cJSON_AddNumberToObject(st, "local_value", r->string_local);
-        cJSON_AddNumberToObject(st, "attention_factor", ROPE_STRING_FACTOR);
-    }
+    rope_json_extras(o, r);
     if (c) cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos);
     return o;
 }

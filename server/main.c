@@ -20,6 +20,7 @@
 #include "../models/model.h"
 #include "../tokenizer/tokenizer.h"
 #include "server.h"
+#include "server_internal.h"
 
 enum { C_SERVE = 1, C_GEN = 2, C_ROPE = 4, C_ALL = 7, C_RUN = 3 };
 
@@ -265,7 +266,7 @@ static void apply_rope_overrides(struct opts *o, struct model_config *c)
     /* STRING: --string-shift alone keeps the config's local_value, else STRING's usual 128 */
     if (o->string_shift >= 0) {
         c->string_shift = o->string_shift;
-        if (o->string_local < 0 && c->string_local == 0) c->string_local = 128;
+        if (o->string_local < 0 && c->string_local == 0) c->string_local = ROPE_STRING_LOCAL_DEFAULT;
         if (o->string_shift == 0) c->string_local = 0;
     }
     if (o->string_local >= 0) {
@@ -485,14 +486,7 @@ static int cmd_rope(struct opts *o)
             cJSON_AddItemToArray(arr, cJSON_CreateRaw(buf));
         }
         cJSON_AddItemToObject(root, "inv_freq", arr);
-        if (r.log_scale != ROPE_LOG_SCALE_NONE)
-            cJSON_AddStringToObject(root, "log_scale", r.log_scale == ROPE_LOG_SCALE_CLEX ? "clex" : "gene");
-        if (r.string_shift > 0) {
-            cJSON *st = cJSON_AddObjectToObject(root, "string");
-            cJSON_AddNumberToObject(st, "shifted_offset", r.string_shift);
-            cJSON_AddNumberToObject(st, "local_value", r.string_local);
-            cJSON_AddNumberToObject(st, "attention_factor", ROPE_STRING_FACTOR);
-        }
+        rope_json_extras(root, &r);
         char *js = cJSON_PrintUnformatted(root);
         printf("%s\n", js);
         free(js);

@@ -180,6 +180,11 @@ const char *oai_token_str(const struct oai_render *rc, int32_t id, char *buf, si
 /* A cJSON item holding the JSON string of n bytes of valid UTF-8 (NUL bytes included). */
 struct cJSON;
 struct cJSON *json_string_n(const char *s, size_t n);
+/* Add what a rope carries beyond its frequencies to a JSON object: "log_scale" ("clex" |
+ * "gene") and "string" {shifted_offset, local_value, attention_factor}, when present. Used by
+ * /v1/models and `ropeserve rope --json`. */
+struct rope;
+void rope_json_extras(struct cJSON *o, const struct rope *r);
 
 /* Count code points in s[0..n). */
 int utf8_cp_count(const char *s, size_t n);

@@ -1166,15 +1166,15 @@ static void test_extras(void)
     c.log_scale = 1;
     if (init_ok(&r, &c, "gene log_scale")) {
         TEST_COND("gene log_scale: 1 up to p + 1 = training_seq_len",
-                  rope_q_scale(&r, 0, 10) == 1.0f && rope_q_scale(&r, 4095, 5000) == 1.0f);
+                  rope_q_scale(&r, 0, 10, 0) == 1.0f && rope_q_scale(&r, 4095, 5000, 0) == 1.0f);
         const double want = log(16384.0) / log(4096.0);
-        TEST_CONDF(rel_ok(rope_q_scale(&r, 16383, 9), want, 1e-6), "gene log_scale at p = 16383: %.9g want %.9g",
-                   (double)rope_q_scale(&r, 16383, 9), want);
+        TEST_CONDF(rel_ok(rope_q_scale(&r, 16383, 9, 0), want, 1e-6), "gene log_scale at p = 16383: %.9g want %.9g",
+                   (double)rope_q_scale(&r, 16383, 9, 0), want);
         rope_free(&r);
     }
     c.log_scale = 0;
     if (init_ok(&r, &c, "gene no log_scale")) {
-        TEST_COND("gene without log_scale: 1", rope_q_scale(&r, 100000, 100001) == 1.0f);
+        TEST_COND("gene without log_scale: 1", rope_q_scale(&r, 100000, 100001, 0) == 1.0f);
         rope_free(&r);
     }
     /* log_scale on a method that does not define it: ignored */
@@ -1183,7 +1183,7 @@ static void test_extras(void)
     c.log_scale = 1;
     if (init_ok(&r, &c, "linear log_scale")) {
         TEST_COND("log_scale ignored for linear", r.log_scale == ROPE_LOG_SCALE_NONE &&
-                                                      rope_q_scale(&r, 9000, 9001) == 1.0f);
+                                                      rope_q_scale(&r, 9000, 9001, 0) == 1.0f);
         rope_free(&r);
     }
 

@@ -521,17 +521,13 @@ class Model:
             q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, NH, HD)
             k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, NKV, HD)
             v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, NKV, HD)
+            af = att * STRING_AF if self.string else att  # STRING's factor on cos and sin of q and k
             q2 = None
             if self.string:
-                af = att * STRING_AF
                 q2 = rotate(q, pos - self.string["shifted_offset"] + self.string["local_value"], inv, af)
-                q = rotate(q, pos, inv, af)
+            q = rotate(q, pos, inv, af)
+            if not self.pre_rope_k:  # CLEX keeps k un-rotated in the cache
                 k = rotate(k, pos, inv, af)
-            elif self.pre_rope_k:
-                q = rotate(q, pos, inv, att)  # k stays un-rotated in the cache
-            else:
-                q = rotate(q, pos, inv, att)
-                k = rotate(k, pos, inv, att)
             if qs is not None:
                 q = q * qs[:, None, None]
             self.kc[l] = np.concatenate([self.kc[l], k])
