@@ -58,21 +58,23 @@ ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine
 .PHONY: all deps run test test-cuda bench clean demo
 all: deps $(B)/ropeserve $(TOOL_BIN) $(TEST_BIN)
 
+# Every compile waits for the package check (order-only: it never forces a rebuild), so a
+# parallel build on a fresh machine does not race the install.
 deps:
 	@tools/install-deps.sh
 
-$(B)/%.o: %.c
+$(B)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # RoPE frequencies must follow Hugging Face's fp32 operation order bit for bit: no FMA contraction.
 $(B)/models/rope.o: CFLAGS += -ffp-contract=off
 
-$(B)/%.o: %.cc
+$(B)/%.o: %.cc | deps
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(B)/%.o: %.cu
+$(B)/%.o: %.cu | deps
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA -c $< -o $@
 
@@ -95,11 +97,11 @@ $(B)/tests/kernels/%: tests/kernels/%.cu $(B)/libropeserve.a $(wildcard tests/ke
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA $< $(B)/libropeserve.a -o $@ $(filter-out -pthread -Wl%,$(LDLIBS)) -Xcompiler -pthread -Xlinker -rpath,$(CUDA_HOME)/lib64
 
-$(B)/asan/%.o: %.c
+$(B)/asan/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(ASAN_CFLAGS) -c $< -o $@
 $(B)/asan/models/rope.o: ASAN_CFLAGS += -ffp-contract=off
-$(B)/asan/%.o: %.cc
+$(B)/asan/%.o: %.cc | deps
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -fsanitize=address,undefined -c $< -o $@
 $(B)/asan/test_%: tests/test_%.c $(ASAN_OBJ) tests/test.h
