@@ -71,6 +71,8 @@ int engine_max_model_len(const engine_t *e) { return e->max_model_len; }
 
 enum engine_rope_mode engine_get_rope_mode(const engine_t *e) { return e->p.rope_mode; }
 
+enum engine_sched_policy engine_get_sched_policy(const engine_t *e) { return e->p.sched_policy; }
+
 double engine_rope_factor_for(const engine_t *e, long long total_len)
 {
     const struct rope *r = model_get_rope(e->model);
@@ -102,11 +104,12 @@ static void publish_stats(engine_t *e)
     pthread_mutex_unlock(&e->mu);
 }
 
-static void finish(engine_t *e, struct sequence *seq, enum finish_reason why, const char *msg)
+static void finish_with(engine_t *e, struct sequence *seq, enum finish_reason why, const char *msg,
+                        int32_t stop_token)
 {
     sched_finish(&e->sched, seq);
     publish_stats(e); /* a client that sees DONE must see its blocks released in the stats */
-    struct engine_event ev = {.type = ENGINE_EV_DONE, .reason = why};
+    struct engine_event ev = {.type = ENGINE_EV_DONE, .reason = why, .stop_token = stop_token};
     if (msg) snprintf(ev.err, sizeof ev.err, "%s", msg);
     stream_push(seq->stream, &ev);
     double t = now_s();
@@ -117,6 +120,16 @@ static void finish(engine_t *e, struct sequence *seq, enum finish_reason why, co
     seq_free(seq);
 }
 
+static void finish(engine_t *e, struct sequence *seq, enum finish_reason why, const char *msg)
+{
+    finish_with(e, seq, why, msg, -1);
+}
+
+static void finish_stop(engine_t *e, struct sequence *seq, int32_t stop_token)
+{
+    finish_with(e, seq, FINISH_STOP, NULL, stop_token);
+}
+
 static void finish_cancelled(engine_t *e, struct sequence **list)
 {
     for (struct sequence *s = *list, *next; s; s = next) {
@@ -125,12 +138,32 @@ static void finish_cancelled(engine_t *e, struct sequence **list)
     }
 }
 
+/* EOS (unless ignore_eos) or one of stop_ids ends a request, once min_tokens are out (the
+ * sampler masks them before that; this keeps the rule when a logit_bias fights the mask). */
 static int is_stop_token(const engine_t *e, const struct sequence *seq, int32_t tok)
 {
+    if (seq->n_generated < seq->sp.min_tokens) return 0;
     if (!seq->sp.ignore_eos && tok == e->eos_id) return 1;
     for (int i = 0; i < seq->sp.n_stop_ids; i++)
         if (seq->sp.stop_ids[i] == tok) return 1;
     return 0;
+}
+
+/* The stop id that ended seq (vLLM's stop_reason), -1 for EOS. */
+static int32_t stop_token_of(const engine_t *e, const struct sequence *seq, int32_t tok)
+{
+    return !seq->sp.ignore_eos && tok == e->eos_id ? -1 : tok;
+}
+
+/* After a chunk of the prompt: tokens of the prompt in the cache now, of how many. */
+static void emit_progress(struct sequence *seq)
+{
+    struct engine_event ev = {.type = ENGINE_EV_PROGRESS};
+    ev.n_processed = seq->n_computed < seq->n_prompt ? seq->n_computed : seq->n_prompt;
+    ev.n_total = seq->n_prompt;
+    ev.n_cached = seq->n_cached;
+    ev.elapsed_s = (float)(now_s() - seq->t_admitted);
+    stream_push(seq->stream, &ev);
 }
 
 /* Emit prompt-logprob events and sample where the plan reached the end of a sequence. */
@@ -142,6 +175,8 @@ static void process_outputs(engine_t *e)
         struct sched_entry *en = &e->plan.e[i];
         struct sequence *seq = en->seq;
         int first_pos = seq->n_computed - en->n_tokens; /* already committed */
+        /* progress: prompt chunks only (a recompute after preemption is not the prompt's) */
+        if (seq->report_progress && seq->n_generated == 0 && first_pos < seq->n_prompt) emit_progress(seq);
         if (en->n_logits == en->n_tokens && seq->sp.prompt_logprobs) {
             if (seq->prompt_lp_next == 0 && seq->n_prompt > 0) { /* first prompt token: no logprob */
                 struct engine_event ev = {.type = ENGINE_EV_PROMPT_TOKEN, .token = seq->tokens[0], .logprob = NAN};
@@ -153,7 +188,7 @@ static void process_outputs(engine_t *e)
                 if (target < seq->prompt_lp_next || target >= seq->n_prompt) continue;
                 struct engine_event ev = {.type = ENGINE_EV_PROMPT_TOKEN};
                 sampler_logprobs(logits + (size_t)(row + j) * e->vocab, e->vocab, seq->tokens[target],
-                                 seq->sp.n_logprobs, &ev);
+                                 seq->sp.n_prompt_logprobs, &ev);
                 stream_push(seq->stream, &ev);
                 seq->prompt_lp_next = target + 1;
             }
@@ -167,12 +202,13 @@ static void process_outputs(engine_t *e)
         }
         struct engine_event ev = {.type = ENGINE_EV_TOKEN};
         int32_t tok = sampler_sample(seq, last, e->vocab, &ev, e->scratch, e->iscratch);
+        ev.stop = is_stop_token(e, seq, tok);
         seq_append(seq, tok);
         seq->n_generated++;
         if (seq->t_first == 0) seq->t_first = now_s();
         e->n_gen_tokens++;
         stream_push(seq->stream, &ev);
-        if (is_stop_token(e, seq, tok)) finish(e, seq, FINISH_STOP, NULL);
+        if (ev.stop) finish_stop(e, seq, stop_token_of(e, seq, tok));
         else if (seq->n_generated >= seq->sp.max_tokens || seq->n_tokens >= e->max_model_len)
             finish(e, seq, FINISH_LENGTH, NULL);
     }
@@ -296,6 +332,7 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
         set_err(err, -1, "scheduler init failed");
         goto fail;
     }
+    e->sched.priority_policy = p->sched_policy == ENGINE_SCHED_PRIORITY;
     runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
     if (p->rope_mode == ENGINE_ROPE_PER_REQUEST) {
         /* every factor a request can get below the configured one (that one is the model's) */
@@ -369,6 +406,14 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
     if (sp->max_tokens < 0) return set_err(err, ENGINE_E_INVALID, "max_tokens must be >= 0");
     if (sp->n_logprobs < 0 || sp->n_logprobs > ENGINE_MAX_LOGPROBS)
         return set_err(err, ENGINE_E_INVALID, "logprobs must be between 0 and %d", ENGINE_MAX_LOGPROBS);
+    if (sp->n_prompt_logprobs < 0 || sp->n_prompt_logprobs > ENGINE_MAX_LOGPROBS)
+        return set_err(err, ENGINE_E_INVALID, "prompt_logprobs must be between 0 and %d", ENGINE_MAX_LOGPROBS);
+    if (sp->min_tokens < 0 || sp->min_tokens > sp->max_tokens)
+        return set_err(err, ENGINE_E_INVALID, "min_tokens (%d) must be between 0 and max_tokens (%d)",
+                       sp->min_tokens, sp->max_tokens);
+    if (req->priority != 0 && e->p.sched_policy != ENGINE_SCHED_PRIORITY)
+        return set_err(err, ENGINE_E_INVALID, "priority %lld: this server schedules first come, first served "
+                       "(start it with --scheduling-policy priority)", (long long)req->priority);
     if (sp->temperature < 0 || !isfinite(sp->temperature))
         return set_err(err, ENGINE_E_INVALID, "temperature must be >= 0");
     if (sp->top_p <= 0 || sp->top_p > 1) return set_err(err, ENGINE_E_INVALID, "top_p must be in (0, 1]");
@@ -397,6 +442,7 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
     if (s_shift == 0) s_local = 0;
 
     struct sequence *seq = seq_new(req, 0, e->max_model_len);
+    seq->eos_id = e->eos_id;
     seq->rope_factor = factor;
     seq->string_shift = s_shift;
     seq->string_local = s_local;

@@ -40,7 +40,9 @@ struct sampling_params {
     int has_seed;             /* 0: a seed is drawn from the engine's RNG */
     int max_tokens;           /* tokens to generate; 0 = score the prompt only */
     int n_logprobs;           /* top-K logprobs returned with each token, 0..ENGINE_MAX_LOGPROBS */
-    int prompt_logprobs;      /* 1: also emit the logprob (+top K) of every prompt token */
+    int prompt_logprobs;      /* 1: also emit the logprob (+top n_prompt_logprobs) of every prompt token */
+    int n_prompt_logprobs;    /* top-K with each prompt token, 0..ENGINE_MAX_LOGPROBS */
+    int min_tokens;           /* EOS and stop_ids are masked until this many tokens are generated (vLLM) */
     int ignore_eos;
     float presence_penalty;   /* OpenAI semantics, over generated tokens */
     float frequency_penalty;
@@ -65,6 +67,10 @@ struct engine_request {
      * output, so the keys and values of the layers above the first. */
     int string_set;
     int string_shift, string_local;
+    /* ENGINE_SCHED_PRIORITY: lower first, ties by arrival (vLLM); must be 0 under FCFS */
+    int64_t priority;
+    uint64_t cache_salt;      /* mixed into the prefix-cache key (0: none) */
+    int report_progress;      /* 1: ENGINE_EV_PROGRESS after every prefill chunk of the prompt */
 };
 
 enum finish_reason {
@@ -80,6 +86,7 @@ enum engine_event_type {
     ENGINE_EV_PROMPT_TOKEN = 0, /* logprob of prompt token (prompt_logprobs; the first one has none) */
     ENGINE_EV_TOKEN,            /* a generated token */
     ENGINE_EV_DONE,             /* finished; reason set; the last event of a stream */
+    ENGINE_EV_PROGRESS,         /* a prefill chunk of the prompt was computed (report_progress) */
 };
 
 struct engine_event {
@@ -89,6 +96,13 @@ struct engine_event {
     int n_top;
     int32_t top_ids[ENGINE_MAX_LOGPROBS];
     float top_logprobs[ENGINE_MAX_LOGPROBS]; /* best first */
+    int rank;                 /* TOKEN, PROMPT_TOKEN: 1 + tokens with a higher logprob (vLLM's rank) */
+    int stop;                 /* TOKEN: this token ends the request (EOS or one of stop_ids) */
+    int32_t stop_token;       /* DONE(stop) by one of stop_ids: that id; else -1 (EOS, other) */
+    int n_processed, n_total, n_cached; /* PROGRESS: prompt tokens in the cache now (prefix
+                                           hits included), in the prompt, taken from the prefix
+                                           cache at admission */
+    float elapsed_s;          /* PROGRESS: seconds since the request was first admitted */
     enum finish_reason reason;/* DONE only */
     char err[128];            /* DONE with FINISH_ERROR */
 };
@@ -104,8 +118,17 @@ enum engine_rope_mode {
                                     factor, fixed for the request's life */
 };
 
+/* Order of admission from the waiting queue (--scheduling-policy). */
+enum engine_sched_policy {
+    ENGINE_SCHED_FCFS = 0,     /* arrival order; a request's priority must be 0 */
+    ENGINE_SCHED_PRIORITY = 1, /* lower priority value first, ties by arrival (vLLM); the victim
+                                  of a preemption is the running sequence with the highest
+                                  (priority, arrival) */
+};
+
 struct engine_params {
     enum engine_rope_mode rope_mode;
+    enum engine_sched_policy sched_policy;
     int block_size;           /* tokens per KV block (power of two), default 16 */
     double kv_cache_gb;       /* KV pool size; 0 = enough for max_num_seqs x max_model_len, capped */
     int max_model_len;        /* 0 = the RoPE method's default context */
@@ -159,6 +182,7 @@ int engine_max_model_len(const engine_t *e);
  * max_tokens); the configured factor in static mode. */
 double engine_rope_factor_for(const engine_t *e, long long total_len);
 enum engine_rope_mode engine_get_rope_mode(const engine_t *e);
+enum engine_sched_policy engine_get_sched_policy(const engine_t *e);
 const model_t *engine_model(const engine_t *e);
 
 #endif

@@ -66,9 +66,15 @@ struct sequence {
     uint64_t rng[4];
     double rope_factor;        /* per-request YaRN factor (0: the model's rope); set at submit */
     int string_shift, string_local; /* STRING S and W (S = 0: off); set at submit */
+    int64_t priority;          /* ENGINE_SCHED_PRIORITY: lower first; ties by id (arrival) */
+    uint64_t cache_salt;       /* mixed into every block hash (salt_of) */
+    int report_progress;       /* ENGINE_EV_PROGRESS after each prompt chunk */
+    int n_cached;              /* prompt tokens taken from the prefix cache at (re)admission */
+    int32_t eos_id;            /* masked with stop_ids while n_generated < sp.min_tokens */
     struct engine_stream *stream;
     double t_arrival, t_first;
-    uint64_t admit_order;      /* preemption picks the highest */
+    double t_admitted;         /* first admission (0: never), for progress events */
+    uint64_t admit_order;      /* FCFS preemption picks the highest */
     int n_preempted;
     struct sequence *next;     /* intrusive list (waiting or running) */
 };
@@ -128,18 +134,22 @@ struct scheduler {
     int n_waiting, n_running;
     int max_batched_tokens, max_num_seqs, max_logits, max_model_len;
     int prefix_cache;
+    int priority_policy;      /* ENGINE_SCHED_PRIORITY: waiting queue ordered by (priority, id) */
     uint64_t admit_counter, preemptions;
 };
 
 int sched_init(struct scheduler *s, int n_blocks, int block_size, int max_batched_tokens,
                int max_num_seqs, int max_logits, int max_model_len, int prefix_cache);
 void sched_free(struct scheduler *s);
-void sched_add(struct scheduler *s, struct sequence *seq);         /* to the waiting tail */
+/* To the waiting queue: its tail (FCFS), or after every sequence with a lower or equal
+ * (priority, id) (priority policy). */
+void sched_add(struct scheduler *s, struct sequence *seq);
 /* Remove seq from its queue, release its blocks (hashes kept for reuse), mark FINISHED. */
 void sched_finish(struct scheduler *s, struct sequence *seq);
-/* Plan a step: all running decodes first, then prefill chunks (partial ones, then FCFS
- * admission of waiting sequences whose prompt fits), under the token budget. Preempts the
- * newest running sequence when a decode cannot get a block. Empty plan: nothing to do. */
+/* Plan a step: all running decodes first, then prefill chunks (partial ones, then admission
+ * of waiting sequences in queue order while the head fits), under the token budget. Preempts
+ * the newest running sequence (priority policy: the one with the highest (priority, id)) when
+ * a decode cannot get a block. Empty plan: nothing to do. */
 void sched_plan(struct scheduler *s, struct sched_plan *p);
 /* After the forward: advance n_computed, register full blocks for prefix reuse. */
 void sched_commit(struct scheduler *s, const struct sched_plan *p);

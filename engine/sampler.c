@@ -1,7 +1,8 @@
 /* sampler.c - from logits to the next token.
  *
  * Order (as vLLM): logit_bias -> repetition penalty (HF: over prompt + generated) ->
- * presence/frequency penalties (OpenAI: over generated tokens) -> greedy argmax when
+ * presence/frequency penalties (OpenAI: over generated tokens) -> min_tokens (EOS and the stop
+ * token ids at -inf until min_tokens are generated, vLLM's MinTokensLogitsProcessor) -> greedy argmax when
  * temperature is 0, else temperature -> top-k -> top-p -> min-p -> draw with the request's own
  * RNG (xoshiro256**, seeded per request, so a seed reproduces a completion).
  * The logprobs reported are the log-softmax of the RAW logits (before any of the above), as
@@ -70,6 +71,12 @@ void sampler_logprobs(const float *logits, int vocab, int32_t token, int n, stru
     float lse = mx + (float)log(sum);
     ev->token = token;
     ev->logprob = token >= 0 ? logits[token] - lse : NAN;
+    ev->rank = 0;
+    if (token >= 0) { /* vLLM's rank: 1 + the tokens strictly more likely */
+        int above = 0;
+        for (int i = 0; i < vocab; i++) above += logits[i] > logits[token];
+        ev->rank = above + 1;
+    }
     if (n > ENGINE_MAX_LOGPROBS) n = ENGINE_MAX_LOGPROBS;
     ev->n_top = n > 0 ? top_n(logits, vocab, n, ev->top_ids) : 0;
     for (int i = 0; i < ev->n_top; i++) ev->top_logprobs[i] = logits[ev->top_ids[i]] - lse;
@@ -112,6 +119,12 @@ int32_t sampler_sample(struct sequence *seq, const float *logits, int vocab, str
             if (!iscratch[t]) continue;
             x[t] -= sp->frequency_penalty * iscratch[t] + sp->presence_penalty;
         }
+    }
+
+    if (seq->n_generated < sp->min_tokens) {
+        if (seq->eos_id >= 0 && seq->eos_id < vocab) x[seq->eos_id] = -INFINITY;
+        for (int i = 0; i < sp->n_stop_ids; i++)
+            if (sp->stop_ids[i] >= 0 && sp->stop_ids[i] < vocab) x[sp->stop_ids[i]] = -INFINITY;
     }
 
     int32_t tok;

@@ -6,10 +6,15 @@
  *      slot starts a new block and none is left, the newest running sequence is preempted
  *      (blocks released, back to the front of the waiting queue, recomputed later);
  *   2. running sequences still prefilling get a chunk of the remaining token budget;
- *   3. waiting sequences are admitted in FCFS order while the budget, --max-num-seqs and the
+ *   3. waiting sequences are admitted in queue order while the budget, --max-num-seqs and the
  *      KV pool allow: a sequence is admitted only when blocks for ALL its tokens are available
  *      (after prefix-cache hits), and those blocks are allocated at admission, so a prefill
- *      never stalls half-way for lack of blocks; the head of the queue blocks the rest (FCFS).
+ *      never stalls half-way for lack of blocks; the head of the queue blocks the rest.
+ * Queue order: arrival (FCFS), or with the priority policy (priority, arrival), lower first,
+ * as vLLM. Priority decides admission order and the preemption victim only: a running
+ * sequence is never preempted to make room for a waiting one (that would recompute whole 128k
+ * prompts at arrivals), so whatever runs finishes; a waiting request of a worse priority waits
+ * while better ones keep arriving, which is what strict priority means.
  * Decodes always come first, so a 128k prompt being prefilled in chunks never freezes the
  * other streams: it only gets what the budget leaves, and at most a quarter of it while
  * other sequences run or wait.
@@ -65,10 +70,26 @@ static int list_remove(struct sequence **head, struct sequence *seq)
     return 0;
 }
 
+/* Priority policy: a before b when (priority, id) is lower; id = submission order. */
+static int goes_before(const struct sequence *a, const struct sequence *b)
+{
+    return a->priority != b->priority ? a->priority < b->priority : a->id < b->id;
+}
+
+/* Into the waiting queue at its place: after everyone it does not go before. */
+static void enqueue_waiting(struct scheduler *s, struct sequence *seq)
+{
+    struct sequence **at = &s->waiting;
+    while (*at && !goes_before(seq, *at)) at = &(*at)->next;
+    seq->next = *at;
+    *at = seq;
+}
+
 void sched_add(struct scheduler *s, struct sequence *seq)
 {
     seq->state = SEQ_STATE_WAITING;
-    list_append(&s->waiting, seq);
+    if (s->priority_policy) enqueue_waiting(s, seq);
+    else list_append(&s->waiting, seq);
     s->n_waiting++;
 }
 
@@ -109,23 +130,32 @@ static void preempt(struct scheduler *s, struct sequence *seq)
     s->n_running--;
     release_blocks(s, seq);
     seq->state = SEQ_STATE_WAITING;
-    seq->next = s->waiting; /* front of the queue: it was admitted before everyone waiting */
-    s->waiting = seq;
+    if (s->priority_policy) {
+        enqueue_waiting(s, seq); /* its place by (priority, arrival) */
+    } else {
+        seq->next = s->waiting; /* front of the queue: it was admitted before everyone waiting */
+        s->waiting = seq;
+    }
     s->n_waiting++;
     seq->n_preempted++;
     s->preemptions++;
     LOG_D("%s: preempted (%d tokens will be recomputed)", seq->req_id, seq->n_tokens - 1);
 }
 
-static struct sequence *newest_running(struct scheduler *s)
+/* The preemption victim: the newest admitted (FCFS), or the running sequence with the highest
+ * (priority, arrival) (priority policy, vLLM's choice). */
+static struct sequence *preemption_victim(struct scheduler *s)
 {
     struct sequence *best = NULL;
-    for (struct sequence *q = s->running; q; q = q->next)
-        if (!best || q->admit_order > best->admit_order) best = q;
+    for (struct sequence *q = s->running; q; q = q->next) {
+        if (!best) best = q;
+        else if (s->priority_policy ? goes_before(best, q) : q->admit_order > best->admit_order) best = q;
+    }
     return best;
 }
 
-/* The prefix-cache salt: everything per request that changes what a layer's k/v hold. The
+/* The prefix-cache salt: everything per request that changes what a layer's k/v hold, and the
+ * request's own cache_salt (vLLM: tenants that must not probe each other's prompts). The
  * YaRN factor rotates the keys; STRING changes every layer's attention output and so the
  * keys and values of the layers above it. 0 for a plain request. */
 static uint64_t salt_of(const struct sequence *seq)
@@ -136,6 +166,7 @@ static uint64_t salt_of(const struct sequence *seq)
     if (seq->string_shift > 0)
         bits ^= 0x9e3779b97f4a7c15ull * (((uint64_t)(uint32_t)seq->string_shift << 32) |
                                         (uint32_t)seq->string_local | 1);
+    if (seq->cache_salt) bits ^= seq->cache_salt * 0xbf58476d1ce4e5b9ull + 0x94d049bb133111ebull;
     return bits;
 }
 
@@ -220,6 +251,8 @@ static int admit(struct scheduler *s, struct sequence *seq)
     }
     seq->n_hashed = n_hit;
     seq->n_computed = n_hit * bs;
+    seq->n_cached = n_hit * bs;
+    if (seq->t_admitted == 0) seq->t_admitted = now_s();
     CHECK(list_remove(&s->waiting, seq), "admitted sequence not waiting");
     s->n_waiting--;
     seq->state = SEQ_STATE_RUNNING;
@@ -246,7 +279,7 @@ void sched_plan(struct scheduler *s, struct sched_plan *p)
                 push_block(seq, b);
                 break;
             }
-            struct sequence *victim = newest_running(s);
+            struct sequence *victim = preemption_victim(s);
             if (victim == next) next = victim->next;
             preempt(s, victim);
             if (victim == seq) {

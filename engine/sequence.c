@@ -34,6 +34,10 @@ struct sequence *seq_new(const struct engine_request *req, uint64_t id, int max_
         s->sp.stop_ids = NULL;
         s->sp.n_stop_ids = 0;
     }
+    s->priority = req->priority;
+    s->cache_salt = req->cache_salt;
+    s->report_progress = req->report_progress;
+    s->eos_id = -1;
     s->t_arrival = now_s();
     return s;
 }

@@ -6,6 +6,9 @@
  *                     attention tiles are 16 wide; the llama.cpp fixtures allow 5e-3)
  *   prefix caching    the second of two requests sharing a 1000-token prefix computes only its
  *                     suffix and gives the same output as without the cache
+ *   request extras    prefill progress events (one per chunk, growing, the last = the prompt;
+ *                     prefix-cache hits counted), min_tokens (EOS and stop ids masked until
+ *                     then), the stop id reported, a nonzero priority refused under FCFS
  *   stress            N requests (default 1000; --short: 150) with random lengths, max_tokens,
  *                     sampling, stop ids and cancellations at every stage, from 8 client
  *                     threads through a small queue: every request ends (DONE or a refusal),
@@ -68,9 +71,9 @@ struct result {
     enum finish_reason why;
 };
 
-static engine_stream_t *submit_greedy(engine_t *e, const int32_t *p, int n, int max_tokens)
+/* A greedy request that ignores EOS. */
+static struct engine_request greedy_request(const int32_t *p, int n, int max_tokens)
 {
-    char err[ERR_LEN];
     struct engine_request req;
     memset(&req, 0, sizeof req);
     req.prompt = p;
@@ -79,6 +82,13 @@ static engine_stream_t *submit_greedy(engine_t *e, const int32_t *p, int n, int 
     req.sp.temperature = 0;
     req.sp.max_tokens = max_tokens;
     req.sp.ignore_eos = 1;
+    return req;
+}
+
+static engine_stream_t *submit_greedy(engine_t *e, const int32_t *p, int n, int max_tokens)
+{
+    char err[ERR_LEN];
+    struct engine_request req = greedy_request(p, n, max_tokens);
     req.sp.n_logprobs = 1;
     engine_stream_t *s = NULL;
     if (engine_submit(e, &req, &s, err) != ENGINE_OK) printf("submit failed: %s\n", err);
@@ -180,6 +190,150 @@ static void test_prefix_cache(const char *dir)
     float w;
     TEST_CONDF(same(&ref, &second, 1e-4f, &w), "same output as without the cache (max dlogprob %.2e)", w);
     TEST_COND("cached blocks are unreferenced when idle", s1.kv_blocks_used == 0 && s1.kv_blocks_cached > 0);
+    rig_close(&r);
+}
+
+/* --------------------------------------------------------------------------------------------- */
+
+struct trace {
+    int n_prog, prog[64], total, cached_first, prog_before_token;
+    int n_gen;
+    int32_t ids[64];
+    int stop_flag_at; /* index of the TOKEN event with stop set (-1) */
+    enum finish_reason why;
+    int32_t stop_token;
+};
+
+static void trace_run(engine_t *e, struct engine_request *req, struct trace *t)
+{
+    char err[ERR_LEN];
+    engine_stream_t *s = NULL;
+    memset(t, 0, sizeof *t);
+    t->stop_flag_at = -1;
+    t->prog_before_token = 1;
+    if (engine_submit(e, req, &s, err) != ENGINE_OK) {
+        printf("submit failed: %s\n", err);
+        t->why = FINISH_ERROR;
+        return;
+    }
+    struct engine_event ev;
+    while (engine_stream_next(s, &ev, -1) == 1) {
+        if (ev.type == ENGINE_EV_DONE) { t->why = ev.reason; t->stop_token = ev.stop_token; break; }
+        if (ev.type == ENGINE_EV_PROGRESS && t->n_prog < 64) {
+            if (t->n_prog == 0) t->cached_first = ev.n_cached;
+            t->prog[t->n_prog++] = ev.n_processed;
+            t->total = ev.n_total;
+            if (t->n_gen) t->prog_before_token = 0;
+        }
+        if (ev.type == ENGINE_EV_TOKEN && t->n_gen < 64) {
+            if (ev.stop) t->stop_flag_at = t->n_gen;
+            t->ids[t->n_gen++] = ev.token;
+        }
+    }
+    engine_stream_free(s);
+}
+
+static void test_request_extras(const char *dir)
+{
+    struct engine_params ep = engine_default_params();
+    ep.max_batched_tokens = 512;
+    ep.kv_cache_gb = 0.25;
+    struct rig r;
+    if (rig_open(&r, dir, ep, 0) < 0) { TEST_COND("open model", 0); return; }
+    static int32_t p[2000];
+    p[0] = 1;
+    for (int i = 1; i < 2000; i++) p[i] = 3 + (int)(rnd() % 500);
+    struct engine_request req = greedy_request(p, 2000, 2);
+    req.report_progress = 1;
+    struct trace t;
+    trace_run(r.e, &req, &t);
+    int grows = t.n_prog > 0;
+    for (int i = 1; i < t.n_prog; i++) grows &= t.prog[i] > t.prog[i - 1];
+    TEST_CONDF(t.n_prog == 4 && grows && t.prog[0] == 512 && t.prog[t.n_prog - 1] == 2000 && t.total == 2000,
+               "progress: one event per 512-token chunk, growing to the prompt (%d events, last %d of %d)",
+               t.n_prog, t.n_prog ? t.prog[t.n_prog - 1] : -1, t.total);
+    TEST_COND("progress: all before the first token, nothing cached", t.prog_before_token && t.cached_first == 0);
+    trace_run(r.e, &req, &t); /* the same prompt again: 1984 tokens come from the prefix cache */
+    TEST_CONDF(t.n_prog == 1 && t.cached_first == 1984 && t.prog[0] == 2000,
+               "progress after a prefix-cache hit: cache %d, %d event(s)", t.cached_first, t.n_prog);
+    req.report_progress = 0;
+    trace_run(r.e, &req, &t);
+    TEST_COND("no progress events unless asked", t.n_prog == 0 && t.n_gen == 2);
+
+    /* min_tokens and stop ids: g = the greedy continuation */
+    req.prompt = p;
+    req.n_prompt = 300;
+    req.sp.max_tokens = 6;
+    struct trace g;
+    trace_run(r.e, &req, &g);
+    int32_t stop1 = g.ids[0];
+    req.sp.stop_ids = &stop1;
+    req.sp.n_stop_ids = 1;
+    trace_run(r.e, &req, &t);
+    TEST_CONDF(t.why == FINISH_STOP && t.n_gen == 1 && t.stop_token == stop1 && t.stop_flag_at == 0,
+               "a stop id ends the request at once, reported as the stop token (%d tokens, stop %d)", t.n_gen,
+               t.stop_token);
+    req.sp.min_tokens = 3;
+    trace_run(r.e, &req, &t);
+    int masked = t.n_gen >= 3;
+    for (int i = 0; i < 3 && i < t.n_gen; i++) masked &= t.ids[i] != stop1;
+    TEST_CONDF(masked && (t.why == FINISH_LENGTH || (t.why == FINISH_STOP && t.ids[t.n_gen - 1] == stop1)),
+               "min_tokens 3: the stop id never among the first 3 (%d tokens, finish %s)", t.n_gen,
+               finish_reason_name(t.why));
+    req.sp.stop_ids = NULL;
+    req.sp.n_stop_ids = 0;
+    /* EOS pushed to the top by logit_bias: masked for min_tokens, then it ends the request */
+    req.sp.ignore_eos = 0;
+    req.sp.min_tokens = 4;
+    req.sp.logit_bias_ids[0] = r.cfg.eos_id;
+    req.sp.logit_bias_vals[0] = 100;
+    req.sp.n_logit_bias = 1;
+    trace_run(r.e, &req, &t);
+    int no_eos = 1;
+    for (int i = 0; i < 4 && i < t.n_gen; i++) no_eos &= t.ids[i] != r.cfg.eos_id;
+    TEST_CONDF(t.why == FINISH_STOP && t.n_gen == 5 && no_eos && t.ids[4] == r.cfg.eos_id && t.stop_token == -1,
+               "min_tokens 4 with EOS at +100: 4 other tokens, then EOS (%d tokens, stop_token %d)", t.n_gen,
+               t.stop_token);
+    req.sp.min_tokens = 7;
+    char err[ERR_LEN];
+    engine_stream_t *s = NULL;
+    TEST_COND("min_tokens above max_tokens refused", engine_submit(r.e, &req, &s, err) == ENGINE_E_INVALID);
+    req.sp.min_tokens = 0;
+    req.priority = 3;
+    TEST_COND("priority refused under FCFS", engine_submit(r.e, &req, &s, err) == ENGINE_E_INVALID &&
+                                                 strstr(err, "--scheduling-policy"));
+    rig_close(&r);
+
+    /* the priority policy end to end: requests queued behind a long one start best first */
+    ep = engine_default_params();
+    ep.max_num_seqs = 1;
+    ep.sched_policy = ENGINE_SCHED_PRIORITY;
+    ep.kv_cache_gb = 0.25;
+    if (rig_open(&r, dir, ep, 0) < 0) { TEST_COND("open model", 0); return; }
+    req = greedy_request(p, 50, 400); /* holds the one slot while the others queue */
+    engine_stream_t *first = NULL, *q[3];
+    engine_submit(r.e, &req, &first, err);
+    int64_t prio[3] = {5, -2, 0};
+    req.sp.max_tokens = 1;
+    for (int i = 0; i < 3; i++) {
+        req.priority = prio[i];
+        engine_submit(r.e, &req, &q[i], err);
+    }
+    /* finishing order: poll the three streams; each finishes before the next is admitted */
+    int order[3], k = 0, done[3] = {0};
+    while (k < 3) {
+        for (int i = 0; i < 3; i++) {
+            struct engine_event ev;
+            while (!done[i] && engine_stream_next(q[i], &ev, 0) == 1)
+                if (ev.type == ENGINE_EV_DONE) { done[i] = 1; order[k++] = i; }
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    TEST_CONDF(order[0] == 1 && order[1] == 2 && order[2] == 0, "priority: -2, then 0, then 5 (got %lld %lld %lld)",
+               (long long)prio[order[0]], (long long)prio[order[1]], (long long)prio[order[2]]);
+    for (int i = 0; i < 3; i++) engine_stream_free(q[i]);
+    engine_stream_free(first);
     rig_close(&r);
 }
 
@@ -314,6 +468,7 @@ int main(int argc, char **argv)
     log_min_level = LOG_WARN;
     test_batch_invariance(dir);
     test_prefix_cache(dir);
+    test_request_extras(dir);
     test_stress(dir, n);
     return test_report("test_batching");
 }

@@ -281,7 +281,102 @@ static void test_sampler(void)
     sampler_seed(s->rng, 42);
     for (int i = 0; i < 16; i++) r2[i] = sampler_sample(s, logits, 8, &ev, scratch, iscratch);
     TEST_COND("same seed, same tokens", memcmp(r1, r2, sizeof r1) == 0);
+    /* min_tokens: EOS and the stop ids are masked (never drawn) until min_tokens are out; the
+     * reported logprobs stay those of the raw logits */
+    s->sp.temperature = 0;
+    s->eos_id = 1;
+    int32_t stop2 = 2;
+    s->sp.stop_ids = &stop2;
+    s->sp.n_stop_ids = 1;
+    s->sp.min_tokens = 2;
+    s->n_generated = 1;
+    t = sampler_sample(s, logits, 8, &ev, scratch, iscratch);
+    TEST_COND("min_tokens masks EOS and the stop ids (greedy takes the next best)", t == 5);
+    TEST_COND("masked: the logprob reported is the raw one", fabs(ev.logprob - (1.0 - log(z))) < 1e-5);
+    TEST_COND("rank of the chosen token: two are more likely", ev.rank == 3);
+    s->sp.temperature = 1.0f;
+    ok = 1;
+    for (int i = 0; i < 200; i++) { int32_t x = sampler_sample(s, logits, 8, &ev, scratch, iscratch); ok &= x != 1 && x != 2; }
+    TEST_COND("min_tokens masks them when sampling too", ok);
+    s->sp.temperature = 0;
+    s->n_generated = 2;
+    TEST_COND("after min_tokens EOS is allowed again", sampler_sample(s, logits, 8, &ev, scratch, iscratch) == 1);
+    s->sp.stop_ids = NULL;
+    s->sp.n_stop_ids = 0;
     seq_free(s);
+}
+
+/* --------------------------------------------------------------------------------------------- */
+
+static struct sequence *mkprio(int id, int n_prompt, int64_t prio)
+{
+    struct sequence *q = mkseq(id, n_prompt, 100, 10 * id);
+    q->priority = prio;
+    return q;
+}
+
+static void test_priority(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    /* 4 usable blocks of 16: one 40-token prompt (3 blocks) at a time */
+    sched_init(&s, 5, 16, 4096, 64, 256, 1 << 20, 0);
+    s.priority_policy = 1;
+    struct sequence *q[5] = {mkprio(1, 40, 5), mkprio(2, 40, 1), mkprio(3, 40, 1), mkprio(4, 40, -3),
+                             mkprio(5, 40, 1)};
+    for (int i = 0; i < 5; i++) sched_add(&s, q[i]);
+    int order[5], k = 0;
+    for (int round = 0; round < 5; round++) {
+        sched_plan(&s, &p);
+        for (int i = 0; i < p.n; i++) if (k < 5) order[k++] = (int)p.e[i].seq->id;
+        sched_commit(&s, &p);
+        for (int i = 0; i < p.n; i++) sched_finish(&s, p.e[i].seq);
+    }
+    TEST_CONDF(k == 5 && order[0] == 4 && order[1] == 2 && order[2] == 3 && order[3] == 5 && order[4] == 1,
+               "admission by (priority, arrival): 4 2 3 5 1 (got %d %d %d %d %d)", order[0], order[1],
+               order[2], order[3], order[4]);
+    for (int i = 0; i < 5; i++) seq_free(q[i]);
+    sched_free(&s);
+
+    /* preemption: the victim is the running sequence with the highest (priority, arrival), and
+     * it goes back to its place in the queue, not the front */
+    sched_init(&s, 9, 4, 4096, 64, 256, 1 << 20, 0); /* 8 blocks of 4 tokens */
+    s.priority_policy = 1;
+    struct sequence *a = mkprio(1, 8, 9), *b = mkprio(2, 8, 0), *c = mkprio(3, 4, 0);
+    sched_add(&s, a);
+    sched_add(&s, b);
+    sched_add(&s, c);
+    step(&s, &p);
+    TEST_COND("priority: all three admitted (they fit)", s.n_running == 3);
+    struct sequence *w = mkprio(4, 200, 5); /* waits: it can never fit beside them */
+    sched_add(&s, w);
+    k = 0;
+    while (s.preemptions == 0 && k++ < 50) step(&s, &p);
+    TEST_COND("priority: the worst priority (a, the oldest) is preempted, not the newest",
+              a->state == SEQ_STATE_WAITING && b->state == SEQ_STATE_RUNNING && c->state == SEQ_STATE_RUNNING);
+    TEST_COND("priority: the victim waits at its place (behind the better request 4)",
+              s.waiting == w && w->next == a);
+    sched_finish(&s, a);
+    sched_finish(&s, b);
+    sched_finish(&s, c);
+    sched_finish(&s, w);
+    TEST_COND("priority: everything released", bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c); seq_free(w);
+    sched_free(&s);
+
+    /* FCFS ignores the field (the engine refuses a nonzero priority under FCFS) */
+    sched_init(&s, 5, 16, 4096, 64, 256, 1 << 20, 0);
+    struct sequence *f1 = mkprio(1, 40, 5), *f2 = mkprio(2, 40, -5);
+    sched_add(&s, f1);
+    sched_add(&s, f2);
+    sched_plan(&s, &p);
+    TEST_COND("FCFS: arrival order", plan_has(&p, f1, NULL) && !plan_has(&p, f2, NULL));
+    sched_commit(&s, &p);
+    sched_finish(&s, f1);
+    sched_finish(&s, f2);
+    seq_free(f1); seq_free(f2);
+    plan_free(&p);
+    sched_free(&s);
 }
 
 int main(void)
@@ -292,5 +387,6 @@ int main(void)
     test_preemption();
     test_prefix_cache();
     test_sampler();
+    test_priority();
     return test_report("test_engine");
 }
