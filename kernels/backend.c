@@ -2,6 +2,7 @@
  * and a device answers, else the CPU; an explicit --device cuda never falls back silently. */
 #include "backend.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "../common/common.h"
@@ -24,6 +25,17 @@ const char *backend_list(void)
     return "cpu,cuda";
 #else
     return "cpu";
+#endif
+}
+
+void backend_auto_describe(char *buf, size_t cap)
+{
+#ifdef ROPESERVE_CUDA
+    int n = backend_cuda_device_count();
+    if (n > 0) snprintf(buf, cap, "cuda (%d device%s)", n, n == 1 ? "" : "s");
+    else snprintf(buf, cap, "cpu (no CUDA device found)");
+#else
+    snprintf(buf, cap, "cpu (built without CUDA: make CUDA=1)");
 #endif
 }
 

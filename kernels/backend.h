@@ -183,6 +183,9 @@ void backend_free(struct backend *b); /* zeroed struct is a no-op */
 
 /* Comma-separated list of backends compiled in: "cpu" or "cpu,cuda". */
 const char *backend_list(void);
+/* What --device auto would pick on this machine now, and why, e.g. "cpu (built without CUDA)",
+ * "cpu (no CUDA device found)", "cuda (2 devices)". Asks the CUDA runtime (may take a moment). */
+void backend_auto_describe(char *buf, size_t cap);
 
 /* The concrete backends (backend_init dispatches to these). */
 int backend_cpu_init(struct backend *b, const struct backend_params *p, char *err);

@@ -125,8 +125,10 @@ static enum MHD_Result respond_error(struct server *s, struct MHD_Connection *co
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)e->status, r);
     MHD_destroy_response(r);
     metrics_count_http(s->metrics, e->status);
+    /* every refusal at info, with what the client was told */
     if (e->status >= 500 && e->status != 503) LOG_W("HTTP %d: %s", e->status, e->message);
-    else LOG_D("HTTP %d: %s", e->status, e->message);
+    else LOG_I("HTTP %d%s%.64s%s: %s", e->status, e->param[0] ? " (param '" : "", e->param,
+               e->param[0] ? "')" : "", e->message);
     return ret;
 }
 
@@ -201,7 +203,7 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, struct oai_
         if (r->prompts[i].n_ids == 0)
             return oai_err(e, 400, r->kind == OAI_CHAT ? "messages" : "prompt", NULL,
                            "the prompt is empty (0 tokens)");
-        if (oai_check_length(r, r->prompts[i].n_ids, s->max_model_len, e)) return -1;
+        if (oai_fit_prompt(r, &r->prompts[i], s->max_model_len, e)) return -1;
     }
     return 0;
 }
@@ -232,18 +234,20 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
         return respond_error(s, conn, &e, NULL);
     }
     new_id(s, kind == OAI_CHAT ? "chatcmpl" : "cmpl", j->id, sizeof j->id);
+    if (j->req.request_id[0]) /* vLLM: the client's id, under our prefix */
+        snprintf(j->id, sizeof j->id, "%s-%s", kind == OAI_CHAT ? "chatcmpl" : "cmpl", j->req.request_id);
     j->rc.kind = kind;
     j->rc.id = j->id;
     j->rc.model = s->model_name;
     j->rc.created = (long long)time(NULL);
     j->rc.logprobs = j->req.logprobs >= 0;
     j->rc.top_n = j->req.logprobs > 0 ? j->req.logprobs : 0;
+    j->rc.prompt_top_n = j->req.prompt_logprobs;
     j->rc.token_text = token_text_cb;
     j->rc.token_ctx = (void *)s->tok;
     j->sock = conn_fd(conn);
     if (s->p.request_timeout_s > 0) j->deadline = j->t_start + s->p.request_timeout_s;
     if (job_submit(j, &e)) {
-        LOG_I("%s: refused (%d): %s", j->id, e.status, e.message);
         job_free(j);
         return respond_error(s, conn, &e, NULL);
     }
@@ -356,6 +360,11 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
     struct oai_error e;
     if (oai_parse_tokenize(rc->body.p ? rc->body.p : "", rc->body.len, &r, &e))
         return respond_error(s, conn, &e, NULL);
+    if (model_ok(s, &r, &e)) {
+        oai_request_free(&r);
+        return respond_error(s, conn, &e, NULL);
+    }
+    int strs = r.return_token_strs != 0;
     int32_t *ids = NULL;
     int n;
     char err[ERR_LEN];
@@ -378,12 +387,12 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
     cJSON_AddNumberToObject(o, "count", n);
     cJSON_AddNumberToObject(o, "max_model_len", s->max_model_len);
     cJSON *a = cJSON_AddArrayToObject(o, "tokens");
-    cJSON *strs = cJSON_AddArrayToObject(o, "token_strs");
+    cJSON *ts = strs ? cJSON_AddArrayToObject(o, "token_strs") : cJSON_AddNullToObject(o, "token_strs");
     struct oai_render rdr = {.token_text = token_text_cb, .token_ctx = (void *)s->tok};
     char buf[512];
     for (int i = 0; i < n; i++) {
         cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
-        cJSON_AddItemToArray(strs, cJSON_CreateString(oai_token_str(&rdr, ids[i], buf, sizeof buf)));
+        if (strs) cJSON_AddItemToArray(ts, cJSON_CreateString(oai_token_str(&rdr, ids[i], buf, sizeof buf)));
     }
     free(ids);
     return respond_json(s, conn, 200, o);
@@ -396,6 +405,10 @@ static enum MHD_Result handle_detokenize(struct server *s, struct MHD_Connection
     struct oai_error e;
     if (oai_parse_detokenize(rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size, &r, &e))
         return respond_error(s, conn, &e, NULL);
+    if (model_ok(s, &r, &e)) {
+        oai_request_free(&r);
+        return respond_error(s, conn, &e, NULL);
+    }
     char *text = NULL, err[ERR_LEN];
     size_t len = 0;
     int rc2 = r.prompts[0].n_ids

@@ -61,6 +61,8 @@ static const struct flag flags[] = {
     {"--max-batched-tokens", "N", "token budget per step; long prompts are prefilled in chunks (default 2048)", C_RUN},
     {"--max-num-seqs", "N", "sequences running at once (default 64)", C_RUN},
     {"--max-queue", "N", "waiting requests before 429 (default 1024)", C_SERVE},
+    {"--scheduling-policy", "fcfs|priority", "admission order: arrival, or the requests' priority (lower first, "
+     "ties by arrival; vLLM's); fcfs refuses a nonzero priority (default fcfs)", C_SERVE},
     {"--no-prefix-cache", NULL, "disable prefix caching", C_RUN},
     {"--log-level", "debug|info|warn|error", "log verbosity (default info)", C_ALL},
     {"--rope-scaling", "TYPE", "override rope_scaling type (linear, dynamic, ntk, yarn, llama3, longrope, ...)", C_ALL},
@@ -168,6 +170,11 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--max-num-seqs")) o->ep.max_num_seqs = (int)parse_int(f, v, 1, 65536);
     else if (IS("--max-queue")) o->ep.max_queue = (int)parse_int(f, v, 0, 1 << 24);
     else if (IS("--no-prefix-cache")) o->ep.enable_prefix_cache = 0;
+    else if (IS("--scheduling-policy")) {
+        if (!strcmp(v, "fcfs")) o->ep.sched_policy = ENGINE_SCHED_FCFS;
+        else if (!strcmp(v, "priority")) o->ep.sched_policy = ENGINE_SCHED_PRIORITY;
+        else die("--scheduling-policy: expected fcfs or priority, got '%s'", v);
+    }
     else if (IS("--log-level")) {
         static const char *lv[] = {"debug", "info", "warn", "error"};
         int k = -1;
@@ -431,7 +438,8 @@ static int cmd_generate(struct opts *o)
         free(js);
         cJSON_Delete(root);
     } else {
-        printf("\n");
+        printf("\n"); /* the text ends its line before the log line on stderr */
+        fflush(stdout);
         cJSON_Delete(out_ids);
         cJSON_Delete(tops);
     }
@@ -540,7 +548,9 @@ static int cmd_serve(struct opts *o)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version"))) {
-        printf("ropeserve %s (backends: %s)\n", ROPESERVE_VERSION, backend_list());
+        char pick[256];
+        backend_auto_describe(pick, sizeof pick);
+        printf("ropeserve %s (backends: %s)\n--device auto picks %s\n", ROPESERVE_VERSION, backend_list(), pick);
         return 0;
     }
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {

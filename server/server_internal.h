@@ -101,6 +101,13 @@ struct oai_request {
     /* "string_config": {"shifted_offset": S, "local_value": W}: per-request STRING (S = 0: off;
      * W absent: -1, the engine picks the model's or 128) */
     int string_set, string_shift, string_local;
+    int include_progress;           /* stream_options.include_progress / return_progress */
+    int prompt_logprobs;            /* -1: none; else top-K with every prompt token (vLLM) */
+    int truncate, truncate_right;   /* truncate_prompt_tokens (0: none, -1: what fits), side */
+    int64_t priority;               /* vLLM: lower first (--scheduling-policy priority) */
+    uint64_t cache_salt;            /* 0: none */
+    char request_id[32];            /* "": ours; else the response id is "cmpl-<request_id>" */
+    int return_token_strs;          /* /tokenize: -1 absent, else 0/1 */
 };
 
 /* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds
@@ -119,6 +126,12 @@ void oai_request_free(struct oai_request *r); /* NULL-safe, idempotent */
  * (vLLM's message, both numbers). Sets sp.max_tokens when it was not given (chat: the rest of
  * the context). Returns 0 or -1 with e (400 context_length_exceeded). */
 int oai_check_length(struct oai_request *r, int n_prompt, int max_model_len, struct oai_error *e);
+/* truncate_prompt_tokens on one tokenized (and templated) prompt, then oai_check_length. */
+int oai_fit_prompt(struct oai_request *r, struct oai_prompt *p, int max_model_len, struct oai_error *e);
+/* The request-field table (openai.c), for tests and docs: name of field i, and its use
+ * (0 implemented, 1 accepted without effect, 2 refused unless switched off); NULL past the end. */
+int oai_field_count(void);
+const char *oai_field_name(int i, int *use);
 
 /* ---------------------------------------------------------------------------------------------
  * response rendering (openai.c) */
@@ -127,6 +140,7 @@ int oai_check_length(struct oai_request *r, int n_prompt, int max_model_len, str
 struct oai_lp {
     int32_t token;
     float logprob;
+    int rank;         /* 1 + tokens more likely (prompt_logprobs) */
     int n_top;
     int32_t top_ids[ENGINE_MAX_LOGPROBS];
     float top_lp[ENGINE_MAX_LOGPROBS];
@@ -143,6 +157,7 @@ struct oai_render {
     long long created;
     int top_n;              /* top logprobs per token (request's logprobs) */
     int logprobs;           /* render logprobs at all */
+    int prompt_top_n;       /* prompt_logprobs' K; -1: no prompt_logprobs in the response */
     oai_token_text_fn token_text;
     void *token_ctx;
 };
@@ -155,7 +170,10 @@ struct oai_piece {
     const struct oai_lp *lp;
     int n_lp;
     const char *finish_reason;  /* NULL -> null */
-    const char *stop_reason;    /* matched stop string; NULL -> null */
+    const char *stop_reason;    /* matched stop string; NULL -> null (or stop_token) */
+    const int32_t *stop_token;  /* the stop_token_ids id that ended it (NULL: none) */
+    const struct oai_lp *plp;   /* prompt_logprobs records, one per prompt token */
+    int n_plp;
     int role;                   /* chat stream: first chunk carries delta.role */
 };
 
@@ -172,6 +190,10 @@ char *oai_render_chunk(const struct oai_render *rc, const struct oai_piece *p,
                        const struct oai_usage *u, int usage_null);
 /* The final usage-only chunk (choices: []). */
 char *oai_render_usage_chunk(const struct oai_render *rc, const struct oai_usage *u);
+/* A prefill progress chunk (choices: [], "prompt_progress": {total, cache, processed, time_ms,
+ * index}, llama.cpp's return_progress shape). */
+char *oai_render_progress_chunk(const struct oai_render *rc, int index, int processed, int total,
+                                int cached, double time_ms);
 
 /* Token text as a JSON-safe string into buf: valid UTF-8 as is, else "bytes:\xAB" escapes
  * (OpenAI's convention); returns buf. */
@@ -270,6 +292,9 @@ struct choice {
     int done;
     const char *finish;              /* "stop" / "length" / "abort" / "error" */
     char *stop_reason;               /* matched stop string */
+    int32_t stop_token;              /* stop_token_ids id that ended it (-1: none) */
+    int prog_processed, prog_total, prog_cached, prog_new; /* latest prefill progress */
+    double prog_ms;
     char err[128];
     double t_first;                  /* first generated token (0: none) */
     int prompt_sent;                 /* stream + echo: prompt text already emitted */
@@ -293,6 +318,7 @@ struct job {
     int sse_phase;                   /* 0 streaming, 1 usage/DONE queued, 2 end */
     int role_sent;
     int logged;
+    int status;                      /* for the log line: 200, or the error's status */
 };
 
 /* Submit one engine request per choice. Returns 0, or -1 with e (400/429/503). */

@@ -91,8 +91,13 @@ int job_submit(struct job *j, struct oai_error *e)
 {
     struct server *s = j->srv;
     struct oai_request *r = &j->req;
+    if (r->priority != 0 && engine_get_sched_policy(s->eng) != ENGINE_SCHED_PRIORITY)
+        return oai_err(e, 400, "priority", "unsupported_parameter", "'priority' %lld: this server schedules "
+                       "first come, first served; start it with --scheduling-policy priority",
+                       (long long)r->priority);
     j->n_ch = r->n_prompts * r->n;
     j->ch = xcalloc((size_t)j->n_ch, sizeof *j->ch);
+    for (int i = 0; i < j->n_ch; i++) j->ch[i].stop_token = -1;
     for (int i = 0; i < j->n_ch; i++) {
         struct choice *c = &j->ch[i];
         const struct oai_prompt *p = &r->prompts[i / r->n];
@@ -106,6 +111,9 @@ int job_submit(struct job *j, struct oai_error *e)
         er.string_set = r->string_set;
         er.string_shift = r->string_shift;
         er.string_local = r->string_local;
+        er.priority = r->priority;
+        er.cache_salt = r->cache_salt;
+        er.report_progress = r->stream && r->include_progress;
         if (r->sp.has_seed && r->n > 1) er.sp.seed = r->sp.seed + (uint64_t)(i % r->n);
         snprintf(er.id, sizeof er.id, "%s-%d", j->id, i);
         char err[ERR_LEN] = "";
@@ -130,25 +138,18 @@ int job_submit(struct job *j, struct oai_error *e)
 /* ---------------------------------------------------------------------------------------------
  * events */
 
-static size_t max_stop_len(const struct oai_request *r)
-{
-    size_t m = 0;
-    for (int i = 0; i < r->n_stop; i++)
-        if (strlen(r->stop[i]) > m) m = strlen(r->stop[i]);
-    return m;
-}
-
-/* Search the text for a stop string, starting where a new match could begin. */
+/* Search the text for a stop string that ends in what old_len..len added (vLLM looks back
+ * len(stop) - 1 bytes: a match that ended before was already seen, or fell in min_tokens). */
 static void check_stop(struct job *j, struct choice *c, size_t old_len)
 {
     const struct oai_request *r = &j->req;
     if (!r->n_stop || c->done) return;
-    size_t ms = max_stop_len(r);
-    size_t from = old_len > ms ? old_len - ms : 0;
     const char *best = NULL;
     int best_i = -1;
     for (int i = 0; i < r->n_stop; i++) {
-        const char *q = memmem(c->text.p + from, c->text.len - from, r->stop[i], strlen(r->stop[i]));
+        size_t sl = strlen(r->stop[i]);
+        size_t from = old_len > sl - 1 ? old_len - (sl - 1) : 0;
+        const char *q = memmem(c->text.p + from, c->text.len - from, r->stop[i], sl);
         if (q && (!best || q < best)) {
             best = q;
             best_i = i;
@@ -170,6 +171,7 @@ static void fill_lp(struct oai_lp *l, const struct engine_event *ev)
 {
     l->token = ev->token;
     l->logprob = ev->logprob;
+    l->rank = ev->rank;
     l->n_top = ev->n_top > ENGINE_MAX_LOGPROBS ? ENGINE_MAX_LOGPROBS : ev->n_top;
     memcpy(l->top_ids, ev->top_ids, sizeof(int32_t) * (size_t)l->n_top);
     memcpy(l->top_lp, ev->top_logprobs, sizeof(float) * (size_t)l->n_top);
@@ -190,6 +192,14 @@ static void on_event(struct job *j, struct choice *c, const struct engine_event 
 {
     const struct oai_request *r = &j->req;
     const struct oai_prompt *p = &r->prompts[c->prompt_idx];
+    if (ev->type == ENGINE_EV_PROGRESS) {
+        c->prog_processed = ev->n_processed;
+        c->prog_total = ev->n_total;
+        c->prog_cached = ev->n_cached;
+        c->prog_ms = ev->elapsed_s * 1000.0;
+        c->prog_new = 1;
+        return;
+    }
     if (ev->type == ENGINE_EV_PROMPT_TOKEN) {
         if (!r->sp.prompt_logprobs) return;
         if (!c->plp) c->plp = xcalloc((size_t)p->n_ids + 1, sizeof *c->plp);
@@ -217,10 +227,12 @@ static void on_event(struct job *j, struct choice *c, const struct engine_event 
             c->lp_byte[c->n_lp] = old;
             c->n_lp++;
         }
+        /* the token that stops (EOS, a stop id) leaves no text, unless asked (vLLM) */
+        if (ev->stop && !r->include_stop_str) return;
         const char *out;
         int len = tok_stream_push(c->ds, ev->token, &out);
         if (len > 0) sb_append(&c->text, out, (size_t)len);
-        check_stop(j, c, old);
+        if (c->n_gen > r->sp.min_tokens) check_stop(j, c, old); /* min_tokens: no stop string yet */
         return;
     }
     /* DONE */
@@ -229,10 +241,11 @@ static void on_event(struct job *j, struct choice *c, const struct engine_event 
     size_t old = c->text.len;
     int len = tok_stream_finish(c->ds, &out);
     if (len > 0) sb_append(&c->text, out, (size_t)len);
-    check_stop(j, c, old);
+    if (c->n_gen > r->sp.min_tokens) check_stop(j, c, old);
     if (c->done) return;
     c->done = 1;
     c->finish = finish_name(ev->reason);
+    if (ev->reason == FINISH_STOP) c->stop_token = ev->stop_token;
     if (ev->reason == FINISH_ERROR) snprintf(c->err, sizeof c->err, "%s", ev->err);
 }
 
@@ -362,6 +375,9 @@ char *job_render_response(struct job *j)
         pc[i].n_lp = n_rec;
         pc[i].finish_reason = c->finish ? c->finish : "abort";
         pc[i].stop_reason = c->stop_reason;
+        pc[i].stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
+        pc[i].plp = c->plp;
+        pc[i].n_plp = c->n_plp;
     }
     struct oai_usage u;
     job_usage(j, &u);
@@ -396,8 +412,9 @@ void job_finish_log(struct job *j)
             o += (size_t)snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", f);
         if (c->err[0]) LOG_W("%s-%d: engine error: %s", j->id, i, c->err);
     }
-    LOG_I("%s: prompt %d tok, generated %d tok, ttft %.3f s, total %.3f s, finish %s%s", j->id,
-          n_prompt, n_gen, ttft < 0 ? 0.0 : ttft, e2e, reasons, j->req.stream ? " (stream)" : "");
+    LOG_I("%s: %d, prompt %d tok, generated %d tok, ttft %.3f s, total %.3f s, finish %s%s", j->id,
+          j->status ? j->status : 200, n_prompt, n_gen, ttft < 0 ? 0.0 : ttft, e2e, reasons,
+          j->req.stream ? " (stream)" : "");
 }
 
 void job_free(struct job *j)
@@ -457,6 +474,13 @@ static void choice_usage(const struct job *j, const struct choice *c, struct oai
 static void sse_emit(struct job *j)
 {
     const struct oai_request *r = &j->req;
+    for (int i = 0; i < j->n_ch; i++) { /* prefill progress first (opt-in) */
+        struct choice *c = &j->ch[i];
+        if (!c->prog_new || c->finish_sent) continue;
+        c->prog_new = 0;
+        sse_data(j, oai_render_progress_chunk(&j->rc, c->index, c->prog_processed, c->prog_total,
+                                              c->prog_cached, c->prog_ms));
+    }
     for (int i = 0; i < j->n_ch; i++) {
         struct choice *c = &j->ch[i];
         struct oai_piece p;
@@ -511,6 +535,7 @@ static void sse_emit(struct job *j)
         if (c->done) {
             p.finish_reason = c->finish ? c->finish : "abort";
             p.stop_reason = c->stop_reason;
+            p.stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
         }
         if (p.len || p.n_lp || p.finish_reason)
             sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));

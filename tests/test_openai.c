@@ -26,6 +26,14 @@ static int parse(enum oai_kind k, const char *body)
     if (oai_parse_request(k, body, strlen(body), VOCAB, 16, &R, &E) == 0) return 200;
     return E.status;
 }
+/* the same for a body that may hold NUL bytes */
+static int parse_n(enum oai_kind k, const char *body, size_t n)
+{
+    memset(&E, 0, sizeof E);
+    oai_request_free(&R);
+    if (oai_parse_request(k, body, n, VOCAB, 16, &R, &E) == 0) return 200;
+    return E.status;
+}
 #define P(body) parse(OAI_COMPLETION, body)
 #define C(body) parse(OAI_CHAT, body)
 
@@ -53,7 +61,8 @@ static void test_basic(void)
     bad(OAI_COMPLETION, "{\"prompt\":[]}", "prompt");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"suffix\":\"y\"}", "suffix");
     TEST_COND("suffix code", E.code && !strcmp(E.code, "unsupported_parameter"));
-    TEST_COND("unknown fields ignored", P("{\"prompt\":\"x\",\"whatever\":[1,{}]}") == 200);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"whatever\":[1,{}]}", "whatever");
+    TEST_COND("unknown field code", E.code && !strcmp(E.code, "unknown_parameter"));
     TEST_COND("user ignored", P("{\"prompt\":\"x\",\"user\":\"bob\"}") == 200);
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"user\":5}", "user");
     TEST_COND("model kept", P("{\"prompt\":\"x\",\"model\":\"m\"}") == 200 && !strcmp(R.model, "m"));
@@ -125,7 +134,7 @@ static void test_sampling(void)
     TEST_COND("fraction message", strstr(E.message, "integer") != NULL);
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":\"x\"}", "seed");
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":1.5}", "seed");
-    TEST_COND("negative seed", P("{\"prompt\":\"x\",\"seed\":-1}") == 200 && R.sp.seed == UINT64_MAX);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":-1}", "seed");
     TEST_COND("big seed", P("{\"prompt\":\"x\",\"seed\":18446744073709549568}") == 200 &&
                               R.sp.seed == 18446744073709549568ull);
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"ignore_eos\":1}", "ignore_eos");
@@ -410,6 +419,436 @@ static void test_render(void)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * strict fields: every field a vLLM, llama.cpp or OpenAI client may send is implemented,
+ * accepted because it changes nothing, or refused with a 400 naming it; never ignored */
+
+struct peer_field {
+    const char *name;
+    const char *fragment; /* "name": value, with a value that asks for an effect */
+    int chat;             /* 1: sent to chat, 0: to completions */
+    char expect;          /* 'A' accepted (implemented or no effect), 'R' refused */
+};
+
+static const struct peer_field peer_fields[] = {
+    /* OpenAI completions */
+    {"model", "\"model\":\"m\"", 0, 'A'}, {"echo", "\"echo\":true", 0, 'A'},
+    {"frequency_penalty", "\"frequency_penalty\":0.5", 0, 'A'}, {"logit_bias", "\"logit_bias\":{\"5\":1}", 0, 'A'},
+    {"logprobs", "\"logprobs\":2", 0, 'A'}, {"max_tokens", "\"max_tokens\":5", 0, 'A'}, {"n", "\"n\":2", 0, 'A'},
+    {"presence_penalty", "\"presence_penalty\":0.5", 0, 'A'}, {"seed", "\"seed\":3", 0, 'A'},
+    {"stop", "\"stop\":[\"a\"]", 0, 'A'}, {"stream", "\"stream\":true", 0, 'A'},
+    {"stream_options", "\"stream\":true,\"stream_options\":{\"include_usage\":true}", 0, 'A'},
+    {"suffix", "\"suffix\":\"end\"", 0, 'R'}, {"temperature", "\"temperature\":0.3", 0, 'A'},
+    {"top_p", "\"top_p\":0.5", 0, 'A'}, {"user", "\"user\":\"u\"", 0, 'A'}, {"best_of", "\"best_of\":3", 0, 'R'},
+    /* vLLM completions extras */
+    {"use_beam_search", "\"use_beam_search\":true", 0, 'R'}, {"top_k", "\"top_k\":5", 0, 'A'},
+    {"min_p", "\"min_p\":0.1", 0, 'A'}, {"repetition_penalty", "\"repetition_penalty\":1.2", 0, 'A'},
+    {"watermarking", "\"watermarking\":true", 0, 'R'}, {"length_penalty", "\"length_penalty\":2", 0, 'R'},
+    {"stop_token_ids", "\"stop_token_ids\":[5]", 0, 'A'},
+    {"include_stop_str_in_output", "\"include_stop_str_in_output\":true", 0, 'A'},
+    {"ignore_eos", "\"ignore_eos\":true", 0, 'A'}, {"min_tokens", "\"min_tokens\":3", 0, 'A'},
+    {"skip_special_tokens", "\"skip_special_tokens\":false", 0, 'R'},
+    {"spaces_between_special_tokens", "\"spaces_between_special_tokens\":false", 0, 'R'},
+    {"truncate_prompt_tokens", "\"truncate_prompt_tokens\":5", 0, 'A'},
+    {"truncation_side", "\"truncation_side\":\"right\"", 0, 'A'},
+    {"allowed_token_ids", "\"allowed_token_ids\":[5]", 0, 'R'}, {"prompt_logprobs", "\"prompt_logprobs\":2", 0, 'A'},
+    {"logprob_token_ids", "\"logprob_token_ids\":[5]", 0, 'R'}, {"bad_words", "\"bad_words\":[\"x\"]", 0, 'R'},
+    {"prompt_embeds", "\"prompt_embeds\":\"AAAA\"", 0, 'R'}, {"add_special_tokens", "\"add_special_tokens\":false", 0, 'A'},
+    {"response_format", "\"response_format\":{\"type\":\"json_object\"}", 0, 'R'},
+    {"structured_outputs", "\"structured_outputs\":{\"regex\":\"a+\"}", 0, 'R'}, {"priority", "\"priority\":1", 0, 'A'},
+    {"request_id", "\"request_id\":\"r1\"", 0, 'A'}, {"session_id", "\"session_id\":\"s\"", 0, 'A'},
+    {"return_tokens_as_token_ids", "\"return_tokens_as_token_ids\":true", 0, 'R'},
+    {"return_token_ids", "\"return_token_ids\":true", 0, 'R'},
+    {"routed_experts_prompt_start", "\"routed_experts_prompt_start\":2", 0, 'R'},
+    {"return_token_offsets", "\"return_token_offsets\":true", 0, 'A'}, {"return_mm_kwargs", "\"return_mm_kwargs\":false", 0, 'A'},
+    {"cache_salt", "\"cache_salt\":\"tenant\"", 0, 'A'}, {"kv_transfer_params", "\"kv_transfer_params\":{\"a\":1}", 0, 'R'},
+    {"ec_transfer_params", "\"ec_transfer_params\":{\"a\":1}", 0, 'R'}, {"vllm_xargs", "\"vllm_xargs\":{\"a\":1}", 0, 'R'},
+    {"repetition_detection", "\"repetition_detection\":{\"max_pattern_size\":4}", 0, 'R'},
+    {"thinking_token_budget", "\"thinking_token_budget\":100", 0, 'R'}, {"stream_interval", "\"stream_interval\":4", 0, 'A'},
+    {"guided_json", "\"guided_json\":{\"type\":\"object\"}", 0, 'R'}, {"guided_regex", "\"guided_regex\":\"a+\"", 0, 'R'},
+    {"guided_choice", "\"guided_choice\":[\"a\",\"b\"]", 0, 'R'}, {"guided_grammar", "\"guided_grammar\":\"root ::= \\\"a\\\"\"", 0, 'R'},
+    {"guided_decoding_backend", "\"guided_decoding_backend\":\"xgrammar\"", 0, 'R'},
+    {"guided_whitespace_pattern", "\"guided_whitespace_pattern\":\" \"", 0, 'R'},
+    {"logits_processors", "\"logits_processors\":[\"my.Proc\"]", 0, 'R'},
+    {"string_config", "\"string_config\":{\"shifted_offset\":0}", 0, 'A'},
+    /* vLLM / OpenAI chat */
+    {"messages", "\"max_tokens\":2", 1, 'A'}, {"max_completion_tokens", "\"max_completion_tokens\":4", 1, 'A'},
+    {"logprobs", "\"logprobs\":true", 1, 'A'}, {"top_logprobs", "\"logprobs\":true,\"top_logprobs\":2", 1, 'A'},
+    {"tools", "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 1, 'R'},
+    {"tool_choice", "\"tool_choice\":\"auto\"", 1, 'R'}, {"reasoning_effort", "\"reasoning_effort\":\"low\"", 1, 'R'},
+    {"include_reasoning", "\"include_reasoning\":false", 1, 'R'}, {"parallel_tool_calls", "\"parallel_tool_calls\":false", 1, 'A'},
+    {"echo", "\"echo\":true", 1, 'R'}, {"add_generation_prompt", "\"add_generation_prompt\":false", 1, 'R'},
+    {"continue_final_message", "\"continue_final_message\":true", 1, 'R'},
+    {"add_special_tokens", "\"add_special_tokens\":true", 1, 'R'},
+    {"documents", "\"documents\":[{\"title\":\"t\",\"text\":\"x\"}]", 1, 'R'},
+    {"chat_template", "\"chat_template\":\"{{ messages }}\"", 1, 'R'},
+    {"chat_template_kwargs", "\"chat_template_kwargs\":{\"enable_thinking\":false}", 1, 'R'},
+    {"mm_processor_kwargs", "\"mm_processor_kwargs\":{\"a\":1}", 1, 'R'},
+    {"max_repetition_pattern_size", "\"max_repetition_pattern_size\":4", 1, 'R'},
+    {"min_repetition_pattern_size", "\"min_repetition_pattern_size\":2", 1, 'R'},
+    {"repetition_min_count", "\"repetition_min_count\":3", 1, 'R'},
+    {"response_format", "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{}}", 1, 'R'},
+    {"prompt_logprobs", "\"prompt_logprobs\":1", 1, 'A'}, {"min_tokens", "\"min_tokens\":1", 1, 'A'},
+    {"audio", "\"audio\":{\"voice\":\"alloy\",\"format\":\"wav\"}", 1, 'R'},
+    {"function_call", "\"function_call\":\"auto\"", 1, 'R'}, {"functions", "\"functions\":[{\"name\":\"f\"}]", 1, 'R'},
+    {"metadata", "\"metadata\":{\"k\":\"v\"}", 1, 'A'}, {"modalities", "\"modalities\":[\"text\",\"audio\"]", 1, 'R'},
+    {"prediction", "\"prediction\":{\"type\":\"content\",\"content\":\"x\"}", 1, 'A'},
+    {"prompt_cache_key", "\"prompt_cache_key\":\"k\"", 1, 'A'}, {"safety_identifier", "\"safety_identifier\":\"h\"", 1, 'A'},
+    {"service_tier", "\"service_tier\":\"flex\"", 1, 'R'}, {"store", "\"store\":true", 1, 'R'},
+    {"verbosity", "\"verbosity\":\"low\"", 1, 'R'}, {"web_search_options", "\"web_search_options\":{}", 1, 'R'},
+    {"user", "\"user\":\"u\"", 1, 'A'}, {"seed", "\"seed\":9", 1, 'A'}, {"n", "\"n\":2", 1, 'A'},
+    /* llama.cpp's /completion and OAI routes */
+    {"n_predict", "\"n_predict\":32", 0, 'R'}, {"n_indent", "\"n_indent\":2", 0, 'R'}, {"n_keep", "\"n_keep\":-1", 0, 'R'},
+    {"n_cmpl", "\"n_cmpl\":2", 0, 'R'}, {"n_cache_reuse", "\"n_cache_reuse\":256", 0, 'R'},
+    {"typical_p", "\"typical_p\":0.9", 0, 'R'}, {"repeat_penalty", "\"repeat_penalty\":1.1", 0, 'R'},
+    {"repeat_last_n", "\"repeat_last_n\":32", 0, 'A'}, {"penalize_nl", "\"penalize_nl\":true", 0, 'R'},
+    {"dry_multiplier", "\"dry_multiplier\":0.8", 0, 'R'}, {"dry_base", "\"dry_base\":1.75", 0, 'A'},
+    {"dry_allowed_length", "\"dry_allowed_length\":2", 0, 'A'}, {"dry_penalty_last_n", "\"dry_penalty_last_n\":-1", 0, 'A'},
+    {"dry_sequence_breakers", "\"dry_sequence_breakers\":[\"\\n\"]", 0, 'A'},
+    {"xtc_probability", "\"xtc_probability\":0.5", 0, 'R'}, {"xtc_threshold", "\"xtc_threshold\":0.1", 0, 'A'},
+    {"mirostat", "\"mirostat\":2", 0, 'R'}, {"mirostat_tau", "\"mirostat_tau\":5", 0, 'A'},
+    {"mirostat_eta", "\"mirostat_eta\":0.1", 0, 'A'}, {"grammar", "\"grammar\":\"root ::= \\\"a\\\"\"", 0, 'R'},
+    {"json_schema", "\"json_schema\":{}", 0, 'R'}, {"n_probs", "\"n_probs\":3", 0, 'R'}, {"min_keep", "\"min_keep\":2", 0, 'R'},
+    {"t_max_predict_ms", "\"t_max_predict_ms\":100", 0, 'R'}, {"id_slot", "\"id_slot\":1", 0, 'A'},
+    {"cache_prompt", "\"cache_prompt\":false", 0, 'R'}, {"return_tokens", "\"return_tokens\":true", 0, 'R'},
+    {"samplers", "\"samplers\":[\"top_k\"]", 0, 'R'}, {"timings_per_token", "\"timings_per_token\":true", 0, 'R'},
+    {"return_progress", "\"return_progress\":true", 0, 'A'}, {"post_sampling_probs", "\"post_sampling_probs\":true", 0, 'R'},
+    {"response_fields", "\"response_fields\":[\"content\"]", 0, 'R'}, {"lora", "\"lora\":[{\"id\":0,\"scale\":1}]", 0, 'R'},
+    {"top_n_sigma", "\"top_n_sigma\":1", 0, 'R'}, {"dynatemp_range", "\"dynatemp_range\":0.5", 0, 'R'},
+    {"dynatemp_exponent", "\"dynatemp_exponent\":2", 0, 'A'}, {"tfs_z", "\"tfs_z\":0.9", 0, 'R'},
+    {"sse_ping_interval", "\"sse_ping_interval\":10", 0, 'A'}, {"image_data", "\"image_data\":[]", 0, 'R'},
+    {"slot_id", "\"slot_id\":0", 0, 'R'}, {"reasoning_format", "\"reasoning_format\":\"deepseek\"", 1, 'R'},
+    {"parse_tool_calls", "\"parse_tool_calls\":true", 1, 'R'}, {"thinking_forced_open", "\"thinking_forced_open\":true", 1, 'R'},
+    /* typos and near misses */
+    {"temperatur", "\"temperatur\":0", 0, 'R'}, {"max_token", "\"max_token\":5", 0, 'R'},
+    {"top-p", "\"top-p\":0.5", 0, 'R'}, {"Temperature", "\"Temperature\":0", 0, 'R'},
+    {"stream_option", "\"stream\":true,\"stream_option\":{\"include_usage\":true}", 0, 'R'},
+    {"maxTokens", "\"maxTokens\":5", 1, 'R'}, {"stop_sequences", "\"stop_sequences\":[\"a\"]", 1, 'R'},
+    {"extra_body", "\"extra_body\":{\"top_k\":5}", 0, 'R'},
+};
+
+static int field_use(const char *name)
+{
+    int use;
+    for (int i = 0; i < oai_field_count(); i++)
+        if (!strcmp(oai_field_name(i, &use), name)) return use;
+    return -1;
+}
+
+static void test_strict_fields(void)
+{
+    int n = (int)(sizeof peer_fields / sizeof *peer_fields), silent = 0, wrong = 0;
+    char body[512];
+    for (int i = 0; i < n; i++) {
+        const struct peer_field *f = &peer_fields[i];
+        snprintf(body, sizeof body, f->chat ? "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s}"
+                                            : "{\"prompt\":\"x\",%s}", f->fragment);
+        int st = parse(f->chat ? OAI_CHAT : OAI_COMPLETION, body);
+        int use = field_use(f->name);
+        if (st == 200 && (use < 0 || use == 2)) { /* accepted but in no list: ignored */
+            silent++;
+            printf("  accepted without effect: %s\n", f->name);
+        }
+        if (st == 400 && strcmp(E.param, f->name) &&
+            !(strcmp(f->name, "stream_option") == 0 && !strcmp(E.param, "stream_option"))) {
+            wrong++;
+            printf("  %s: refused naming '%s' instead (%s)\n", f->name, E.param, E.message);
+        }
+        TEST_CONDF((st == 200) == (f->expect == 'A') && (st == 200 || st == 400),
+                   "%s %s: want %s, got %d (%s)", f->chat ? "chat" : "completions", f->name,
+                   f->expect == 'A' ? "accepted" : "refused", st, st == 200 ? "" : E.message);
+    }
+    printf("strict fields: %d peer fields and typos sent; %d accepted without effect, %d refused without "
+           "naming the field\n", n, silent, wrong);
+    TEST_CONDF(silent == 0, "no field answered 200 without effect (%d)", silent);
+    TEST_CONDF(wrong == 0, "every refusal names its field (%d)", wrong);
+
+    /* "did you mean" */
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"temperatur\":0.2}", "temperatur");
+    TEST_CONDF(strstr(E.message, "did you mean 'temperature'") != NULL, "typo hint: %s", E.message);
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"max_completion_token\":5}",
+        "max_completion_token");
+    TEST_CONDF(strstr(E.message, "max_completion_tokens") != NULL, "chat typo hint: %s", E.message);
+    /* neutral values: a feature switched off is accepted */
+    TEST_COND("neutral values accepted",
+              P("{\"prompt\":\"x\",\"use_beam_search\":false,\"length_penalty\":1,\"skip_special_tokens\":true,"
+                "\"spaces_between_special_tokens\":true,\"allowed_token_ids\":[],\"bad_words\":[],\"mirostat\":0,"
+                "\"typical_p\":1.0,\"n_probs\":0,\"cache_prompt\":true,\"grammar\":\"\",\"json_schema\":null,"
+                "\"top_n_sigma\":-1,\"repeat_penalty\":1,\"return_token_ids\":false,\"thinking_token_budget\":-1,"
+                "\"response_format\":{\"type\":\"text\"},\"suffix\":\"\",\"service_tier\":\"auto\"}") == 200);
+    TEST_COND("chat neutral values accepted",
+              C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":[],\"tool_choice\":\"none\","
+                "\"add_generation_prompt\":true,\"continue_final_message\":false,\"chat_template\":null,"
+                "\"chat_template_kwargs\":{},\"documents\":[],\"echo\":false,\"store\":false,"
+                "\"modalities\":[\"text\"],\"include_reasoning\":true,\"functions\":[]}") == 200);
+    TEST_COND("null is the default for any known field", P("{\"prompt\":\"x\",\"use_beam_search\":null,"
+                                                           "\"guided_json\":null,\"mirostat\":null}") == 200);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"user\":5}", "user");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"id_slot\":\"a\"}", "id_slot");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"use_beam_search\":true}", "use_beam_search");
+    TEST_COND("refusal says why", E.code && !strcmp(E.code, "unsupported_parameter") && strstr(E.message, "beam search"));
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"temperature\":1,\"temperature\":0}", "temperature");
+    TEST_COND("duplicate key message", strstr(E.message, "more than once") != NULL);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stream\":true,\"stream_options\":{\"include_usages\":true}}",
+        "stream_options");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"name\":\"bob\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"contents\":\"x\"}]}", "messages");
+    TEST_COND("message with empty extras", C("{\"messages\":[{\"role\":\"assistant\",\"content\":\"u\","
+                                              "\"tool_calls\":[],\"name\":null}]}") == 200);
+
+    /* the README documents every field of the table */
+    FILE *fr = fopen("README.md", "rb");
+    char *readme = NULL;
+    size_t rl = 0;
+    if (fr) {
+        fseek(fr, 0, SEEK_END);
+        rl = (size_t)ftell(fr);
+        fseek(fr, 0, SEEK_SET);
+        readme = xcalloc(rl + 1, 1);
+        if (fread(readme, 1, rl, fr) != rl) rl = 0;
+        fclose(fr);
+    }
+    TEST_COND("README.md readable (run from the repository root)", readme && rl > 0);
+    int missing = 0;
+    for (int i = 0; readme && i < oai_field_count(); i++) {
+        char pat[80];
+        snprintf(pat, sizeof pat, "`%s`", oai_field_name(i, NULL));
+        if (!strstr(readme, pat)) {
+            missing++;
+            printf("  README.md does not mention %s\n", pat);
+        }
+    }
+    TEST_CONDF(missing == 0, "README.md lists every request field (%d missing)", missing);
+    free(readme);
+}
+
+static void test_json_strict(void)
+{
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\"} xyz", NULL);
+    TEST_COND("trailing garbage message", strstr(E.message, "after the JSON object") != NULL);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\"}{\"prompt\":\"y\"}", NULL);
+    TEST_COND("trailing whitespace is fine", P("{\"prompt\":\"x\"} \n\t") == 200);
+    static const char nul_body[] = "{\"prompt\":\"ab\0cd\"}";
+    TEST_COND("raw NUL inside a string -> 400 naming the field",
+              parse_n(OAI_COMPLETION, nul_body, sizeof nul_body - 1) == 400 && !strcmp(E.param, "prompt"));
+    static const char nul_after[] = "{\"prompt\":\"ab\"}\0{\"x\":1}";
+    TEST_COND("NUL after the object -> 400", parse_n(OAI_COMPLETION, nul_after, sizeof nul_after - 1) == 400);
+    bad(OAI_COMPLETION, "{\"prompt\":\"a\\u0000b\"}", "prompt");
+    TEST_COND("escaped NUL message", strstr(E.message, "U+0000") != NULL);
+    bad(OAI_COMPLETION, "{\"prompt\":\"a\x01" "b\"}", "prompt");
+    bad(OAI_COMPLETION, "{\"prompt\":\"a\tb\"}", "prompt");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\x1f\"}]}", "messages");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stop\":[\"\\u0000\"]}", "stop");
+    TEST_COND("escaped control characters are fine", P("{\"prompt\":\"a\\tb\\u0001c\\n\"}") == 200 &&
+                                                        !strcmp(R.prompts[0].text, "a\tb\x01" "c\n"));
+    bad(OAI_COMPLETION, "{\x01\"prompt\":\"x\"}", NULL);
+    TEST_COND("escaped key", P("{\"\\u0070rompt\":\"x\",\"se\\u0065d\":9007199254740993}") == 200 &&
+                                 R.sp.seed == 9007199254740993ull);
+
+    /* tools of the wrong type */
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":\"abc\"}", "tools");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":{}}", "tools");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":5}", "tools");
+
+    /* seed: the full uint64 range, exactly */
+    TEST_COND("seed 2^64-1", P("{\"prompt\":\"x\",\"seed\":18446744073709551615}") == 200 &&
+                                 R.sp.seed == UINT64_MAX && R.sp.has_seed);
+    TEST_COND("seed 2^53+1 exact", P("{\"prompt\":\"x\",\"seed\":9007199254740993}") == 200 &&
+                                       R.sp.seed == 9007199254740993ull);
+    TEST_COND("seed 12345678901234567891 exact", P("{\"prompt\":\"x\",\"seed\":12345678901234567891}") == 200 &&
+                                                     R.sp.seed == 12345678901234567891ull);
+    TEST_COND("seed 0", P("{\"prompt\":\"x\",\"seed\":0}") == 200 && R.sp.seed == 0 && R.sp.has_seed);
+    TEST_COND("seed 5.0", P("{\"prompt\":\"x\",\"seed\":5.0}") == 200 && R.sp.seed == 5);
+    TEST_COND("seed 1e3", P("{\"prompt\":\"x\",\"seed\":1e3}") == 200 && R.sp.seed == 1000);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":18446744073709551616}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":-5}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":-0.5}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":1e30}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":\"5\"}", "seed");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"seed\":true}", "seed");
+    TEST_COND("priority int64 ends", P("{\"prompt\":\"x\",\"priority\":-9223372036854775808}") == 200 &&
+                                         R.priority == INT64_MIN &&
+                                         P("{\"prompt\":\"x\",\"priority\":9223372036854775807}") == 200 &&
+                                         R.priority == INT64_MAX);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"priority\":9223372036854775808}", "priority");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"priority\":1.5}", "priority");
+
+    /* logit_bias keys: canonical integers only */
+    static const char *keys[] = {" 5", "05", "+5", "5.0", "-0", "", "5 ", "0x5", "1e1", "99999999999"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        char b[128];
+        snprintf(b, sizeof b, "{\"prompt\":\"x\",\"logit_bias\":{\"%s\":1}}", keys[i]);
+        int st = P(b);
+        char quoted[32];
+        snprintf(quoted, sizeof quoted, "\"%s\"", keys[i]);
+        TEST_CONDF(st == 400 && !strcmp(E.param, "logit_bias") && strstr(E.message, quoted),
+                   "logit_bias key \"%s\" refused, naming it (%d: %s)", keys[i], st, E.message);
+    }
+    TEST_COND("logit_bias keys 0 and 511", P("{\"prompt\":\"x\",\"logit_bias\":{\"0\":1,\"511\":-1}}") == 200 &&
+                                              R.sp.n_logit_bias == 2);
+}
+
+static void test_new_fields(void)
+{
+    TEST_COND("min_tokens", P("{\"prompt\":\"x\",\"min_tokens\":4,\"max_tokens\":8}") == 200 && R.sp.min_tokens == 4);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"min_tokens\":9,\"max_tokens\":8}", "min_tokens");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"min_tokens\":-1}", "min_tokens");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"min_tokens\":20}", "min_tokens"); /* default max_tokens 16 */
+    TEST_COND("chat min_tokens without max_tokens", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                                                      "\"min_tokens\":50}") == 200);
+    TEST_COND("checked against the rest of the context", oai_check_length(&R, 2000, 2040, &E) == -1 &&
+                                                            !strcmp(E.param, "min_tokens"));
+
+    TEST_COND("prompt_logprobs", P("{\"prompt\":\"x\",\"prompt_logprobs\":3}") == 200 && R.prompt_logprobs == 3 &&
+                                     R.sp.prompt_logprobs && R.sp.n_prompt_logprobs == 3 && R.logprobs == -1);
+    TEST_COND("prompt_logprobs 0", P("{\"prompt\":\"x\",\"prompt_logprobs\":0}") == 200 &&
+                                       R.sp.prompt_logprobs && R.sp.n_prompt_logprobs == 0);
+    TEST_COND("echo + logprobs: same path, K from logprobs",
+              P("{\"prompt\":\"x\",\"echo\":true,\"logprobs\":4}") == 200 && R.sp.prompt_logprobs &&
+                  R.sp.n_prompt_logprobs == 4 && R.prompt_logprobs == -1);
+    TEST_COND("echo + logprobs + prompt_logprobs: prompt_logprobs sets K",
+              P("{\"prompt\":\"x\",\"echo\":true,\"logprobs\":4,\"prompt_logprobs\":2}") == 200 &&
+                  R.sp.n_prompt_logprobs == 2);
+    TEST_COND("chat prompt_logprobs", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
+                                        "\"prompt_logprobs\":5}") == 200 && R.sp.n_prompt_logprobs == 5);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"prompt_logprobs\":2,\"stream\":true}", "prompt_logprobs");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"prompt_logprobs\":-1}", "prompt_logprobs");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"prompt_logprobs\":21}", "prompt_logprobs");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"prompt_logprobs\":true}", "prompt_logprobs");
+
+    TEST_COND("progress (stream_options)", P("{\"prompt\":\"x\",\"stream\":true,\"stream_options\":"
+                                             "{\"include_progress\":true}}") == 200 && R.include_progress);
+    TEST_COND("progress (llama.cpp)", P("{\"prompt\":\"x\",\"stream\":true,\"return_progress\":true}") == 200 &&
+                                          R.include_progress);
+    TEST_COND("return_progress without stream: nothing to show", P("{\"prompt\":\"x\",\"return_progress\":true}") == 200 &&
+                                                                      !R.include_progress);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"return_progress\":1}", "return_progress");
+
+    TEST_COND("cache_salt", P("{\"prompt\":\"x\",\"cache_salt\":\"a\"}") == 200 && R.cache_salt != 0);
+    uint64_t s1 = R.cache_salt;
+    TEST_COND("cache_salt differs by string", P("{\"prompt\":\"x\",\"cache_salt\":\"b\"}") == 200 && R.cache_salt != s1);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"cache_salt\":\"\"}", "cache_salt");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"cache_salt\":7}", "cache_salt");
+    TEST_COND("request_id", P("{\"prompt\":\"x\",\"request_id\":\"job-7.a:b_c\"}") == 200 &&
+                                !strcmp(R.request_id, "job-7.a:b_c"));
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"request_id\":\"a b\"}", "request_id");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"request_id\":\"0123456789012345678901234567890123\"}", "request_id");
+    TEST_COND("priority", P("{\"prompt\":\"x\",\"priority\":-3}") == 200 && R.priority == -3);
+
+    /* truncate_prompt_tokens, after tokenization (vLLM: keep the last N) */
+    TEST_COND("truncate parse", P("{\"prompt\":[1,2,3,4,5,6,7,8,9,10],\"truncate_prompt_tokens\":4,"
+                                  "\"max_tokens\":2}") == 200 && R.truncate == 4);
+    TEST_COND("truncate keeps the last 4", oai_fit_prompt(&R, &R.prompts[0], 100, &E) == 0 &&
+                                               R.prompts[0].n_ids == 4 && R.prompts[0].ids[0] == 7 &&
+                                               R.prompts[0].ids[3] == 10);
+    TEST_COND("truncation_side right", P("{\"prompt\":[1,2,3,4,5,6],\"truncate_prompt_tokens\":2,"
+                                         "\"truncation_side\":\"right\",\"max_tokens\":1}") == 200 &&
+                                           oai_fit_prompt(&R, &R.prompts[0], 100, &E) == 0 &&
+                                           R.prompts[0].n_ids == 2 && R.prompts[0].ids[1] == 2);
+    TEST_COND("truncate -1: what fits beside max_tokens", P("{\"prompt\":[1,2,3,4,5,6,7,8,9,10],"
+                                                            "\"truncate_prompt_tokens\":-1,\"max_tokens\":4}") == 200 &&
+                                                              oai_fit_prompt(&R, &R.prompts[0], 10, &E) == 0 &&
+                                                              R.prompts[0].n_ids == 6 && R.prompts[0].ids[0] == 5);
+    TEST_COND("truncate larger than max_model_len - max_tokens: 400 with both numbers",
+              P("{\"prompt\":[1,2,3],\"truncate_prompt_tokens\":9,\"max_tokens\":4}") == 200 &&
+                  oai_fit_prompt(&R, &R.prompts[0], 10, &E) == -1 && !strcmp(E.param, "truncate_prompt_tokens") &&
+                  strstr(E.message, "10") && strstr(E.message, "9"));
+    TEST_COND("a text prompt truncated echoes its kept tokens", P("{\"prompt\":\"abc\",\"truncate_prompt_tokens\":1}") == 200);
+    R.prompts[0].ids = xmalloc(3 * sizeof(int32_t));
+    R.prompts[0].ids[0] = 1; R.prompts[0].ids[1] = 2; R.prompts[0].ids[2] = 3;
+    R.prompts[0].n_ids = 3;
+    TEST_COND("text dropped after truncation", oai_fit_prompt(&R, &R.prompts[0], 100, &E) == 0 &&
+                                                   !R.prompts[0].text && R.prompts[0].n_ids == 1);
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"truncate_prompt_tokens\":0}", "truncate_prompt_tokens");
+    bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"truncation_side\":\"middle\"}", "truncation_side");
+    TEST_COND("too long without truncation names both numbers and the fix",
+              P("{\"prompt\":\"x\"}") == 200 && oai_check_length(&R, 5000, 2048, &E) == -1 &&
+                  strstr(E.message, "5000") && strstr(E.message, "2048") && strstr(E.message, "truncate_prompt_tokens"));
+
+    /* /tokenize and /detokenize are strict too */
+    struct oai_request r;
+    const char *b1 = "{\"prompt\":\"a\",\"add_special_token\":false}";
+    TEST_COND("tokenize typo", oai_parse_tokenize(b1, strlen(b1), &r, &E) == -1 &&
+                                   !strcmp(E.param, "add_special_token") && strstr(E.message, "add_special_tokens"));
+    const char *b2 = "{\"prompt\":\"a\",\"model\":\"m\",\"return_token_strs\":false}";
+    TEST_COND("tokenize model + return_token_strs", oai_parse_tokenize(b2, strlen(b2), &r, &E) == 0 &&
+                                                        !strcmp(r.model, "m") && r.return_token_strs == 0);
+    oai_request_free(&r);
+    const char *b3 = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"add_generation_prompt\":false}";
+    TEST_COND("tokenize chat-template field refused", oai_parse_tokenize(b3, strlen(b3), &r, &E) == -1 &&
+                                                          !strcmp(E.param, "add_generation_prompt"));
+    const char *b4 = "{\"tokens\":[1,2]} x";
+    TEST_COND("detokenize trailing garbage", oai_parse_detokenize(b4, strlen(b4), VOCAB, &r, &E) == -1);
+    const char *b5 = "{\"tokens\":[1,2],\"skip_special_tokens\":false}";
+    TEST_COND("detokenize unknown field", oai_parse_detokenize(b5, strlen(b5), VOCAB, &r, &E) == -1 &&
+                                              !strcmp(E.param, "skip_special_tokens"));
+    const char *b6 = "{\"tokens\":[1,2],\"model\":\"m\"}";
+    TEST_COND("detokenize model", oai_parse_detokenize(b6, strlen(b6), VOCAB, &r, &E) == 0 && !strcmp(r.model, "m"));
+    oai_request_free(&r);
+}
+
+static void test_render_new(void)
+{
+    struct oai_render rc = {.kind = OAI_COMPLETION, .id = "cmpl-1", .model = "m", .created = 7,
+                            .top_n = 0, .logprobs = 0, .prompt_top_n = 2, .token_text = fake_text};
+    struct oai_lp plp[3];
+    memset(plp, 0, sizeof plp);
+    plp[0].token = 10; plp[0].logprob = NAN;
+    plp[1].token = 11; plp[1].logprob = -0.5f; plp[1].rank = 2; plp[1].n_top = 2;
+    plp[1].top_ids[0] = 13; plp[1].top_lp[0] = -0.25f; plp[1].top_ids[1] = 11; plp[1].top_lp[1] = -0.5f;
+    plp[2].token = 12; plp[2].logprob = -3.0f; plp[2].rank = 7; plp[2].n_top = 2;
+    plp[2].top_ids[0] = 10; plp[2].top_lp[0] = -0.1f; plp[2].top_ids[1] = 13; plp[2].top_lp[1] = -2.5f;
+    int32_t stop_id = 13;
+    struct oai_piece pc = {.index = 0, .text = "", .len = 0, .finish_reason = "stop", .stop_token = &stop_id,
+                           .plp = plp, .n_plp = 3};
+    struct oai_usage u = {3, 1};
+    char *js = oai_render_response(&rc, &pc, 1, &u);
+    cJSON *o = cJSON_Parse(js);
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    TEST_COND("stop_reason: the stop token id, a number", cJSON_IsNumber(cJSON_GetObjectItem(ch, "stop_reason")) &&
+                                                              cJSON_GetObjectItem(ch, "stop_reason")->valueint == 13);
+    cJSON *pl = cJSON_GetObjectItem(ch, "prompt_logprobs");
+    TEST_COND("prompt_logprobs: one per prompt token, first null", cJSON_GetArraySize(pl) == 3 &&
+                                                                      cJSON_IsNull(cJSON_GetArrayItem(pl, 0)));
+    cJSON *p1 = cJSON_GetArrayItem(pl, 1), *p2 = cJSON_GetArrayItem(pl, 2);
+    TEST_COND("prompt token first, then the top K (its place as rank)",
+              cJSON_GetArraySize(p1) == 2 && !strcmp(p1->child->string, "11") &&
+                  cJSON_GetObjectItem(cJSON_GetObjectItem(p1, "11"), "rank")->valueint == 2 &&
+                  cJSON_GetObjectItem(cJSON_GetObjectItem(p1, "13"), "rank")->valueint == 1 &&
+                  !strcmp(cJSON_GetObjectItem(cJSON_GetObjectItem(p1, "11"), "decoded_token")->valuestring, " world"));
+    TEST_COND("a prompt token outside the top K keeps its vocabulary rank",
+              cJSON_GetArraySize(p2) == 3 && cJSON_GetObjectItem(cJSON_GetObjectItem(p2, "12"), "rank")->valueint == 7 &&
+                  cJSON_GetObjectItem(cJSON_GetObjectItem(p2, "12"), "logprob")->valuedouble == -3.0 &&
+                  cJSON_GetObjectItem(cJSON_GetObjectItem(p2, "10"), "rank")->valueint == 1);
+    free(js);
+    cJSON_Delete(o);
+    rc.kind = OAI_CHAT;
+    js = oai_render_response(&rc, &pc, 1, &u);
+    o = cJSON_Parse(js);
+    TEST_COND("chat: prompt_logprobs at the top level", cJSON_GetArraySize(cJSON_GetObjectItem(o, "prompt_logprobs")) == 3 &&
+                  !cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "prompt_logprobs"));
+    free(js);
+    cJSON_Delete(o);
+    rc.prompt_top_n = -1;
+    pc.stop_token = NULL;
+    js = oai_render_response(&rc, &pc, 1, &u);
+    o = cJSON_Parse(js);
+    TEST_COND("no prompt_logprobs asked: none; stop_reason null",
+              !cJSON_GetObjectItem(o, "prompt_logprobs") &&
+                  cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "stop_reason")));
+    free(js);
+    cJSON_Delete(o);
+    js = oai_render_progress_chunk(&rc, 1, 512, 2000, 16, 1234.5678);
+    o = cJSON_Parse(js);
+    cJSON *pp = cJSON_GetObjectItem(o, "prompt_progress");
+    TEST_COND("progress chunk: llama.cpp's prompt_progress", pp && cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")) == 0 &&
+                  cJSON_GetObjectItem(pp, "total")->valueint == 2000 && cJSON_GetObjectItem(pp, "processed")->valueint == 512 &&
+                  cJSON_GetObjectItem(pp, "cache")->valueint == 16 && cJSON_GetObjectItem(pp, "index")->valueint == 1 &&
+                  fabs(cJSON_GetObjectItem(pp, "time_ms")->valuedouble - 1234.568) < 1e-9);
+    free(js);
+    cJSON_Delete(o);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * chat templates */
 
 static struct chat_message M(enum chat_role r, const char *c)
@@ -568,6 +1007,10 @@ int main(void)
     test_length();
     test_tokenize_parse();
     test_render();
+    test_strict_fields();
+    test_json_strict();
+    test_new_fields();
+    test_render_new();
     test_templates();
     test_strbuf();
     test_json_string();
