@@ -1,10 +1,12 @@
 # ropeserve - build, run, test.
-#   make            build/ropeserve (+ the CUDA backend when nvcc is found), installing missing
+#   make            build/ropeserve (+ the CUDA backend when a GPU is present), installing missing
 #                   Debian packages first (tools/install-deps.sh)
-#   make run        build, make the demo model, serve it on 127.0.0.1:8080
-#   make test       build and run every test; closes with "N passed, N failed"
+#   make run        build, make the demo model, serve it on 127.0.0.1:8080 (PORT=N for another)
+#   make test       build (CUDA included whenever nvcc is found) and run every test; closes with
+#                   "N passed, N failed"
 #   make test-cuda  kernel checkers + end-to-end parity on a GPU (skips without one)
 #   make bench      throughput figures (never part of the tests)
+#   CUDA=1 / CUDA=0 force the CUDA backend on / off; V=1 prints whole compiler command lines.
 # Sources are found by wildcard: a new file in a module folder needs no Makefile edit.
 
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
@@ -20,25 +22,73 @@ CXXFLAGS += -std=c++17 -Wall -Wextra -pthread -MMD -MP
 LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lopenblas -lstdc++ -lm -lpthread
 B       := build
 
-# --- CUDA: compiled whenever nvcc is found (NVCC= to disable) ---
+# --- quiet rules: "  CC      server/http.c" per file (V=1: the whole command lines) ---
+ifeq ($(V),1)
+  Q   :=
+  say := @:
+else
+  Q   := @
+  say := @printf '  %-7s %s\n'
+endif
+
+# --- CUDA: nvcc takes minutes, so the backend is built when it can run here (a GPU answers
+# nvidia-smi -L, or /dev/nvidia0 exists) or when asked (CUDA=1); `make test` and `make test-cuda`
+# build it whenever nvcc is found, so it never rots. CUDA=0 or NVCC= never builds it. ---
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCCFLAGS ?= -O3 -lineinfo -compress-mode=size -std=c++17 \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-pthread
 CU_SRC  := $(wildcard kernels/cuda/*.cu)
-ifneq ($(strip $(NVCC)),)
-ifneq ($(strip $(CU_SRC)),)
+GPU_HERE = $(shell { nvidia-smi -L 2>/dev/null | grep -q '^GPU' || test -e /dev/nvidia0; } && echo 1)
+ifeq ($(origin CUDA),undefined)
+  ifneq ($(filter test test-cuda,$(MAKECMDGOALS)),)
+    CUDA := 1
+  else
+    CUDA := $(if $(GPU_HERE),1,0)
+  endif
+endif
+ifeq ($(CUDA),1)
+  ifeq ($(strip $(NVCC)),)
+    ifneq ($(filter test test-cuda,$(MAKECMDGOALS)),)
+      CUDA := 0
+    else ifeq ($(origin CUDA),command line)
+      $(error CUDA=1: nvcc not found (install the CUDA toolkit, or NVCC=/path/to/nvcc))
+    else
+      CUDA := 0
+    endif
+  endif
+endif
+ifeq ($(CUDA)$(strip $(CU_SRC)),1)
+  CUDA := 0
+endif
+ifeq ($(CUDA),1)
   CFLAGS  += -DROPESERVE_CUDA
   CU_OBJ  := $(CU_SRC:%.cu=$(B)/%.o)
   LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublas -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
+  OBJ     := $(B)
+else
+  OBJ     := $(B)/cpu
+  ifneq ($(strip $(NVCC)),)
+    ifeq ($(filter clean,$(MAKECMDGOALS)),)
+      $(info ropeserve: building without the CUDA backend (no GPU here); make CUDA=1 builds it)
+    endif
+  endif
 endif
-endif
+# Objects of the two configurations live apart (-DROPESERVE_CUDA changes them): build/ with
+# CUDA, build/cpu/ without. Each object folder's `cflags` holds the flags its objects were
+# compiled with (they rebuild when the flags change: an older tree, OPT=, ARCH=), and
+# build/mode the configuration the binaries were linked for (they relink when it changes).
+MODE    := $(B)/mode
+CFLAGS_STAMP := $(OBJ)/cflags
+$(shell mkdir -p $(OBJ); m=$(if $(CU_OBJ),cuda,cpu); [ "$$(cat $(MODE) 2>/dev/null)" = "$$m" ] || echo $$m > $(MODE); \
+        printf '%s\n' '$(CFLAGS) $(CXXFLAGS)' | cmp -s - $(CFLAGS_STAMP) || printf '%s\n' '$(CFLAGS) $(CXXFLAGS)' > $(CFLAGS_STAMP))
 
 LIB_C   := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c models/*.c tokenizer/*.c engine/*.c server/*.c)
 LIB_C   := $(filter-out server/main.c,$(LIB_C))
 LIB_CC  := $(wildcard tokenizer/*.cc)
-LIB_OBJ := $(LIB_C:%.c=$(B)/%.o) $(LIB_CC:%.cc=$(B)/%.o) $(CU_OBJ)
+LIB_OBJ := $(LIB_C:%.c=$(OBJ)/%.o) $(LIB_CC:%.cc=$(OBJ)/%.o) $(CU_OBJ)
+LIB     := $(OBJ)/libropeserve.a
 TEST_C  := $(wildcard tests/test_*.c)
 TEST_BIN:= $(TEST_C:tests/%.c=$(B)/tests/%)
 TOOL_C  := $(wildcard tools/*.c)
@@ -63,58 +113,72 @@ all: deps $(B)/ropeserve $(TOOL_BIN) $(TEST_BIN)
 deps:
 	@tools/install-deps.sh
 
-$(B)/%.o: %.c | deps
+$(OBJ)/%.o: %.c $(CFLAGS_STAMP) | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(say) CC $<
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
 # RoPE frequencies must follow Hugging Face's fp32 operation order bit for bit: no FMA contraction.
-$(B)/models/rope.o: CFLAGS += -ffp-contract=off
+$(OBJ)/models/rope.o: CFLAGS += -ffp-contract=off
 
-$(B)/%.o: %.cc | deps
+$(OBJ)/%.o: %.cc $(CFLAGS_STAMP) | deps
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) -c $< -o $@
+	$(say) CXX $<
+	$(Q)$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(B)/%.o: %.cu | deps
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA -c $< -o $@
+	$(say) NVCC "$< (minutes)"
+	$(Q)$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA -c $< -o $@
 
-$(B)/libropeserve.a: $(LIB_OBJ)
+$(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	$(say) AR $@
+	$(Q)ar rcs $@ $^
 
-$(B)/ropeserve: $(B)/server/main.o $(B)/libropeserve.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+$(B)/ropeserve: $(OBJ)/server/main.o $(LIB) $(MODE)
+	$(say) LINK $@
+	$(Q)$(CC) $(CFLAGS) $(OBJ)/server/main.o $(LIB) -o $@ $(LDLIBS)
 
-$(B)/tests/%: tests/%.c $(B)/libropeserve.a tests/test.h
+$(B)/tests/%: tests/%.c $(LIB) tests/test.h $(MODE)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(B)/libropeserve.a -o $@ $(LDLIBS)
+	$(say) CC+LINK $@
+	$(Q)$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 
-$(B)/tools/%: tools/%.c $(B)/libropeserve.a
+$(B)/tools/%: tools/%.c $(LIB) $(MODE)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(B)/libropeserve.a -o $@ $(LDLIBS)
+	$(say) CC+LINK $@
+	$(Q)$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDLIBS)
 
-$(B)/tests/kernels/%: tests/kernels/%.cu $(B)/libropeserve.a $(wildcard tests/kernels/*.h)
+$(B)/tests/kernels/%: tests/kernels/%.cu $(LIB) $(wildcard tests/kernels/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA $< $(B)/libropeserve.a -o $@ $(filter-out -pthread -Wl%,$(LDLIBS)) -Xcompiler -pthread -Xlinker -rpath,$(CUDA_HOME)/lib64
+	$(say) NVCC $<
+	$(Q)$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA $< $(LIB) -o $@ $(filter-out -pthread -Wl%,$(LDLIBS)) -Xcompiler -pthread -Xlinker -rpath,$(CUDA_HOME)/lib64
 
 $(B)/asan/%.o: %.c | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(ASAN_CFLAGS) -c $< -o $@
+	$(say) CC-ASAN $<
+	$(Q)$(CC) $(ASAN_CFLAGS) -c $< -o $@
 $(B)/asan/models/rope.o: ASAN_CFLAGS += -ffp-contract=off
 $(B)/asan/%.o: %.cc | deps
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) -fsanitize=address,undefined -c $< -o $@
+	$(say) CXX-ASAN $<
+	$(Q)$(CXX) $(CXXFLAGS) -fsanitize=address,undefined -c $< -o $@
 $(B)/asan/test_%: tests/test_%.c $(ASAN_OBJ) tests/test.h
-	$(CC) $(ASAN_CFLAGS) $< $(ASAN_OBJ) -o $@ $(filter-out -L% -lcublas -lcudart -Wl%,$(LDLIBS))
+	$(say) LINK $@
+	$(Q)$(CC) $(ASAN_CFLAGS) $< $(ASAN_OBJ) -o $@ $(filter-out -L% -lcublas -lcudart -Wl%,$(LDLIBS))
 
 # The demo checkpoint: deterministic, made by our own tool (tools/make_model.c), not committed.
 $(DEMO)/config.json: $(B)/tools/make_model models/demo/tokenizer.model
-	$(B)/tools/make_model --preset demo --out $(DEMO) --tokenizer models/demo/tokenizer.model
+	$(say) MODEL $(DEMO)
+	$(Q)$(B)/tools/make_model --preset demo --out $(DEMO) --tokenizer models/demo/tokenizer.model
 
 demo: all $(DEMO)/config.json
 
-run: all $(DEMO)/config.json
-	$(B)/ropeserve serve --model $(DEMO) --host 127.0.0.1 --port 8080
+# the server and the demo model only: no test programs on the way to a first answer
+PORT    ?= 8080
+run: deps $(B)/ropeserve $(DEMO)/config.json
+	$(B)/ropeserve serve --model $(DEMO) --host 127.0.0.1 --port $(PORT)
 
 test: all $(DEMO)/config.json $(CHECK_BIN) $(ASAN_BIN)
 	@tests/run.sh
