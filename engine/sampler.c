@@ -2,9 +2,9 @@
  *
  * Order (as vLLM): logit_bias -> repetition penalty (HF: over prompt + generated) ->
  * presence/frequency penalties (OpenAI: over generated tokens) -> min_tokens (EOS and the stop
- * token ids at -inf until min_tokens are generated, vLLM's MinTokensLogitsProcessor) -> greedy argmax when
- * temperature is 0, else temperature -> top-k -> top-p -> min-p -> draw with the request's own
- * RNG (xoshiro256**, seeded per request, so a seed reproduces a completion).
+ * token ids at -inf until min_tokens are out, vLLM's MinTokensLogitsProcessor) -> greedy
+ * argmax when temperature is 0, else temperature -> top-k -> top-p -> min-p -> draw with the
+ * request's own RNG (xoshiro256**, seeded per request, so a seed reproduces a completion).
  * The logprobs reported are the log-softmax of the RAW logits (before any of the above), as
  * llama.cpp's n_probs and vLLM's default "raw_logprobs" do. */
 #include <math.h>
