@@ -281,6 +281,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
             job_cancel(j, "abort");
         }
     }
+    for (int i = 0; i < j->n_ch; i++) j->status = j->ch[i].err[0] ? 500 : j->status; /* for the log */
     job_finish_log(j);
     for (int i = 0; i < j->n_ch; i++) {
         if (j->ch[i].err[0]) { /* the engine failed this request: a 500, never a half answer */

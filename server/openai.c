@@ -645,7 +645,9 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
  * of the right type or value. Implemented fields are checked by their parsers. */
 static int check_fields(const cJSON *root, int kind, struct oai_error *e)
 {
-    int n = 0;
+    int n = cJSON_GetArraySize(root);
+    if (n > N_FIELDS) /* so the checks below stay cheap on a body of a million keys */
+        return oai_err(e, 400, NULL, NULL, "the request body has %d fields; there are %d known ones", n, N_FIELDS);
     const cJSON *it;
     cJSON_ArrayForEach(it, root) {
         const struct field_rule *f = find_field(it->string, kind);
@@ -664,13 +666,11 @@ static int check_fields(const cJSON *root, int kind, struct oai_error *e)
                            "refuses fields it does not know rather than ignore them)", it->string,
                            best ? ": did you mean '" : "", best ? best : "", best ? "'?" : "");
         }
-        n++;
         if (cJSON_IsNull(it) || f->use == F_IMPL) continue;
         if (want_ok(it, f->want)) continue;
         if (f->use == F_NOOP)
             return oai_err(e, 400, f->name, NULL, "'%s' must be %s, got %s", f->name, want_name(f->want),
-                           cJSON_IsBool(it) ? "a boolean" : cJSON_IsNumber(it) ? "a number"
-                           : cJSON_IsString(it) ? "a string" : cJSON_IsArray(it) ? "a list" : "an object");
+                           json_type_name(it));
         return oai_err(e, 400, f->name, "unsupported_parameter", "'%s' is not supported by this server%s%s%s; "
                        "only %s is accepted", f->name, f->why ? " (" : "", f->why ? f->why : "",
                        f->why ? ")" : "", want_name(f->want));
