@@ -16,9 +16,26 @@ host=${LB_UPSTREAM%:*}
 port=${LB_UPSTREAM##*:}
 conf=/etc/nginx/ropeserve-upstream.conf
 
-healthy() { # IP -> 0 when its /health answers 200 within 2 s
-    timeout 2 bash -c "exec 3<>/dev/tcp/$1/$port && printf 'GET /health HTTP/1.0\r\nHost: lb\r\n\r\n' >&3 &&
-                       read -r line <&3 && [[ \$line == *' 200 '* ]]" 2>/dev/null
+declare -A misses # IP -> health probes in a row that got no answer at all
+
+probe() { # IP -> prints the status line of its /health, or nothing when it did not answer in 3 s
+    timeout 3 bash -c "exec 3<>/dev/tcp/$1/$port && printf 'GET /health HTTP/1.0\r\nHost: lb\r\n\r\n' >&3 &&
+                       read -r line <&3 && echo \"\$line\"" 2>/dev/null
+}
+
+healthy() { # IP -> 0 when it is in service: /health answers 200. A definite other answer (503:
+            # loading or draining) or a refused connection takes it out at once; silence (a busy
+            # machine) only after 3 probes in a row, so load alone does not make replicas flap.
+    local line rc
+    line=$(probe "$1")
+    rc=$?
+    if [ $rc -eq 124 ]; then # timeout: no answer
+        misses[$1]=$(( ${misses[$1]:-0} + 1 ))
+        [ "${misses[$1]}" -lt 3 ] && grep -q "^server $1:" "$conf" 2>/dev/null && return 0
+        return 1
+    fi
+    misses[$1]=0
+    [ $rc -eq 0 ] && [[ $line == *' 200 '* ]]
 }
 
 render() { # prints the upstream list: the healthy replicas, else every resolved one (nginx
@@ -36,7 +53,7 @@ render() { # prints the upstream list: the healthy replicas, else every resolved
 }
 
 sed -e "s|\${LB_PORT}|$LB_PORT|" /etc/nginx/ropeserve.conf.in >/etc/nginx/nginx.conf
-render >"$conf"
+render >"$conf" # (a redirected function runs in this shell, so `misses` persists)
 nginx -t -q
 echo "nginx-entrypoint: balancing $LB_UPSTREAM by $LB_MODE on :$LB_PORT; replicas: $(grep -c '^server' "$conf" || true)"
 nginx -g 'daemon off;' &
@@ -44,9 +61,9 @@ nginx_pid=$!
 trap 'kill -QUIT $nginx_pid 2>/dev/null; wait $nginx_pid; exit 0' TERM QUIT INT
 while kill -0 $nginx_pid 2>/dev/null; do
     sleep "$LB_REFRESH_S" & wait $!
-    new=$(render)
-    if [ "$new" != "$(cat "$conf")" ]; then
-        printf '%s\n' "$new" >"$conf"
+    render >"$conf.new"
+    if ! cmp -s "$conf.new" "$conf"; then
+        mv "$conf.new" "$conf"
         echo "nginx-entrypoint: upstream now: $(grep '^server' "$conf" | awk '{print $2}' | tr '\n' ' ')"
         nginx -s reload
     fi
