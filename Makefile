@@ -108,10 +108,11 @@ ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine
 .PHONY: all deps run test test-cuda bench clean demo
 all: deps $(B)/ropeserve $(TOOL_BIN) $(TEST_BIN)
 
+# DEPS_ARGS=--build: only the packages that compiling needs (docker/Dockerfile).
 # Every compile waits for the package check (order-only: it never forces a rebuild), so a
 # parallel build on a fresh machine does not race the install.
 deps:
-	@tools/install-deps.sh
+	@tools/install-deps.sh $(DEPS_ARGS)
 
 $(OBJ)/%.o: %.c $(CFLAGS_STAMP) | deps
 	@mkdir -p $(dir $@)

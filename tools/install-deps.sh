@@ -1,13 +1,20 @@
 #!/bin/sh
 # Installs the Debian packages ropeserve builds and tests with, when any is missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
-PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libopenblas-dev python3 python3-numpy curl jq valgrind"
+#   tools/install-deps.sh           everything `make test` needs
+#   tools/install-deps.sh --build   only what compiling build/ropeserve needs (the Dockerfiles)
+BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libsentencepiece-dev libopenblas-dev"
+TEST_PKGS="sentencepiece python3 python3-numpy curl jq valgrind"
+# tests/test_docker.py: podman + runc run the Dockerfiles, docker-compose v1 the compose file
+TEST_PKGS="$TEST_PKGS podman runc netavark aardvark-dns debootstrap docker-compose"
+PKGS="$BUILD_PKGS"
+[ "${1:-}" = "--build" ] || PKGS="$BUILD_PKGS $TEST_PKGS"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 # the official openai client test needs node + npm; a machine that has them from elsewhere keeps them
-command -v npm >/dev/null 2>&1 || missing="$missing npm"
+[ "${1:-}" = "--build" ] || command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 echo "ropeserve: missing Debian packages:$missing"
 if [ "$(id -u)" -ne 0 ]; then
