@@ -132,6 +132,19 @@ $(B)/%.o: %.cu | deps
 	$(say) NVCC "$< (minutes)"
 	$(Q)$(NVCC) $(NVCCFLAGS) -DROPESERVE_CUDA -c $< -o $@
 
+# attention_prefill_sm90.cu uses wgmma and setmaxnreg, which only the arch-specific sm_90a target
+# has: its own targets (sm_80 gets stubs that trap; no plain sm_90 or compute_90 image, so a
+# Hopper device can only load the sm_90a one). Its sm_90a cubin and ptxas report are kept in
+# $(SM90A_DIR) for tests/test_cuda_build.sh (HGMMA present, no spills, no serialized wgmma).
+SM90A_DIR := $(B)/kernels/cuda/sm90a
+SM90A_GENCODE ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+$(B)/kernels/cuda/attention_prefill_sm90.o: kernels/cuda/attention_prefill_sm90.cu kernels/cuda/common.cuh | deps
+	@mkdir -p $(dir $@) $(SM90A_DIR)
+	$(say) NVCC "$< (sm_90a, minutes)"
+	$(Q)$(NVCC) $(filter-out -gencode arch=%,$(NVCCFLAGS)) $(SM90A_GENCODE) -Xptxas -v -keep -keep-dir $(SM90A_DIR) \
+		-DROPESERVE_CUDA -c $< -o $@ 2>$(SM90A_DIR)/ptxas.log || { cat $(SM90A_DIR)/ptxas.log; exit 1; }
+	@grep -v -e '^ptxas info' -e '^    [0-9]* bytes stack frame' $(SM90A_DIR)/ptxas.log || true
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	$(say) AR $@

@@ -64,6 +64,10 @@ struct bk_kv_params {
     int n_kv_heads;
     int head_dim;
     enum bk_k_storage k_storage;
+    const int32_t *sliding_window; /* (n_layers) or NULL. 0 = full causal attention in that
+                                      layer; W > 0: the query at position p sees only keys j with
+                                      p - W < j <= p (HF Mistral/Qwen2 semantics: W keys including
+                                      its own). The backend copies the array at kv_init. */
 };
 
 /* The one batch format. All arrays are host memory owned by the caller and must stay valid

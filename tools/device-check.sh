@@ -7,7 +7,10 @@
 #   1. nvidia-smi: device, driver, memory, clocks (read only: never change clocks or modes)
 #   2. tests/run-cuda.sh: every kernel checker + the end-to-end parity (make test-cuda without make)
 #   3. compute-sanitizer memcheck and racecheck over the small attention configurations
-#   4. the engine bench on the GPU (build/tools/bench --device cuda), when it is built
+#   4. the attention kernels at issue 10's shapes (check_attention --bench: TFLOP/s per path, the
+#      line ATTENTION_TFLOPS_JSON also in summary.txt), then the engine bench on the GPU
+#      (build/tools/bench --device cuda), when it is built
+#   5. the sm_90a kernel's machine code (tests/test_cuda_build.sh, with cuobjdump -sass there)
 #
 # Build here first (the GPU machine has no Debian libraries), then carry build/ and .devlibs:
 #   make all build/tests/kernels/check_{attention,rope,matmul,elementwise}
@@ -18,14 +21,15 @@
 #
 # Output (at most 8 files, as the device tool brings back): summary.txt, nvidia-smi.txt,
 # test-cuda.log, checkers.log (every checker's full output), sanitizer.log, bench.txt.
-# Environment: OUT (default build/device-check), QUICK=1 (check_attention --quick, no bench),
+# Environment: OUT (default build/device-check), QUICK=1 (check_attention --quick, no benches),
 # STEP_TIMEOUT (seconds per step, default 900), HF=0 (skip step 0), SANITIZE=0 (skip step 3),
 # PACK=1 (also pack $OUT into $OUT/device-check.tgz: the device tool brings back 8 files).
 #
 # Carrying the build (64 MiB limit; OpenBLAS alone is 37 MB): pack it compressed, ~12 MB,
 #   ../shared/device/bundle-libs.sh build/ropeserve .devlibs
 #   mkdir -p .devpack && tar cJf .devpack/devlibs.tar.xz .devlibs &&
-#     tar cJf .devpack/build.tar.xz build/ropeserve build/tests/kernels build/tools/bench build/tools/make_model
+#     tar cJf .devpack/build.tar.xz build/ropeserve build/tests/kernels build/tools/bench build/tools/make_model \
+#       build/kernels/cuda/attention_prefill_sm90.o build/kernels/cuda/sm90a/ptxas.log build/kernels/cuda/sm90a/*90a.cubin
 #   run: tar xJf .devpack/devlibs.tar.xz && tar xJf .devpack/build.tar.xz && PACK=1 QUICK=1 tools/device-check.sh
 #   with carry [".devpack"] and OUT=$OUT (.devpack is in .gitignore).
 set -u
@@ -96,6 +100,15 @@ fi
     echo "# kernel figures (median of 20, L2 flushed), from the checkers"
     grep -h -E '^(config:|    bench)' build/test-logs/cuda/check_*.log 2>/dev/null
 } >"$OUT/bench.txt"
+if [ "${QUICK:-0}" != 1 ] && [ -x build/tests/kernels/check_attention ]; then
+    echo "# build/tests/kernels/check_attention --bench (32 heads x 128, bf16, block 16; median, L2 flushed)" >>"$OUT/bench.txt"
+    timeout "$T" build/tests/kernels/check_attention --bench >"$OUT/attention-bench.log" 2>&1
+    rc=$?
+    grep -E '^(BENCH|ATTENTION_TFLOPS_JSON|bench case|FAIL)|passed, ' "$OUT/attention-bench.log" >>"$OUT/bench.txt"
+    say "attention bench (exit $rc): $(grep -m1 '^ATTENTION_TFLOPS_JSON' "$OUT/attention-bench.log")"
+    cat "$OUT/attention-bench.log" >>"$OUT/checkers.log"
+    rm -f "$OUT/attention-bench.log"
+fi
 if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_model ]; then
     M=/tmp/ropeserve-bench-model
     [ -f $M/config.json ] || build/tools/make_model --preset bench --out $M >>"$OUT/bench.txt" 2>&1
@@ -104,6 +117,10 @@ if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_m
         >>"$OUT/bench.txt" 2>&1
     say "engine bench: exit $?"
 fi
+# 5. the sm_90a kernel's machine code, disassembled where the machine has cuobjdump
+echo "=================== tests/test_cuda_build.sh" >>"$OUT/checkers.log"
+sh tests/test_cuda_build.sh >>"$OUT/checkers.log" 2>&1
+say "sm_90a machine code (tests/test_cuda_build.sh, exit $?): $(tail -n 1 "$OUT/checkers.log")"
 say "device-check done in $(( $(date +%s) - t0 ))s; logs in $OUT"
 if [ "${PACK:-0}" = 1 ]; then
     tar czf /tmp/device-check.tgz -C "$OUT" . && mv /tmp/device-check.tgz "$OUT/device-check.tgz"

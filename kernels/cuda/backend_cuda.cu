@@ -12,9 +12,12 @@
  *
  * Attention dispatch. Rows of sequences with one new token (decode) go to the split-KV kernel;
  * rows of sequences with several (prefill chunks) go to the tensor-core kernel, both in the same
- * attention() call on disjoint output rows. Head dims without a tensor-core instantiation, and
- * ROPESERVE_CUDA_ATTN=simt (read at init; the checkers use it to test both paths), send every
- * row to the split-KV kernel, which is correct for any row, only slower for long prefills.
+ * attention() call on disjoint output rows. The tensor-core kernel is the sm_90a one
+ * (attention_prefill_sm90.cu) on compute capability 9.0 where it supports the batch (head_dim
+ * 64/128, rotated keys), else the sm_80 one. Head dims without a tensor-core instantiation, and
+ * ROPESERVE_CUDA_ATTN=simt (read at init; =sm80 and =sm90 force those prefill kernels: the
+ * checkers use it to test each path), send every row to the split-KV kernel, which is correct
+ * for any row, only slower for long prefills.
  * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
  * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
  * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile
@@ -80,6 +83,8 @@ static void kv_release(struct cuda_ctx *c)
     c->k_layers = c->v_layers = NULL;
     c->kv_ready = 0;
     memset(&c->kv, 0, sizeof c->kv);
+    free(c->sliding_window);
+    c->sliding_window = NULL;
 }
 
 static void cu_free(void *vctx)
@@ -114,7 +119,9 @@ static void cu_describe(void *vctx, char *buf, size_t len)
              "fp32 activations, attention %s",
              c->name, c->cc_major, c->cc_minor, c->n_sm, (double)c->total_mem / 1073741824.0,
              (double)fr / 1073741824.0, c->dtype == BK_F16 ? "f16" : "bf16",
-             c->attn_simt_only ? "split-KV only (ROPESERVE_CUDA_ATTN=simt)" : "mma.sync prefill + split-KV decode");
+             c->attn_simt_only ? "split-KV only (ROPESERVE_CUDA_ATTN=simt)"
+             : c->attn_sm90   ? "wgmma (sm_90a) / mma.sync prefill + split-KV decode"
+                              : "mma.sync prefill + split-KV decode");
 }
 
 static size_t cu_mem_free(void *vctx)
@@ -262,7 +269,15 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
     }
     const size_t layer_bytes = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim *
                                dtype_size(c->dtype);
+    for (int l = 0; p->sliding_window && l < p->n_layers; l++)
+        if (p->sliding_window[l] < 0)
+            return set_err(err, -1, "cuda: sliding_window[%d] = %d (0 = none, else > 0)", l, p->sliding_window[l]);
     c->kv = *p;
+    if (p->sliding_window) {
+        c->sliding_window = (int32_t *)xmalloc((size_t)p->n_layers * sizeof(int32_t));
+        memcpy(c->sliding_window, p->sliding_window, (size_t)p->n_layers * sizeof(int32_t));
+    }
+    c->kv.sliding_window = c->sliding_window;
     c->k_layers = (void **)xcalloc((size_t)p->n_layers, sizeof(void *));
     c->v_layers = (void **)xcalloc((size_t)p->n_layers, sizeof(void *));
     for (int l = 0; l < p->n_layers; l++) {
@@ -602,15 +617,17 @@ static int attn_pick_splits(const struct cuda_ctx *c, int n_items, int n_heads, 
     return ns < 1 ? 1 : (int)ns;
 }
 
-/* The prefill tile list for GQA group size `group`: (sequence, first packed row) for every 64
- * packed rows of every multi-token sequence, latest (longest-context) tiles first. */
-static void build_tiles(struct cuda_ctx *c, int group)
+/* The prefill tile list for GQA group size `group`: (sequence, first packed row) for every bm
+ * packed rows of every multi-token sequence (bm: the kernel's BLOCK_M), latest (longest-context)
+ * tiles first. The kernels run blockIdx.x fastest over this list, so a sequence's tiles of one
+ * kv head are resident together and share its K/V blocks in L2. */
+static void build_tiles(struct cuda_ctx *c, int group, int bm)
 {
     const struct bk_batch *bt = &c->host;
     size_t n = 0;
     for (int s = 0; s < bt->n_seqs; s++) {
         const int nq = bt->query_start[s + 1] - bt->query_start[s];
-        if (nq > 1) n += (size_t)ceil_div((long long)nq * group, ATTN_PREFILL_BLOCK_M);
+        if (nq > 1) n += (size_t)ceil_div((long long)nq * group, bm);
     }
     if (c->h_tiles) CUDA_CHECK(cudaEventSynchronize(c->tiles_ev)); /* last upload done reading */
     if (n > c->tiles_cap) {
@@ -628,9 +645,9 @@ static void build_tiles(struct cuda_ctx *c, int group)
     for (int s = 0; s < bt->n_seqs; s++) {
         const int nq = bt->query_start[s + 1] - bt->query_start[s];
         if (nq <= 1) continue;
-        for (int t = ceil_div((long long)nq * group, ATTN_PREFILL_BLOCK_M) - 1; t >= 0; t--) {
+        for (int t = ceil_div((long long)nq * group, bm) - 1; t >= 0; t--) {
             c->h_tiles[2 * i] = s;
-            c->h_tiles[2 * i + 1] = t * ATTN_PREFILL_BLOCK_M;
+            c->h_tiles[2 * i + 1] = t * bm;
             i++;
         }
     }
@@ -638,6 +655,7 @@ static void build_tiles(struct cuda_ctx *c, int group)
     CUDA_CHECK(cudaEventRecord(c->tiles_ev, c->stream));
     c->n_tiles = (int)n;
     c->tiles_group = group;
+    c->tiles_bm = bm;
 }
 
 static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shift, int layer, int n_heads,
@@ -696,10 +714,19 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         p.q_shift = (const float *)q_shift->d;
         p.string_shift = b->string_shift;
     }
+    p.q_dtype = BK_F32;
+    p.sliding_window = c->sliding_window ? c->sliding_window[layer] : 0;
 
-    /* tensor cores for the multi-token rows, unless simt, or STRING's second Q tile does not fit */
-    const int tc = !c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
-                   (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin));
+    /* tensor cores for the multi-token rows, unless simt, or STRING's second Q tile does not fit:
+     * the sm_90a kernel on compute capability 9.0 where it supports the batch, else the sm_80 one */
+    const int sm90 = c->attn_sm90 && cuda_attn_prefill_sm90_supported(hd, c->dtype, p.pre_rope, b->has_string,
+                                                                      c->smem_optin);
+    const int tc = sm90 || (!c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
+                            (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
+    /* only the sm_90a kernel implements sliding windows so far */
+    CHECK(p.sliding_window == 0 || (sm90 && b->n_dec == 0),
+          "attention: layer %d has a sliding window (%d), which only the sm_90a prefill kernel implements so far, "
+          "and this batch has %s", layer, p.sliding_window, sm90 ? "decode rows" : "rows for another kernel");
     const int n_items = tc ? b->n_dec : b->n_tokens;
     if (n_items > 0) {
         p.items = b->items;
@@ -710,9 +737,13 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         cuda_attn_decode(&p, c->dtype, c->stream);
     }
     if (tc && b->n_tokens > b->n_dec) {
-        if (c->tiles_group != group) build_tiles(c, group);
+        const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : ATTN_PREFILL_BLOCK_M;
+        if (c->tiles_group != group || c->tiles_bm != bm) build_tiles(c, group, bm);
         p.tiles = c->d_tiles;
-        cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
+        if (sm90)
+            cuda_attn_prefill_sm90(&p, c->n_tiles, c->dtype, c->stream);
+        else
+            cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
     }
     out->version++;
 }
@@ -826,8 +857,19 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
         if (p->dtype != BK_BF16) LOG_I("cuda: weights and KV cache stored as bf16 (fp32 is not a GPU storage dtype)");
         c->dtype = BK_BF16;
     }
+    /* ROPESERVE_CUDA_ATTN=simt|sm80|sm90|auto (INTERFACES §4): forces an attention path */
     mode = getenv("ROPESERVE_CUDA_ATTN");
+    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "simt") && strcmp(mode, "sm80") && strcmp(mode, "sm90")) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=%s: expected simt, sm80, sm90 or auto", mode);
+        goto fail;
+    }
     c->attn_simt_only = mode && strcmp(mode, "simt") == 0;
+    c->attn_sm90 = c->cc_major == 9 && c->cc_minor == 0 && !c->attn_simt_only && !(mode && strcmp(mode, "sm80") == 0);
+    if (mode && strcmp(mode, "sm90") == 0 && !c->attn_sm90) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=sm90 needs compute capability 9.0 (H100/H200); %s is sm_%d%d",
+                c->name, c->cc_major, c->cc_minor);
+        goto fail;
+    }
 
     if ((e = cudaStreamCreate(&c->stream)) != cudaSuccess) goto fail_cuda; /* blocking: see common.cuh */
     if ((e = cudaEventCreateWithFlags(&c->meta_ev, cudaEventDisableTiming)) != cudaSuccess) goto fail_cuda;
@@ -845,6 +887,7 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
     c->part_cap = PART_CAP_FLOATS;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     if (cuda_attn_prefill_init(c->smem_optin, err)) goto fail;
+    if (c->attn_sm90 && cuda_attn_prefill_sm90_init(c->smem_optin, err)) goto fail;
 
     b->ops = &cuda_ops;
     b->ctx = c;

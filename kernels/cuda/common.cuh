@@ -101,6 +101,8 @@ struct cuda_ctx {
     enum bk_dtype dtype;         /* weights and KV cache: BK_BF16 or BK_F16 */
     double gpu_memory_utilization;
     int attn_simt_only;          /* ROPESERVE_CUDA_ATTN=simt: every row through the split-KV kernel */
+    int attn_sm90;               /* compute capability 9.0 and not ROPESERVE_CUDA_ATTN=sm80|simt: the
+                                    sm_90a prefill kernel takes the batches it supports */
     size_t smem_optin;           /* max dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin) */
 
     cudaStream_t stream;
@@ -116,8 +118,9 @@ struct cuda_ctx {
     size_t cast_n;
 
     /* KV cache */
-    struct bk_kv_params kv;
+    struct bk_kv_params kv;      /* kv.sliding_window points at sliding_window below (or NULL) */
     int kv_ready;
+    int32_t *sliding_window;     /* (n_layers) the copy kv_init makes; NULL = none */
     void **k_layers, **v_layers; /* (n_layers) device pointers, each (n_blocks, block_size, n_kv_heads, head_dim) */
     size_t kv_layer_bytes;
 
@@ -133,6 +136,7 @@ struct cuda_ctx {
     int32_t *h_tiles, *d_tiles;  /* (n_tiles, 2): sequence, first packed row */
     size_t tiles_cap;            /* entries (pairs) */
     int tiles_group;             /* group size the list was built for; 0 = none yet */
+    int tiles_bm;                /* packed rows per tile it was built for (the kernel's BLOCK_M) */
     int n_tiles;
     cudaEvent_t tiles_ev;
 
@@ -178,6 +182,12 @@ struct attn_params {
      * otherwise. q_shift rows of other sequences are never read. */
     const float *q_shift;        /* (n_tokens, n_heads, head_dim) or NULL */
     const int32_t *string_shift; /* (n_seqs) or NULL */
+    /* INTERFACES §3: element type of q, q_shift and out (BK_F32 today; the cache's T once
+     * activations are 16-bit). Only the sm_90a kernel reads it so far. */
+    enum bk_dtype q_dtype;
+    /* backend.h sliding_window of this layer: 0 = full causal; W > 0: the query at position p
+     * sees keys p - W < j <= p, and keys below p - W + 1 are never read */
+    int sliding_window;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -298,5 +308,17 @@ int cuda_attn_prefill_init(size_t smem_optin, char *err);
 void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt,
                        cudaStream_t stream);
 #define ATTN_PREFILL_BLOCK_M 64 /* packed (token, head) rows per CTA */
+
+/* attention_prefill_sm90.cu: the Hopper kernel (wgmma, warp-specialised, sm_90a image only) over
+ * p->tiles of ATTN_PREFILL_SM90_BLOCK_M packed rows. Launch only on compute capability 9.0, for
+ * batches that cuda_attn_prefill_sm90_supported() accepts: head_dim 64 or 128, a bf16/f16 cache
+ * (not fp8), rotated keys (not pre-RoPE); with STRING (string 1) where its second Q tile fits
+ * smem_optin. It also implements p->sliding_window and p->q_dtype (float or the cache's T). */
+int cuda_attn_prefill_sm90_supported(int head_dim, enum bk_dtype kv_dtype, int pre_rope, int string,
+                                     size_t smem_optin);
+/* raises the kernels' dynamic shared memory limits; call once, on a compute capability 9.0 device */
+int cuda_attn_prefill_sm90_init(size_t smem_optin, char *err);
+void cuda_attn_prefill_sm90(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream);
+#define ATTN_PREFILL_SM90_BLOCK_M 128 /* packed rows per CTA (two consumer warpgroups of 64) */
 
 #endif

@@ -191,12 +191,13 @@ static inline struct backend ck_cpu_backend(void)
     return b;
 }
 
-/* simt: 1 sends every attention row through the split-KV kernel (ROPESERVE_CUDA_ATTN=simt) */
-static inline struct backend ck_cuda_backend(enum bk_dtype dt, int simt)
+/* mode: the attention path, ROPESERVE_CUDA_ATTN = "auto", "simt" (every row through the split-KV
+ * kernel), "sm80" or "sm90" (that prefill kernel for the multi-token rows) */
+static inline struct backend ck_cuda_backend_mode(enum bk_dtype dt, const char *mode)
 {
 #ifdef CHECK_CPU_AS_GPU
     (void)dt;
-    (void)simt;
+    (void)mode;
     return ck_cpu_backend();
 #endif
     struct backend b;
@@ -204,13 +205,19 @@ static inline struct backend ck_cuda_backend(enum bk_dtype dt, int simt)
     char err[ERR_LEN];
     p.device = BK_DEVICE_CUDA;
     p.dtype = dt;
-    setenv("ROPESERVE_CUDA_ATTN", simt ? "simt" : "auto", 1);
+    setenv("ROPESERVE_CUDA_ATTN", mode, 1);
     if (backend_cuda_init(&b, &p, err)) {
         fprintf(stderr, "cuda backend: %s\n", err);
         abort();
     }
     unsetenv("ROPESERVE_CUDA_ATTN");
     return b;
+}
+
+/* simt: 1 sends every attention row through the split-KV kernel (ROPESERVE_CUDA_ATTN=simt) */
+static inline struct backend ck_cuda_backend(enum bk_dtype dt, int simt)
+{
+    return ck_cuda_backend_mode(dt, simt ? "simt" : "auto");
 }
 
 static inline bk_buf *ck_act(struct backend *b, size_t n)

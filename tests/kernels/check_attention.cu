@@ -40,10 +40,33 @@
  * backend too. On a mismatch, the rows that fail are listed with their sequence, position,
  * whether the sequence is STRING and how many of their keys are shifted.
  *
- * Usage: check_attention [--quick] [--only SUBSTRING]
+ * Kernel paths (INTERFACES §4). Each configuration runs once per GPU path that applies, every one
+ * against the same CPU reference: on compute capability 9.0, configurations with multi-token rows
+ * at head_dim 64/128 and rotated keys run with ROPESERVE_CUDA_ATTN=sm80 and =sm90 (the sm_90a
+ * wgmma kernel; "auto" is sm90 there), elsewhere once ("auto": sm_80 and split-KV; "simt" for the
+ * split-KV-only configurations). The bench lines name the path.
+ *
+ * Sliding window (backend.h sliding_window, INTERFACES §2; configurations with window > 0): only
+ * the sm_90a kernel implements it so far, so they run on compute capability 9.0 only (else SKIP),
+ * with prefill rows only, against a float64 host reference over the same rounded inputs (the CPU
+ * backend does not window yet). The blocks wholly below each sequence's window are replaced in
+ * its block table by the null block 0, and the slots below the window hold NaN: a read of a key
+ * below p - W + 1 shows as NaN.
+ *
+ * Bench mode (--bench): the shapes of issue 10 (32 heads x 128, bf16, block 16, MHA): 2048 new
+ * tokens over 0, 32768 and 131072 cached tokens, and whole causal prefills of 8192, 32768 and
+ * 131072 tokens, on every tensor-core path of the device; prints one line per (case, path)
+ *   BENCH attention case=<name> path=<sm90|sm80|auto> ms=<median> tflops=<causal TFLOP/s>
+ * (FLOP = 4 * head_dim * heads * the number of (query, visible key) pairs), then one JSON line
+ *   ATTENTION_TFLOPS_JSON {"<path>": {"<case>": tflops, ..}, ..}
+ * and, as a full-scale check, compares every path's output with the first one's (no CPU
+ * reference at that size: the configurations above carry the correctness).
+ *
+ * Usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]
  *   --quick  skips the 128k and bench-size configurations
- *   --only   runs the configurations whose name contains SUBSTRING (e.g. --only STRING) */
+ *   --only   runs the configurations (or bench cases) whose name contains SUBSTRING */
 #include <string>
+#include <unordered_map>
 
 #include "batch.h"
 #include "check.h"
@@ -66,6 +89,43 @@ struct attn_config {
     std::vector<attn_seq> seqs;
     int str_S = 0;            /* STRING shift S (0 = no STRING in the batch), W = S / 4 */
     int str_every = 1;        /* STRING on the sequences s % str_every == 0, the others plain */
+    int window = 0;           /* sliding window W of every layer (0 = full causal) */
+};
+
+static int ck_hopper = 0; /* the device is compute capability 9.0: the sm_90a kernel exists */
+
+/* The GPU paths a configuration runs on (see the top of the file); empty = skip. */
+static std::vector<std::string> gpu_paths(const attn_config &cf)
+{
+    if (cf.simt) return {"simt"};
+    int multi = 0;
+    for (auto &s : cf.seqs) multi |= s.n_new > 1;
+    const int sm90 = ck_hopper && multi && !cf.pre_rope && (cf.head_dim == 64 || cf.head_dim == 128);
+    if (cf.window > 0) return sm90 ? std::vector<std::string>{"sm90"} : std::vector<std::string>{};
+    if (sm90) return {"sm80", "sm90"};
+    return {"auto"};
+}
+
+/* The stored (rounded) K and V rows of the slots a window reference reads: slot -> row. */
+struct kv_mirror {
+    int row = 0;
+    std::unordered_map<int64_t, size_t> index;
+    std::vector<float> k, v;
+    void put(int64_t slot, const float *kr, const float *vr)
+    {
+        auto it = index.find(slot);
+        size_t o;
+        if (it == index.end()) {
+            o = k.size();
+            index[slot] = o;
+            k.resize(o + row);
+            v.resize(o + row);
+        } else {
+            o = it->second;
+        }
+        memcpy(&k[o], kr, row * sizeof(float));
+        memcpy(&v[o], vr, row * sizeof(float));
+    }
 };
 
 #define FILL_CHUNK 8192
@@ -73,7 +133,7 @@ struct attn_config {
 /* Write rows of k, v into `layer` at `slots` on every backend, in chunks: NaN when nan_fill,
  * else random values, rounded to dt for the backends with round[i] set. */
 static void store_rows(struct backend **be, const int *round, int nbe, enum bk_dtype dt, const attn_config &cf,
-                       int layer, const std::vector<int64_t> &slots, int nan_fill)
+                       int layer, const std::vector<int64_t> &slots, int nan_fill, kv_mirror *mirror = NULL)
 {
     const int row = cf.n_kv_heads * cf.head_dim;
     for (size_t c0 = 0; c0 < slots.size(); c0 += FILL_CHUNK) {
@@ -92,6 +152,8 @@ static void store_rows(struct backend **be, const int *round, int nbe, enum bk_d
         }
         ck_round_all(kr.data(), k.data(), m, dt);
         ck_round_all(vr.data(), v.data(), m, dt);
+        if (mirror)
+            for (int i = 0; i < n; i++) mirror->put(slots[c0 + i], &kr[(size_t)i * row], &vr[(size_t)i * row]);
         for (int i = 0; i < nbe; i++) {
             ck_begin(be[i], &bt.b);
             bk_buf *kb = ck_act_from(be[i], round[i] ? kr.data() : k.data(), m);
@@ -197,12 +259,55 @@ static void string_properties(const attn_config &cf, ck_batch &bt, struct backen
     for (int i = 0; i < 2; i++) ck_begin(be[i], &bt.b);
 }
 
+/* float64 attention over the mirrored rounded K/V: causal, sliding window cf.window, STRING
+ * (row at p scores key j with q_shift when j <= p - S); qr / q2r are the rounded queries */
+static std::vector<float> window_reference(const attn_config &cf, const ck_batch &bt,
+                                           const std::vector<std::vector<int32_t>> &tables, const kv_mirror &m,
+                                           const std::vector<float> &qr, const std::vector<float> &q2r,
+                                           const std::vector<int32_t> &S_s, float scale)
+{
+    const int hd = cf.head_dim, n_heads = cf.n_kv_heads * cf.group, bs = cf.block_size, W = cf.window;
+    std::vector<float> out((size_t)bt.b.n_tokens * n_heads * hd, NAN);
+    std::vector<double> sc, acc(hd);
+    for (int r = 0; r < bt.b.n_tokens; r++) {
+        const int s = bt.seq_of(r), p = bt.positions[r];
+        const int S = S_s.empty() ? 0 : S_s[s];
+        const int lo = W > 0 ? std::max(0, p - W + 1) : 0;
+        for (int h = 0; h < n_heads; h++) {
+            const int kvh = h / cf.group;
+            sc.assign(p - lo + 1, 0.0);
+            double mx = -INFINITY;
+            for (int j = lo; j <= p; j++) {
+                const int64_t slot = (int64_t)tables[s][j / bs] * bs + j % bs;
+                const float *k = &m.k[m.index.at(slot) + (size_t)kvh * hd];
+                const float *q = &((S > 0 && j <= p - S) ? q2r : qr)[((size_t)r * n_heads + h) * hd];
+                double d = 0.0;
+                for (int e = 0; e < hd; e++) d += (double)q[e] * (double)k[e];
+                sc[j - lo] = d * scale;
+                mx = std::max(mx, sc[j - lo]);
+            }
+            double sum = 0.0;
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int j = lo; j <= p; j++) {
+                const double w = exp(sc[j - lo] - mx);
+                const int64_t slot = (int64_t)tables[s][j / bs] * bs + j % bs;
+                const float *v = &m.v[m.index.at(slot) + (size_t)kvh * hd];
+                sum += w;
+                for (int e = 0; e < hd; e++) acc[e] += w * (double)v[e];
+            }
+            for (int e = 0; e < hd; e++) out[((size_t)r * n_heads + h) * hd + e] = (float)(acc[e] / sum);
+        }
+    }
+    return out;
+}
+
 static void run_config(const attn_config &cf)
 {
     const int hd = cf.head_dim, n_heads = cf.n_kv_heads * cf.group, bs = cf.block_size;
     const int rd = cf.rotary_dim ? cf.rotary_dim : hd;
     const int layer = cf.n_layers - 1;
-    const int ref32 = !cf.big;
+    const int win = cf.window > 0;
+    const int ref32 = !cf.big && !win;
     int n_dec = 0, n_pre = 0, max_len = 0;
     for (auto &s : cf.seqs) {
         (s.n_new == 1 ? n_dec : n_pre)++;
@@ -216,18 +321,43 @@ static void run_config(const attn_config &cf)
             S_s.push_back(on ? cf.str_S : 0);
             W_s.push_back(on ? cf.str_S / 4 : 0);
         }
+    const std::vector<std::string> paths = gpu_paths(cf);
     printf("config: %s\n    %s, block_size %d, kv heads %d x group %d, head_dim %d, %s keys%s, %d decode + %d prefill "
-           "sequences, longest %d%s",
+           "sequences, longest %d",
            cf.name.c_str(), ck_dtype_name(cf.dt), bs, cf.n_kv_heads, cf.group, hd,
            cf.pre_rope ? "pre-RoPE" : "rotated", cf.pre_rope && rd != hd ? " (partial rotary)" : "", n_dec, n_pre,
-           max_len, cf.simt ? ", ROPESERVE_CUDA_ATTN=simt" : "");
+           max_len);
     if (str) printf(", STRING S %d on %s sequences", cf.str_S, cf.str_every == 1 ? "all" : "every other");
+    if (win) printf(", sliding window %d", cf.window);
+    printf("\n    GPU paths (ROPESERVE_CUDA_ATTN):");
+    for (auto &pa : paths) printf(" %s", pa.c_str());
     printf("\n");
+    if (paths.empty()) {
+        printf("    SKIP: sliding windows need the sm_90a kernel (compute capability 9.0)\n");
+        return;
+    }
 
-    struct backend gpu = ck_cuda_backend(cf.dt, cf.simt), cbf = ck_cpu_backend(), c32 = ck_cpu_backend();
-    struct backend *be[3] = {&gpu, &cbf, &c32};
-    const int round[3] = {ck_selftest, 1, 0}; /* the GPU rounds its inputs itself */
-    const int nbe = ref32 ? 3 : 2;
+    /* be = the GPU backends (one per path), then the CPU on rounded inputs, then on fp32 inputs;
+     * window configurations have no CPU backend (their reference is window_reference) */
+    const int ng = (int)paths.size();
+    std::vector<struct backend> gpus(ng);
+    for (int g = 0; g < ng; g++) gpus[g] = ck_cuda_backend_mode(cf.dt, paths[g].c_str());
+    struct backend cbf = ck_cpu_backend(), c32 = ck_cpu_backend();
+    std::vector<struct backend *> be;
+    std::vector<int> round;
+    for (int g = 0; g < ng; g++) {
+        be.push_back(&gpus[g]);
+        round.push_back(ck_selftest); /* the GPU rounds its inputs itself */
+    }
+    if (!win) {
+        be.push_back(&cbf);
+        round.push_back(1);
+    }
+    if (ref32) {
+        be.push_back(&c32);
+        round.push_back(0);
+    }
+    const int nbe = (int)be.size(), icpu = ng, i32 = ng + 1;
 
     /* the pool: block 0 reserved, every sequence's blocks drawn from a random permutation */
     int need = 0;
@@ -245,6 +375,14 @@ static void run_config(const attn_config &cf)
         next += nb;
     }
     std::vector<int32_t> spare(perm.begin() + next, perm.end());
+    /* sliding window: keys below lo_s (the window of the sequence's first new row) are never
+     * visible; their whole blocks become the null block 0 (as if the engine had freed them) */
+    std::vector<int> lo_s(cf.seqs.size(), 0);
+    if (win)
+        for (size_t s = 0; s < cf.seqs.size(); s++) {
+            lo_s[s] = std::max(0, cf.seqs[s].ctx_before - cf.window + 1);
+            for (int b = 0; (b + 1) * bs <= lo_s[s]; b++) tables[s][b] = 0;
+        }
 
     struct bk_kv_params kvp;
     memset(&kvp, 0, sizeof kvp);
@@ -254,6 +392,8 @@ static void run_config(const attn_config &cf)
     kvp.n_kv_heads = cf.n_kv_heads;
     kvp.head_dim = hd;
     kvp.k_storage = cf.pre_rope ? BK_K_PRE_ROPE : BK_K_POST_ROPE;
+    std::vector<int32_t> windows(cf.n_layers, cf.window);
+    if (win) kvp.sliding_window = windows.data();
     char err[ERR_LEN];
     for (int i = 0; i < nbe; i++)
         if (be[i]->ops->kv_init(be[i]->ctx, &kvp, err)) {
@@ -261,11 +401,12 @@ static void run_config(const attn_config &cf)
             abort();
         }
 
-    /* NaN into every slot no sequence uses (and all of layer 0), then the cached context */
+    /* NaN into every slot no sequence uses (and all of layer 0, and the slots below a window),
+     * then the cached context */
     std::vector<char> used((size_t)n_blocks * bs, 0);
     std::vector<int64_t> history;
     for (size_t s = 0; s < cf.seqs.size(); s++)
-        for (int p = 0; p < cf.seqs[s].ctx_before + cf.seqs[s].n_new; p++) {
+        for (int p = lo_s[s]; p < cf.seqs[s].ctx_before + cf.seqs[s].n_new; p++) {
             const int64_t slot = (int64_t)tables[s][p / bs] * bs + p % bs;
             used[slot] = 1;
             if (p < cf.seqs[s].ctx_before) history.push_back(slot);
@@ -275,9 +416,11 @@ static void run_config(const attn_config &cf)
         if (!used[i]) unused.push_back((int64_t)i);
         if (cf.n_layers > 1) all.push_back((int64_t)i);
     }
-    store_rows(be, round, nbe, cf.dt, cf, layer, unused, 1);
-    if (cf.n_layers > 1) store_rows(be, round, nbe, cf.dt, cf, 0, all, 1);
-    store_rows(be, round, nbe, cf.dt, cf, layer, history, 0);
+    kv_mirror mirror;
+    mirror.row = cf.n_kv_heads * hd;
+    store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, unused, 1);
+    if (cf.n_layers > 1) store_rows(be.data(), round.data(), nbe, cf.dt, cf, 0, all, 1);
+    store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, history, 0, win ? &mirror : NULL);
 
     /* the step: kv_store of the new rows, then attention */
     ck_batch bt;
@@ -299,6 +442,9 @@ static void run_config(const attn_config &cf)
     ck_round_all(qr.data(), q.data(), nq, cf.dt);
     ck_round_all(kr.data(), k.data(), nkv, cf.dt);
     ck_round_all(vr.data(), v.data(), nkv, cf.dt);
+    if (win)
+        for (size_t r = 0; r < nt; r++)
+            mirror.put(bt.slot_mapping[r], &kr[r * mirror.row], &vr[r * mirror.row]);
     /* STRING's shifted queries: their own random values; NaN in the rows of plain sequences */
     std::vector<float> q2, q2r;
     if (str) {
@@ -311,8 +457,8 @@ static void run_config(const attn_config &cf)
         ck_round_all(q2r.data(), q2.data(), nq, cf.dt);
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    bk_buf *qb[3], *ob[3], *q2b[3] = {NULL, NULL, NULL};
-    std::vector<float> out[3];
+    std::vector<bk_buf *> qb(nbe), ob(nbe), q2b(nbe, NULL);
+    std::vector<std::vector<float>> out(nbe);
     for (int i = 0; i < nbe; i++) {
         ck_begin(be[i], &bt.b);
         bk_buf *kb = ck_act_from(be[i], round[i] ? kr.data() : k.data(), nkv);
@@ -326,12 +472,20 @@ static void run_config(const attn_config &cf)
         be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], q2b[i], layer, n_heads, scale);
         out[i] = ck_read(be[i], ob[i], nq);
     }
+    const std::vector<float> ref = win ? window_reference(cf, bt, tables, mirror, qr, q2r, S_s, scale) : out[icpu];
 
     const float atol = tol_atol(cf), rtol = tol_rtol(cf);
-    struct ck_result r = check_compare("attention", out[0].data(), out[1].data(), nq, atol, rtol);
-    TEST_CONDF(r.mismatches == 0, "%s: attention within atol %g rtol %g", cf.name.c_str(), atol, rtol);
-    TEST_CONDF(r.nonfinite_ref == 0, "%s: the CPU reference is finite (it read no NaN slot)", cf.name.c_str());
-    if (r.mismatches) report_rows(bt, S_s, out[0].data(), out[1].data(), n_heads, hd, atol, rtol);
+    for (int g = 0; g < ng; g++) {
+        const char *pa = paths[g].c_str();
+        struct ck_result r = check_compare("attention", out[g].data(), ref.data(), nq, atol, rtol);
+        TEST_CONDF(r.mismatches == 0, "%s [%s]: attention within atol %g rtol %g", cf.name.c_str(), pa, atol, rtol);
+        TEST_CONDF(r.nonfinite_ref == 0, "%s [%s]: the reference is finite (it read no NaN slot)", cf.name.c_str(), pa);
+        if (r.mismatches) report_rows(bt, S_s, out[g].data(), ref.data(), n_heads, hd, atol, rtol);
+        if (max_len == 1) /* every sequence has one key: the output is that key's value, exactly */
+            TEST_CONDF(r.max_abs == 0.0, "%s [%s]: single-key outputs equal the stored values exactly", cf.name.c_str(), pa);
+        if (win && cf.window == 1) /* each row sees its own key only */
+            TEST_CONDF(r.max_abs == 0.0, "%s [%s]: window 1 outputs equal the row's own value exactly", cf.name.c_str(), pa);
+    }
     if (str) {
         /* how the STRING rows split: keys shifted / total, over the batch */
         long long n_sh = 0, n_all = 0;
@@ -341,17 +495,24 @@ static void run_config(const attn_config &cf)
             if (S > 0) n_sh += std::max(0, p - S + 1);
         }
         printf("    STRING: %lld of %lld (row, key) pairs scored with q_shift\n", n_sh, n_all);
-        string_properties(cf, bt, be, layer, n_heads, scale, qb, ob, max_len, nq, atol, rtol);
+        if (!win)
+            for (int g = 0; g < ng; g++) {
+                printf("    STRING properties, path %s:\n", paths[g].c_str());
+                struct backend *pair[2] = {be[g], be[icpu]};
+                bk_buf *pq[2] = {qb[g], qb[icpu]}, *po[2] = {ob[g], ob[icpu]};
+                string_properties(cf, bt, pair, layer, n_heads, scale, pq, po, max_len, nq, atol, rtol);
+            }
     }
     if (ref32) {
-        const double eg = ck_max_err(out[0].data(), out[2].data(), nq), en = ck_max_err(out[1].data(), out[2].data(), nq);
-        printf("    vs fp32 inputs: gpu max |err| %.3g, naive %s run %.3g (ratio %.2f)\n", eg, ck_dtype_name(cf.dt), en,
-               en > 0 ? eg / en : 0.0);
+        const double en = ck_max_err(out[icpu].data(), out[i32].data(), nq);
+        for (int g = 0; g < ng; g++) {
+            const double eg = ck_max_err(out[g].data(), out[i32].data(), nq);
+            printf("    vs fp32 inputs [%s]: gpu max |err| %.3g, naive %s run %.3g (ratio %.2f)\n", paths[g].c_str(), eg,
+                   ck_dtype_name(cf.dt), en, en > 0 ? eg / en : 0.0);
+        }
     }
-    if (max_len == 1) /* every sequence has one key: the output is that key's value, exactly */
-        TEST_CONDF(r.max_abs == 0.0, "%s: single-key outputs equal the stored values exactly", cf.name.c_str());
 
-    if (cf.copy_blocks) {
+    if (cf.copy_blocks && !win) {
         /* copy the first sequence's blocks into spare ones, point its table there, attend again */
         std::vector<int32_t> src = tables[0], dst(spare.begin(), spare.begin() + src.size());
         for (int i = 0; i < nbe; i++) be[i]->ops->kv_copy_blocks(be[i]->ctx, src.data(), dst.data(), (int)src.size());
@@ -359,22 +520,25 @@ static void run_config(const attn_config &cf)
         std::vector<int64_t> old_slots;
         for (int32_t blk : src)
             for (int o = 0; o < bs; o++) old_slots.push_back((int64_t)blk * bs + o);
-        store_rows(be, round, nbe, cf.dt, cf, layer, old_slots, 1);
+        store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, old_slots, 1);
         ck_batch b2;
         for (size_t s = 0; s < cf.seqs.size(); s++) b2.add_seq(cf.seqs[s].ctx_before, cf.seqs[s].n_new, s == 0 ? dst : tables[s]);
         b2.finish(bs, rd, bases, scales, afs);
         if (str) b2.set_string(S_s, W_s);
-        std::vector<float> out2[2];
-        for (int i = 0; i < 2; i++) {
+        std::vector<std::vector<float>> out2(ng + 1);
+        for (int i = 0; i <= ng; i++) {
             ck_begin(be[i], &b2.b);
             be[i]->ops->attention(be[i]->ctx, ob[i], qb[i], q2b[i], layer, n_heads, scale);
             out2[i] = ck_read(be[i], ob[i], nq);
         }
-        r = check_compare("attention after kv_copy_blocks", out2[0].data(), out2[1].data(), nq, atol, rtol);
-        TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s: attention after kv_copy_blocks", cf.name.c_str());
-        TEST_CONDF(memcmp(out2[0].data(), out[0].data(), nq * sizeof(float)) == 0,
-                   "%s: GPU output unchanged (bit for bit) after kv_copy_blocks", cf.name.c_str());
-        ck_begin(&gpu, &bt.b); /* back to the original batch for the bench */
+        for (int g = 0; g < ng; g++) {
+            struct ck_result r = check_compare("attention after kv_copy_blocks", out2[g].data(), out2[icpu].data(), nq, atol, rtol);
+            TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s [%s]: attention after kv_copy_blocks", cf.name.c_str(),
+                       paths[g].c_str());
+            TEST_CONDF(memcmp(out2[g].data(), out[g].data(), nq * sizeof(float)) == 0,
+                       "%s [%s]: GPU output unchanged (bit for bit) after kv_copy_blocks", cf.name.c_str(), paths[g].c_str());
+            ck_begin(be[g], &bt.b); /* back to the original batch for the bench */
+        }
     }
 
     if (cf.bench) {
@@ -384,16 +548,21 @@ static void run_config(const attn_config &cf)
             kv_bytes += len * cf.n_kv_heads * hd * 2.0 * 2.0;
             for (int i = 0; i < s.n_new; i++) flop += 4.0 * n_heads * hd * (s.ctx_before + i + 1);
         }
-        const float ms = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], q2b[0], layer, n_heads, scale); });
-        printf("    bench %s: %.4f ms, KV %.1f GB/s (each sequence's K and V read once), %.1f TFLOP/s (causal)\n",
-               cf.name.c_str(), ms, kv_bytes / (ms * 1e6), flop / (ms * 1e9));
-        if (str) { /* the same batch without STRING, for the cost of the second query set */
-            bt.b.string_shift = bt.b.string_local = NULL;
-            ck_begin(&gpu, &bt.b);
-            const float ms0 = bench_ms([&] { gpu.ops->attention(gpu.ctx, ob[0], qb[0], NULL, layer, n_heads, scale); });
-            printf("    bench %s without STRING: %.4f ms (STRING costs %+.1f%%)\n", cf.name.c_str(), ms0,
-                   100.0 * (ms / ms0 - 1.0));
-            bt.set_string(S_s, W_s);
+        for (int g = 0; g < ng; g++) {
+            struct backend *gpu = be[g];
+            const char *pa = paths[g].c_str();
+            const float ms = bench_ms([&] { gpu->ops->attention(gpu->ctx, ob[g], qb[g], q2b[g], layer, n_heads, scale); });
+            printf("    bench %s [%s]: %.4f ms, KV %.1f GB/s (each sequence's K and V read once), %.1f TFLOP/s (causal)\n",
+                   cf.name.c_str(), pa, ms, kv_bytes / (ms * 1e6), flop / (ms * 1e9));
+            if (str) { /* the same batch without STRING, for the cost of the second query set */
+                bt.b.string_shift = bt.b.string_local = NULL;
+                ck_begin(gpu, &bt.b);
+                const float ms0 = bench_ms([&] { gpu->ops->attention(gpu->ctx, ob[g], qb[g], NULL, layer, n_heads, scale); });
+                printf("    bench %s [%s] without STRING: %.4f ms (STRING costs %+.1f%%)\n", cf.name.c_str(), pa, ms0,
+                       100.0 * (ms / ms0 - 1.0));
+                bt.set_string(S_s, W_s);
+                ck_begin(gpu, &bt.b);
+            }
         }
     }
     for (int i = 0; i < nbe; i++) {
@@ -401,7 +570,7 @@ static void run_config(const attn_config &cf)
         be[i]->ops->buf_free(be[i]->ctx, q2b[i]);
         be[i]->ops->buf_free(be[i]->ctx, ob[i]);
     }
-    backend_free(&gpu);
+    for (int g = 0; g < ng; g++) backend_free(&gpus[g]);
     backend_free(&cbf);
     backend_free(&c32);
 }
@@ -420,21 +589,157 @@ static std::vector<attn_seq> cat(std::vector<attn_seq> a, const std::vector<attn
     return a;
 }
 
+// ------------------------------------------------------------------------------------------------
+// bench mode (see the top of the file)
+
+struct bench_case {
+    const char *name;
+    int ctx_before, n_new;
+};
+
+static int bench_main(const char *only, int reps_arg)
+{
+    const bench_case cases[] = {
+        {"prefill2048_ctx0", 0, 2048},        {"prefill2048_ctx32k", 32768, 2048},
+        {"prefill2048_ctx128k", 131072, 2048}, {"causal8k", 0, 8192},
+        {"causal32k", 0, 32768},              {"causal128k", 0, 131072},
+    };
+    const int n_kv_heads = 32, group = 1, hd = 128, bs = 16, row = n_kv_heads * hd, n_heads = n_kv_heads * group;
+    const enum bk_dtype dt = BK_BF16;
+    const std::vector<std::string> paths = ck_hopper ? std::vector<std::string>{"sm90", "sm80"}
+                                                     : std::vector<std::string>{"auto"};
+    std::string json = "{";
+    std::vector<std::string> per_path(paths.size());
+    ck_seed(7);
+    /* one chunk of random rows, reused for every chunk of K, V and q (timing does not care) */
+    std::vector<float> kc((size_t)FILL_CHUNK * row), vc((size_t)FILL_CHUNK * row), qc((size_t)FILL_CHUNK * row);
+    ck_fill(kc.data(), kc.size(), -1.f, 1.f);
+    ck_fill(vc.data(), vc.size(), -1.f, 1.f);
+    ck_fill(qc.data(), qc.size(), -6.f, 6.f);
+    for (const auto &bc : cases) {
+        if (only && !strstr(bc.name, only)) continue;
+        const int len = bc.ctx_before + bc.n_new, nb = (len + bs - 1) / bs, n_blocks = nb + 2;
+        printf("bench case %s: %d new tokens over %d cached, %d heads x %d (MHA), bf16, block_size %d\n", bc.name,
+               bc.n_new, bc.ctx_before, n_heads, hd, bs);
+        std::vector<int32_t> perm(n_blocks - 1);
+        for (int i = 0; i < n_blocks - 1; i++) perm[i] = i + 1;
+        for (int i = n_blocks - 2; i > 0; i--) std::swap(perm[i], perm[ck_int(i + 1)]);
+        const std::vector<int32_t> table(perm.begin(), perm.begin() + nb);
+        struct bk_kv_params kvp;
+        memset(&kvp, 0, sizeof kvp);
+        kvp.n_layers = 1;
+        kvp.n_blocks = n_blocks;
+        kvp.block_size = bs;
+        kvp.n_kv_heads = n_kv_heads;
+        kvp.head_dim = hd;
+        const size_t nq = (size_t)bc.n_new * n_heads * hd;
+        std::vector<struct backend> be(paths.size());
+        std::vector<bk_buf *> qb(paths.size()), ob(paths.size());
+        char err[ERR_LEN];
+        for (size_t g = 0; g < paths.size(); g++) {
+            be[g] = ck_cuda_backend_mode(dt, paths[g].c_str());
+            if (be[g].ops->kv_init(be[g].ctx, &kvp, err)) {
+                fprintf(stderr, "kv_init: %s\n", err);
+                abort();
+            }
+            /* K and V of every position, through kv_store */
+            for (int p0 = 0; p0 < len; p0 += FILL_CHUNK) {
+                const int n = std::min(FILL_CHUNK, len - p0);
+                std::vector<int64_t> slots(n);
+                for (int i = 0; i < n; i++) slots[i] = (int64_t)table[(p0 + i) / bs] * bs + (p0 + i) % bs;
+                ck_batch fb;
+                fb.add_rows_at_slots(slots.data(), n, 1);
+                fb.finish(bs, hd, {}, {}, {}, 1);
+                ck_begin(&be[g], &fb.b);
+                bk_buf *kb = ck_act_from(&be[g], kc.data(), (size_t)n * row);
+                bk_buf *vb = ck_act_from(&be[g], vc.data(), (size_t)n * row);
+                be[g].ops->kv_store(be[g].ctx, 0, kb, vb);
+                be[g].ops->buf_free(be[g].ctx, kb);
+                be[g].ops->buf_free(be[g].ctx, vb);
+            }
+            qb[g] = ck_act(&be[g], nq);
+            for (size_t o = 0; o < nq; o += qc.size())
+                be[g].ops->act_write(be[g].ctx, qb[g], o, qc.data(), std::min(qc.size(), nq - o));
+            ob[g] = ck_act(&be[g], nq);
+        }
+        ck_batch bt;
+        bt.add_seq(bc.ctx_before, bc.n_new, table);
+        bt.finish(bs, hd);
+        double flop = 0.0;
+        for (int i = 0; i < bc.n_new; i++) flop += 4.0 * n_heads * hd * (bc.ctx_before + i + 1);
+        const int reps = reps_arg > 0 ? reps_arg : flop > 5e13 ? 3 : 10;
+        const float scale = 1.0f / sqrtf((float)hd);
+        /* the rows compared across paths: the first and the last 4096 tokens */
+        const int cmp_rows = std::min(bc.n_new, 4096);
+        std::vector<std::vector<float>> first(paths.size()), last(paths.size());
+        for (size_t g = 0; g < paths.size(); g++) {
+            struct backend *gpu = &be[g];
+            ck_begin(gpu, &bt.b);
+            gpu->ops->attention(gpu->ctx, ob[g], qb[g], NULL, 0, n_heads, scale);
+            const size_t rn = (size_t)cmp_rows * n_heads * hd;
+            first[g].resize(rn);
+            last[g].resize(rn);
+            gpu->ops->act_read(gpu->ctx, first[g].data(), ob[g], 0, rn);
+            gpu->ops->act_read(gpu->ctx, last[g].data(), ob[g], nq - rn, rn);
+            const float ms = bench_ms([&] { gpu->ops->attention(gpu->ctx, ob[g], qb[g], NULL, 0, n_heads, scale); }, reps);
+            const double tf = flop / (ms * 1e9);
+            printf("BENCH attention case=%s path=%s ms=%.4f tflops=%.1f\n", bc.name, paths[g].c_str(), ms, tf);
+            char item[128];
+            snprintf(item, sizeof item, "%s\"%s\": %.1f", per_path[g].empty() ? "" : ", ", bc.name, tf);
+            per_path[g] += item;
+            if (g > 0) {
+                char what[160];
+                snprintf(what, sizeof what, "%s first rows [%s vs %s]", bc.name, paths[g].c_str(), paths[0].c_str());
+                /* two bf16 kernels, each within the checkers' tolerance of the reference */
+                struct ck_result r = check_compare(what, first[g].data(), first[0].data(), rn, 1e-2f, 2e-2f);
+                TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s", what);
+                snprintf(what, sizeof what, "%s last rows [%s vs %s]", bc.name, paths[g].c_str(), paths[0].c_str());
+                r = check_compare(what, last[g].data(), last[0].data(), rn, 1e-2f, 2e-2f);
+                TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s", what);
+            }
+        }
+        for (size_t g = 0; g < paths.size(); g++) {
+            be[g].ops->buf_free(be[g].ctx, qb[g]);
+            be[g].ops->buf_free(be[g].ctx, ob[g]);
+            backend_free(&be[g]);
+        }
+    }
+    for (size_t g = 0; g < paths.size(); g++)
+        json += std::string(g ? ", " : "") + "\"" + paths[g] + "\": {" + per_path[g] + "}";
+    json += "}";
+    printf("ATTENTION_TFLOPS_JSON %s\n", json.c_str());
+    return test_report("check_attention --bench");
+}
+
 int main(int argc, char **argv)
 {
     if (check_skip_without_device("check_attention")) return 0;
-    int quick = 0;
+    int quick = 0, bench = 0, reps = 0;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
+        } else if (strcmp(argv[i], "--bench") == 0) {
+            bench = 1;
+        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            reps = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
         } else {
-            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING]\n");
+            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]\n");
             return 2;
         }
     }
+#ifndef CHECK_CPU_AS_GPU
+    {
+        cudaDeviceProp prop;
+        CK_CUDA(cudaGetDeviceProperties(&prop, 0));
+        ck_hopper = prop.major == 9 && prop.minor == 0;
+        printf("device: %s, compute capability %d.%d%s\n", prop.name, prop.major, prop.minor,
+               ck_hopper ? " (the sm_90a kernel is tested beside the sm_80 one)" : "");
+    }
+#endif
+    if (bench) return bench_main(only, reps);
     ck_seed(2024);
     const enum bk_dtype B = BK_BF16, F = BK_F16;
     const std::vector<attn_seq> mix = {{0, 37}, {100, 1}, {250, 1}, {0, 1}, {31, 64}, {600, 7}, {1000, 1}, {15, 2}};
@@ -497,6 +802,14 @@ int main(int argc, char **argv)
         {"STRING batch decode 64 x 4096, gqa4 hd128 bs16, S 1365", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, decodes(64, 4096), 1365, 1},
         {"STRING chunked prefill 1024 at 7168, gqa4 hd128, S 2730", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{7168, 1024}}, 2730, 1},
         {"STRING prefill 2048 at 0, MHA 32 heads hd128, S 683", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 2048}}, 683, 1},
+        /* sliding window (str_S, str_every, window at the end): sm_90a only so far, prefill rows */
+        {"window 256: prefill 1000 gqa4 hd128 bs16", B, 16, 2, 4, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, {{0, 1000}}, 0, 1, 256},
+        {"window 100: chunked prefill over 3000 and 5000 cached, gqa8 hd128 bs32", B, 32, 2, 8, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{3000, 300}, {5000, 2}, {77, 40}}, 0, 1, 100},
+        {"window 128 (one key tile): mha hd64 f16 bs64", F, 64, 3, 1, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, {{500, 200}, {37, 90}}, 0, 1, 128},
+        {"window 4096 (wider than the context: plain causal) gqa4 hd128", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{100, 300}, {0, 45}}, 0, 1, 4096},
+        {"window 1 (each row sees its own key) gqa2 hd64 bs16", B, 16, 2, 2, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, {{10, 50}, {300, 129}}, 0, 1, 1},
+        {"window 300 with STRING S 100, gqa4 hd128", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{0, 700}, {900, 64}}, 100, 1, 300},
+        {"window 4096 over 131072 cached, 256 new, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 256}}, 0, 1, 4096},
     };
     for (const auto &cf : configs) {
         if ((quick && cf.big) || (only && !strstr(cf.name.c_str(), only))) continue;
