@@ -17,7 +17,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -
            -I/usr/include/x86_64-linux-gnu/openblas-pthread
 CXXFLAGS ?= $(OPT) -march=$(ARCH) -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread -MMD -MP
-LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lopenblas -lstdc++ -lm -lpthread
+LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lpcre2-8 -lutf8proc -lopenblas -lstdc++ -lm -lpthread
 B       := build
 
 # --- CUDA: compiled whenever nvcc is found (NVCC= to disable) ---
