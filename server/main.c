@@ -287,13 +287,12 @@ struct loaded {
 
 static void load_all(struct opts *o, struct loaded *L)
 {
-    char err[ERR_LEN], path[4096];
+    char err[ERR_LEN];
     if (model_config_load(&L->cfg, o->model, err) < 0) die("%s", err);
     apply_rope_overrides(o, &L->cfg);
-    snprintf(path, sizeof path, "%s/tokenizer.model", o->model);
-    if (tokenizer_load(&L->tok, path, err) < 0) die("%s", err);
+    if (tokenizer_load(&L->tok, o->model, err) < 0) die("%s", err); /* tokenizer.model or .json */
     if (tokenizer_vocab_size(L->tok) > L->cfg.vocab_size)
-        die("%s: the tokenizer has %d tokens but config.json field 'vocab_size' is %d", path,
+        die("%s: the tokenizer has %d tokens but config.json field 'vocab_size' is %d", o->model,
             tokenizer_vocab_size(L->tok), L->cfg.vocab_size);
     if (L->cfg.eos_id < 0) L->cfg.eos_id = tokenizer_eos_id(L->tok);
     if (L->cfg.bos_id < 0) L->cfg.bos_id = tokenizer_bos_id(L->tok);

@@ -204,7 +204,7 @@ struct bpe_model {
     uint32_t *piece_off, *piece_len; /* (n_ids); piece_off UINT32_MAX = hole */
     char *bytes;            /* every decoded byte string back to back */
     uint32_t *bytes_off, *bytes_len; /* (n_ids) */
-    uint8_t *is_special;    /* (n_ids) */
+    uint8_t *is_special;    /* (n_ids) 0, 1 special, 2 special but decoded (see load_added) */
     uint8_t *is_added;      /* (n_ids) */
 
     struct strtab vocab;    /* model vocabulary: piece -> id */
@@ -363,7 +363,7 @@ static int regex_compile(pcre2_code **out, const char *pattern, int literal, con
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
     if (literal) {
         sb_puts(&b, pattern);
-        opts |= PCRE2_LITERAL;
+        opts = PCRE2_UTF | PCRE2_LITERAL; /* PCRE2_LITERAL allows no other options we use */
     } else {
         opts |= PCRE2_MULTILINE; /* Oniguruma's ^ and $ are line anchors */
         if (regex_translate(pattern, &b, where, err) < 0) {
@@ -396,6 +396,8 @@ struct loader {
     struct bpe_model *m;
     int16_t byte_of_cp[512];
     size_t piece_cap, piece_used, bytes_cap, bytes_used;
+    int n_vocab;      /* entries in model.vocab */
+    int max_vocab_id; /* the highest id in model.vocab */
 };
 
 static int field_err(struct loader *L, const char *field, const char *fmt, ...)
@@ -691,20 +693,28 @@ static int normalize(const struct bpe_model *m, const char *s, size_t n, char **
     return 0;
 }
 
-static int load_added(struct loader *L, const cJSON *list)
+/* Added tokens get their ids as the reference assigns them, whatever the file says (it only
+ * warns): the model's id when the content is in model.vocab, the id of an earlier entry with the
+ * same content, else the next free id counting from the vocabulary's size. Real files agree with
+ * that; a file that does not gets a warning here too. */
+static int load_added(struct loader *L, const cJSON *list, int n_vocab)
 {
     struct bpe_model *m = L->m;
     const cJSON *it;
-    int n = cJSON_GetArraySize(list), i = 0, n_raw = 0, n_norm = 0;
-    struct added_tok *raw = xcalloc((size_t)n + 1, sizeof *raw), *nrm = xcalloc((size_t)n + 1, sizeof *nrm);
+    int n = cJSON_GetArraySize(list), i = -1, n_toks = 0, rc = 0, max_id = L->max_vocab_id;
+    int32_t next_id = n_vocab;
+    struct added_tok *toks = xcalloc((size_t)n + 1, sizeof *toks);
+    uint8_t *normed = xcalloc((size_t)n + 1, 1);
     char **owned = xcalloc((size_t)n + 1, sizeof *owned);
-    int rc = 0;
+    int *slot_of = xmalloc((size_t)m->n_ids * sizeof *slot_of); /* id -> index in toks */
+    memset(slot_of, 0xFF, (size_t)m->n_ids * sizeof *slot_of);
+    strtab_init(&m->added, (size_t)n, (const char *const *)&m->pieces,
+                (const uint32_t *const *)&m->piece_off, (const uint32_t *const *)&m->piece_len);
     cJSON_ArrayForEach(it, list) {
         char where[64];
-        snprintf(where, sizeof where, "added_tokens[%d]", i);
+        snprintf(where, sizeof where, "added_tokens[%d]", ++i);
         const cJSON *id = get(it, "id"), *content = get(it, "content");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= m->n_ids ||
-            !cJSON_IsString(content)) {
+        if (!cJSON_IsNumber(id) || !cJSON_IsString(content)) {
             rc = field_err(L, where, "expected an object with an integer 'id' and a string 'content'");
             break;
         }
@@ -717,10 +727,18 @@ static int load_added(struct loader *L, const cJSON *list)
             rc = -1;
             break;
         }
-        int32_t tid = (int32_t)id->valuedouble;
         const char *c = content->valuestring;
         size_t clen = strlen(c);
-        if (clen == 0) { i++; continue; } /* the reference ignores empty tokens */
+        if (clen == 0) continue; /* the reference ignores empty tokens */
+        int32_t tid = strtab_find(&m->added, c, clen);
+        if (tid < 0) tid = strtab_find(&m->vocab, c, clen);
+        if (tid < 0) {
+            if (next_id >= m->n_ids) CHECK(0, "added token ids beyond the bound computed at load");
+            tid = next_id++;
+        }
+        if ((double)tid != id->valuedouble)
+            LOG_W("%s: %s \"%.60s\" has id %.0f in the file but gets %d (as Hugging Face assigns it)",
+                  L->path, where, c, id->valuedouble, (int)tid);
         /* normalized tokens match (and decode as) their normalized form */
         const char *form = c;
         size_t form_len = clen;
@@ -731,34 +749,37 @@ static int load_added(struct loader *L, const cJSON *list)
             }
             if (owned[i]) form = owned[i];
         }
-        if (m->piece_off[tid] != UINT32_MAX && !m->is_added[tid] &&
-            (m->piece_len[tid] != clen || memcmp(m->pieces + m->piece_off[tid], c, clen))) {
-            rc = field_err(L, where, "id %d is \"%.60s\" in model.vocab, not \"%.60s\"", (int)tid,
-                           m->pieces + m->piece_off[tid], c);
-            break;
-        }
         put_piece(L, tid, c, clen);
         put_bytes(L, tid, form, form_len);
-        m->is_special[tid] = (uint8_t)special;
+        strtab_put(&m->added, (uint32_t)tid);
+        /* 2: special, but decode keeps it: the reference skips a special token by its content,
+         * and looks up the normalized form it decodes to (so "Ⅸ" -> "IX" stays) */
+        m->is_special[tid] = (uint8_t)(special ? (form == c ? 1 : 2) : 0);
         m->is_added[tid] = 1;
-        struct added_tok t = {form, form_len, tid, (uint8_t)special, (uint8_t)single,
-                              (uint8_t)lstrip, (uint8_t)rstrip};
-        if (normalized) nrm[n_norm++] = t;
-        else raw[n_raw++] = t;
-        i++;
+        if (tid > max_id) max_id = tid;
+        int k = slot_of[tid] >= 0 ? slot_of[tid] : (slot_of[tid] = n_toks++); /* a repeat replaces */
+        toks[k] = (struct added_tok){form, form_len, tid, (uint8_t)special, (uint8_t)single,
+                                     (uint8_t)lstrip, (uint8_t)rstrip};
+        normed[k] = (uint8_t)normalized;
     }
     if (rc == 0) {
-        strtab_init(&m->added, (size_t)(n_raw + n_norm), (const char *const *)&m->pieces,
-                    (const uint32_t *const *)&m->piece_off, (const uint32_t *const *)&m->piece_len);
-        for (int k = 0; k < n_raw; k++) strtab_put(&m->added, (uint32_t)raw[k].id);
-        for (int k = 0; k < n_norm; k++) strtab_put(&m->added, (uint32_t)nrm[k].id);
+        struct added_tok *raw = xcalloc((size_t)n_toks + 1, sizeof *raw), *nrm = xcalloc((size_t)n_toks + 1, sizeof *nrm);
+        int n_raw = 0, n_norm = 0;
+        for (int k = 0; k < n_toks; k++) {
+            if (normed[k]) nrm[n_norm++] = toks[k];
+            else raw[n_raw++] = toks[k];
+        }
         m->added_raw = n_raw ? added_set_new(raw, n_raw) : NULL;
         m->added_norm = n_norm ? added_set_new(nrm, n_norm) : NULL;
+        free(raw);
+        free(nrm);
+        m->n_ids = max_id + 1;
     }
     for (int k = 0; k <= n; k++) free(owned[k]);
     free(owned);
-    free(raw);
-    free(nrm);
+    free(toks);
+    free(normed);
+    free(slot_of);
     return rc;
 }
 
@@ -797,14 +818,12 @@ static int load_bpe(struct loader *L, const cJSON *model)
     }
     const cJSON *added = get(L->root, "added_tokens");
     if (added && !cJSON_IsArray(added)) return field_err(L, "added_tokens", "expected a list");
-    cJSON_ArrayForEach(it, added) {
-        const cJSON *id = get(it, "id");
-        if (cJSON_IsNumber(id) && id->valuedouble >= 0 && id->valuedouble <= INT_MAX / 2 &&
-            (int)id->valuedouble > max_id)
-            max_id = (int)id->valuedouble;
-    }
     if (max_id < 0) return field_err(L, "model.vocab", "the vocabulary is empty");
-    int n = m->n_ids = max_id + 1;
+    /* room for every added token past the vocabulary; load_added trims n_ids */
+    int n_vocab = cJSON_GetArraySize(vocab), n_added = cJSON_GetArraySize(added);
+    int n = m->n_ids = (max_id + 1 > n_vocab ? max_id + 1 : n_vocab) + n_added;
+    L->n_vocab = n_vocab;
+    L->max_vocab_id = max_id;
     m->piece_off = xmalloc((size_t)n * sizeof *m->piece_off);
     memset(m->piece_off, 0xFF, (size_t)n * sizeof *m->piece_off);
     m->piece_len = xcalloc((size_t)n, sizeof *m->piece_len);
@@ -813,13 +832,17 @@ static int load_bpe(struct loader *L, const cJSON *model)
     m->is_special = xcalloc((size_t)n, 1);
     m->is_added = xcalloc((size_t)n, 1);
     uint8_t *in_alphabet = xcalloc((size_t)n, 1);
-    int n_vocab = cJSON_GetArraySize(vocab);
     strtab_init(&m->vocab, (size_t)n_vocab, (const char *const *)&m->pieces,
                 (const uint32_t *const *)&m->piece_off, (const uint32_t *const *)&m->piece_len);
     strtab_init(&m->enc, (size_t)n_vocab, (const char *const *)&m->bytes,
                 (const uint32_t *const *)&m->bytes_off, (const uint32_t *const *)&m->bytes_len);
     cJSON_ArrayForEach(it, vocab) {
         int32_t id = (int32_t)it->valuedouble;
+        if (m->piece_off[id] != UINT32_MAX) {
+            free(in_alphabet);
+            return field_err(L, "model.vocab", "id %d is given to both \"%.60s\" and \"%.60s\"", (int)id,
+                             m->pieces + m->piece_off[id], it->string);
+        }
         put_piece(L, id, it->string, strlen(it->string));
         in_alphabet[id] = (uint8_t)put_bytes(L, id, it->string, strlen(it->string));
     }
@@ -954,7 +977,7 @@ int bpe_model_load(struct bpe_model **out, const char *path, char *err)
     }
     /* the normalizer first: normalized added tokens are stored in normalized form */
     if (load_normalizer(&L, get(root, "normalizer"), "normalizer") < 0 || load_bpe(&L, v) < 0 ||
-        load_added(&L, get(root, "added_tokens")) < 0)
+        load_added(&L, get(root, "added_tokens"), L.n_vocab) < 0)
         goto done;
     if (!(v = get(root, "pre_tokenizer"))) {
         field_err(&L, "pre_tokenizer", "missing (a byte-level BPE needs a ByteLevel pre-tokenizer)");
@@ -1036,6 +1059,11 @@ int bpe_model_piece_to_id(const struct bpe_model *m, const char *piece)
 int bpe_model_is_special(const struct bpe_model *m, int id)
 {
     return id >= 0 && id < m->n_ids && m->is_special[id];
+}
+
+int bpe_model_decode_skips(const struct bpe_model *m, int id)
+{
+    return id >= 0 && id < m->n_ids && m->is_special[id] == 1;
 }
 
 const char *bpe_model_id_bytes(const struct bpe_model *m, int id, size_t *len)
@@ -1283,18 +1311,20 @@ static size_t split_spans(struct enc *e, const char *s, size_t n, int step)
     case SPLIT_CONTIGUOUS: {
         int prev_match = 0;
         for (size_t i = 0; i < ns; i++) {
-            if (out && sp[i].is_match == prev_match) sp[out - 1].end = sp[i].end;
-            else sp[out++] = (struct span){sp[i].start, sp[i].end, 0};
-            prev_match = sp[i].is_match;
+            struct span cur = sp[i]; /* sp[out] may be sp[i] */
+            if (out && cur.is_match == prev_match) sp[out - 1].end = cur.end;
+            else sp[out++] = (struct span){cur.start, cur.end, 0};
+            prev_match = cur.is_match;
         }
         break;
     }
     case SPLIT_MERGED_PREV: {
         int prev_match = 0;
         for (size_t i = 0; i < ns; i++) {
-            if (sp[i].is_match && !prev_match && out) sp[out - 1].end = sp[i].end;
-            else sp[out++] = (struct span){sp[i].start, sp[i].end, 0};
-            prev_match = sp[i].is_match;
+            struct span cur = sp[i];
+            if (cur.is_match && !prev_match && out) sp[out - 1].end = cur.end;
+            else sp[out++] = (struct span){cur.start, cur.end, 0};
+            prev_match = cur.is_match;
         }
         break;
     }
@@ -1302,9 +1332,10 @@ static size_t split_spans(struct enc *e, const char *s, size_t n, int step)
         int prev_match = 0;
         size_t w = ns;
         for (size_t i = ns; i-- > 0;) {
-            if (sp[i].is_match && !prev_match && w < ns) sp[w].start = sp[i].start;
-            else sp[--w] = (struct span){sp[i].start, sp[i].end, 0};
-            prev_match = sp[i].is_match;
+            struct span cur = sp[i];
+            if (cur.is_match && !prev_match && w < ns) sp[w].start = cur.start;
+            else sp[--w] = (struct span){cur.start, cur.end, 0};
+            prev_match = cur.is_match;
         }
         memmove(sp, sp + w, (ns - w) * sizeof *sp);
         out = ns - w;

@@ -416,7 +416,7 @@ static int load_bpe(tokenizer_t *t, const char *path, const struct hf_tok_config
         struct tok_piece *p = &t->pieces[i];
         const char *b = bpe_model_id_bytes(t->bpe, i, &len);
         p->off = (uint32_t)used;
-        p->kind = bpe_model_is_special(t->bpe, i) ? SP_PIECE_CONTROL : SP_PIECE_NORMAL;
+        p->kind = bpe_model_decode_skips(t->bpe, i) ? SP_PIECE_CONTROL : SP_PIECE_NORMAL;
         if (p->kind == SP_PIECE_NORMAL) {
             memcpy(t->surf + used, b, len);
             used += len;

@@ -101,6 +101,8 @@ int bpe_model_n_ids(const struct bpe_model *m); /* highest id + 1 (ids may have 
 const char *bpe_model_id_to_piece(const struct bpe_model *m, int id);
 int bpe_model_piece_to_id(const struct bpe_model *m, const char *piece); /* -1 if none */
 int bpe_model_is_special(const struct bpe_model *m, int id); /* an added token with special */
+/* Decode (skip_special_tokens) leaves id out: special, unless normalized to another form. */
+int bpe_model_decode_skips(const struct bpe_model *m, int id);
 /* The bytes id decodes to on its own (the ByteLevel decoder's output, before UTF-8 repair). */
 const char *bpe_model_id_bytes(const struct bpe_model *m, int id, size_t *len);
 /* The ids the post-processor puts before the text (Llama-3: <|begin_of_text|>), -1 if none;

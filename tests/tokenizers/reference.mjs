@@ -5,7 +5,8 @@
 //   node reference.mjs OUT.json      ids (with and without special tokens) and decodes per case,
 //                                    plus decodes of id lists: the whole vocabulary in runs of 64
 //                                    ids, and seeded random lists rich in lone and broken bytes
-//   node reference.mjs --bench       encode throughput of the reference on the whole SOTU text
+//   node reference.mjs --bench [DOCS] encode throughput of the reference on the SOTU text (every
+//                                    address, paragraph by paragraph), written to DOCS for ours
 import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -73,28 +74,44 @@ async function reference(out) {
   writeFileSync(out, JSON.stringify(result));
 }
 
-async function bench() {
-  const text = sotuAll();
-  const mb = Buffer.byteLength(text, "utf8") / 1e6;
+// Sequential encode calls, one per document (what a server does: one prompt per call), and
+// one call on the first 1 MB as a single string. Writes the documents NUL-separated to docsOut
+// so that test_tokenizer_bpe --bench times ours on the same text.
+async function bench(docsOut) {
+  const docs = sotuAll().split("\n\n");
+  if (docsOut) writeFileSync(docsOut, docs.join("\0"));
+  const mb = docs.reduce((a, d) => a + Buffer.byteLength(d, "utf8"), 0) / 1e6;
+  const joined = Buffer.from(docs.join("\n\n"), "utf8");
+  let end = Math.min(1000000, joined.length);
+  while (end > 0 && end < joined.length && (joined[end] & 0xc0) === 0x80) end--;
+  const whole = joined.subarray(0, end).toString("utf8"), wholeMb = end / 1e6;
+  const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+  const version = require("tokenizers/package.json").version;
   for (const t of TOKENIZERS) {
     const tok = Tokenizer.fromFile(path.join(t.dir, "tokenizer.json"));
-    await tok.encode(text.slice(0, 100000), null, { addSpecialTokens: false }); // warm up
-    let best = Infinity, n = 0;
+    await tok.encode(docs[0], null, { addSpecialTokens: false }); // warm up
+    let best = Infinity, bestCpu = Infinity, n = 0;
     for (let r = 0; r < 3; r++) {
-      const t0 = process.hrtime.bigint();
-      const e = await tok.encode(text, null, { addSpecialTokens: false });
-      const s = Number(process.hrtime.bigint() - t0) / 1e9;
-      n = e.getIds().length;
-      best = Math.min(best, s);
+      const t0 = process.hrtime.bigint(), c0 = cpu();
+      n = 0;
+      for (const d of docs) n += (await tok.encode(d, null, { addSpecialTokens: false })).getIds().length;
+      best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+      bestCpu = Math.min(bestCpu, cpu() - c0);
     }
-    console.log(`reference (HF tokenizers ${require("tokenizers/package.json").version}) ${t.name}: ` +
-      `${mb.toFixed(2)} MB, ${n} ids, best of 3 ${best.toFixed(3)} s = ${(mb / best).toFixed(2)} MB/s`);
+    const t0 = process.hrtime.bigint(), c0 = cpu();
+    const nw = (await tok.encode(whole, null, { addSpecialTokens: false })).getIds().length;
+    const sw = Number(process.hrtime.bigint() - t0) / 1e9, cw = cpu() - c0;
+    const f = (x) => x.toFixed(3), r = (a, b) => (a / b).toFixed(2);
+    console.log(`reference (HF tokenizers ${version}) ${t.name}:\n  per document: ${docs.length} docs, ` +
+      `${mb.toFixed(2)} MB, ${n} ids, best of 3: ${f(best)} s wall = ${r(mb, best)} MB/s, ` +
+      `${f(bestCpu)} s CPU = ${r(mb, bestCpu)} MB/s\n  one ${wholeMb.toFixed(2)} MB string: ${nw} ids, ` +
+      `${f(sw)} s wall = ${r(wholeMb, sw)} MB/s, ${f(cw)} s CPU = ${r(wholeMb, cw)} MB/s`);
   }
 }
 
-if (process.argv[2] === "--bench") await bench();
+if (process.argv[2] === "--bench") await bench(process.argv[3]);
 else if (process.argv[2]) await reference(process.argv[2]);
 else {
-  console.error("usage: node reference.mjs OUT.json | --bench");
+  console.error("usage: node reference.mjs OUT.json | --bench [DOCS]");
   process.exit(2);
 }
