@@ -75,9 +75,12 @@ static char *unhex(const char *h, size_t *len)
 {
     size_t n = strlen(h) / 2;
     char *out = xmalloc(n + 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        sscanf(h + 2 * i, "%2x", &v);
+    for (size_t i = 0; i < n; i++) { /* not sscanf: it measures the whole string each call */
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = h[2 * i + (size_t)k];
+            v = 16 * v + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+        }
         out[i] = (char)v;
     }
     out[n] = '\0';
