@@ -50,7 +50,7 @@ struct flag {
 };
 
 static const struct flag flags[] = {
-    {"--model", "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.model)", C_ALL},
+    {"--model", "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.model or tokenizer.json)", C_ALL},
     {"--device", "auto|cpu|cuda", "compute backend (auto: CUDA when compiled in and a GPU exists)", C_RUN},
     {"--threads", "N", "CPU worker threads (default: all cores)", C_RUN},
     {"--dtype", "bf16|f16", "CUDA weight and KV dtype (default bf16)", C_RUN},

@@ -661,7 +661,82 @@ static int load_post(struct loader *L, const cJSON *p, const char *where)
                      t ? t : "(missing)");
 }
 
-/* NFC etc. of s into a malloc'd string (*out NULL when s is unchanged). */
+/* Stable sort of a run of combining marks by canonical combining class: Unicode's canonical
+ * ordering. Counting sort, O(k): utf8proc's own reordering is a bubble sort, quadratic on a
+ * long run of alternating classes (U+0301 U+0316 ...), which text can be made of. */
+static void sort_marks(utf8proc_int32_t *cp, size_t k, utf8proc_int32_t *tmp)
+{
+    size_t count[257] = {0};
+    for (size_t i = 0; i < k; i++) count[utf8proc_get_property(cp[i])->combining_class + 1]++;
+    for (int c = 1; c < 257; c++) count[c] += count[c - 1];
+    for (size_t i = 0; i < k; i++) tmp[count[utf8proc_get_property(cp[i])->combining_class]++] = cp[i];
+    memcpy(cp, tmp, k * sizeof *cp);
+}
+
+/* One normalization form (utf8proc option bits) of valid UTF-8 s: decompose every character,
+ * reorder the marks, compose (NFC/NFKC), re-encode. *out xmalloc'd. */
+static int normalize_form(const char *s, size_t n, utf8proc_option_t opt, char **out, size_t *out_len)
+{
+    size_t cap = n + 16, len = 0;
+    utf8proc_int32_t *cp = xmalloc(cap * sizeof *cp);
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k <= 0) {
+            free(cp);
+            return -1;
+        }
+        i += (size_t)k;
+        for (;;) {
+            int boundclass = 0;
+            utf8proc_ssize_t r = utf8proc_decompose_char(c, cp + len, (utf8proc_ssize_t)(cap - len), opt, &boundclass);
+            if (r < 0) {
+                free(cp);
+                return -1;
+            }
+            if (len + (size_t)r <= cap) {
+                len += (size_t)r;
+                break;
+            }
+            cap = 2 * (len + (size_t)r);
+            cp = xrealloc(cp, cap * sizeof *cp);
+        }
+    }
+    utf8proc_int32_t *tmp = NULL;
+    for (size_t i = 0; i < len;) {
+        if (!utf8proc_get_property(cp[i])->combining_class) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < len && utf8proc_get_property(cp[j])->combining_class) j++;
+        if (j - i > 1) {
+            if (!tmp) tmp = xmalloc(len * sizeof *tmp);
+            sort_marks(cp + i, j - i, tmp);
+        }
+        i = j;
+    }
+    free(tmp);
+    if (opt & UTF8PROC_COMPOSE) {
+        utf8proc_ssize_t r = utf8proc_normalize_utf32(cp, (utf8proc_ssize_t)len, opt & (UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+        if (r < 0) {
+            free(cp);
+            return -1;
+        }
+        len = (size_t)r;
+    }
+    char *o = xmalloc(4 * len + 1);
+    size_t ol = 0;
+    for (size_t i = 0; i < len; i++) ol += (size_t)utf8proc_encode_char(cp[i], (utf8proc_uint8_t *)o + ol);
+    o[ol] = '\0';
+    free(cp);
+    *out = o;
+    *out_len = ol;
+    return 0;
+}
+
+/* The normalizers over s into a malloc'd string (*out NULL when s is unchanged). O(n). */
 static int normalize(const struct bpe_model *m, const char *s, size_t n, char **out, size_t *out_len)
 {
     *out = NULL;
@@ -672,17 +747,16 @@ static int normalize(const struct bpe_model *m, const char *s, size_t n, char **
     size_t cur_len = n;
     char *owned = NULL;
     for (int k = 0; k < m->n_norm; k++) {
-        utf8proc_uint8_t *dst = NULL;
-        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)cur, (utf8proc_ssize_t)cur_len,
-                                          &dst, m->norm[k]);
-        if (r < 0) {
+        char *next;
+        size_t next_len;
+        if (normalize_form(cur, cur_len, m->norm[k], &next, &next_len) < 0) {
             free(owned);
             return -1;
         }
         free(owned);
-        owned = (char *)dst;
+        owned = next;
         cur = owned;
-        cur_len = (size_t)r;
+        cur_len = next_len;
     }
     if (cur_len == n && memcmp(cur, s, n) == 0) {
         free(owned);

@@ -18,6 +18,7 @@ const hard = {
   "nfc-hangul": "decomposed \u1100\u1161\u11A8 vs 각, \u1112\u1161\u11AB\u1100\u1173\u11AF = 한글, 가\u11A8",
   "nfc-excluded": "\u0958 (qa), \u0915\u093C, \u2ADC, \u0344, \u0F73, \u1E9B\u0323, \uFB1D",
   "nfc-compat-cjk": "\uF900\uF901\uF902 compatibility ideographs, \u{2F800}\u{2F801}",
+  "nfc-ordering": "a\u0301\u0316 a\u0316\u0301 q\u0307\u0323 e\u0302\u0323 e\u0323\u0302 \u1E0B\u0323 \u0041\u030A\u0323\u031B\u0300",
   "combining-runs": "a\u0300\u0301\u0302\u0303\u0304\u0305\u0306\u0307 x \u0300\u0301 Z\u0351\u0352\u0357\u0363\u036B\u0300 ",
   "vietnamese": "Tiếng Việt có dấu: Người ở đây rất thân thiện, phở bò ngon tuyệt vời.",
   "arabic": "اللغة العربية جميلة. مَرْحَبًا بِكُمْ فِي الْمَدِينَةِ ١٢٣٤٥ ٦٧٨٩٠",
@@ -75,6 +76,7 @@ const long = {
   "run-emoji-50k": repeat("😀", 50000),
   "run-cjk-100k": repeat("中文", 50000),
   "run-combining-50k": "e" + repeat("\u0301", 50000),
+  "run-combining-alternating-50k": "e" + repeat("\u0301\u0316", 25000), // canonical ordering must not be quadratic
   "run-specials-10k": repeat("<|eot_id|>", 10000) + repeat("<|im_end|>", 10000),
   "run-specials-spaced-10k": repeat(" <|eot_id|> x", 10000),
   "run-apostrophe-100k": repeat("'s", 50000),
