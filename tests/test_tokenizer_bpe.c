@@ -8,7 +8,8 @@
  *        the reference's ids and decodes (tests/tokenizers/reference.mjs makes REF.json;
  *        tests/test_tokenizer_bpe.sh runs both)
  *   build/tests/test_tokenizer_bpe --bench DIR TEXT     encode throughput (MB/s) of DIR's
- *        tokenizer on the file TEXT (a benchmark, not a test)
+ *        tokenizer on the file TEXT (a benchmark, not a test; tools/bench_tokenizer.sh)
+ *   build/tests/test_tokenizer_bpe --bench-adversarial DIR   encode cost on long runs
  * Run from the repository root. */
 #include <cjson/cJSON.h>
 #include <pthread.h>
@@ -338,6 +339,43 @@ static int run_bench(const char *dir, const char *path)
            cw, o / 1e6 / cw);
     free(whole);
     free(text);
+    tokenizer_free(t);
+    return 0;
+}
+
+/* Adversarial inputs at 100 kB and 1 MB: the cost of each must grow about tenfold. */
+static int run_bench_adversarial(const char *dir)
+{
+    char err[ERR_LEN];
+    tokenizer_t *t;
+    if (tokenizer_load(&t, dir, err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    static const char *units[][2] = {
+        {"one letter", "a"}, {"spaces", " "}, {"newlines", "\n"}, {"space tab", " \t"}, {"digits", "7"},
+        {"emoji", "\xf0\x9f\x98\x80"}, {"CJK", "\xe4\xb8\xad"}, {"<|im_end|>", "<|im_end|>"},
+        {"partial special", "<|im_sta"}, {"'s", "'s"}, {"alternating marks", "\xcc\x81\xcc\x96"},
+        {"e + acute", "e\xcc\x81"}, {"\" a\"", " a"}, {"\". \"", ". "},
+    };
+    printf("ropeserve %s, adversarial inputs (CPU seconds):\n", dir);
+    for (size_t u = 0; u < sizeof units / sizeof *units; u++) {
+        printf("  %-18s", units[u][0]);
+        for (size_t n = 100000; n <= 1000000; n *= 10) {
+            size_t k = strlen(units[u][1]), len = n / k * k;
+            char *s = xmalloc(len + 2);
+            for (size_t i = 0; i < len; i += k) memcpy(s + i, units[u][1], k);
+            s[len] = 'x'; /* a different last character, so runs end against something */
+            int32_t *ids;
+            double c0 = cpu_s();
+            int m = tokenizer_encode(t, s, len + 1, 0, &ids, err);
+            double c = cpu_s() - c0;
+            if (m >= 0) free(ids);
+            printf("  %7zu B: %7d ids %6.3f s", len + 1, m, c);
+            free(s);
+        }
+        printf("\n");
+    }
     tokenizer_free(t);
     return 0;
 }
@@ -712,6 +750,7 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--reference")) return run_reference(argv[2]);
     if (argc == 4 && !strcmp(argv[1], "--bench")) return run_bench(argv[2], argv[3]);
+    if (argc == 3 && !strcmp(argv[1], "--bench-adversarial")) return run_bench_adversarial(argv[2]);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_tokenizer_bpe.%d", (int)getpid());
     char cmd[600];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", tmpdir);
