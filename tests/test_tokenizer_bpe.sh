@@ -67,7 +67,8 @@ mkdir -p "$T/l2"
 cp "$L2/tokenizer.json" "$T/l2/tokenizer.json"
 cp tests/fixtures/models/llama-gqa-none/config.json tests/fixtures/models/llama-gqa-none/*.safetensors* "$T/l2/"
 out=$("$BIN" generate --model "$T/l2" --prompt hi --max-tokens 1 2>&1)
-if [ $? -ne 0 ] && echo "$out" | grep -q "$T/l2/tokenizer.json" && echo "$out" | grep -q "field 'normalizer"; then ok
+if [ $? -ne 0 ] && echo "$out" | grep -q "$T/l2/tokenizer.json" && echo "$out" | grep -q "field 'normalizer" &&
+    echo "$out" | grep -q "SentencePiece-style tokenizer.json: put the model's tokenizer.model beside it"; then ok
 else bad "Llama-2 tokenizer.json alone must be refused naming the file and field: $out"; fi
 cp tests/fixtures/models/llama-gqa-none/tokenizer.model "$T/l2/"
 if "$BIN" generate --model "$T/l2" --prompt-ids 1,2,3 --max-tokens 1 >/dev/null 2>&1; then ok

@@ -995,6 +995,22 @@ static int load_bpe(struct loader *L, const cJSON *model)
     return rc;
 }
 
+/* Llama-2/Mistral's tokenizer.json: Metaspace or Prepend + Replace, byte fallback. */
+static int looks_sentencepiece(const cJSON *root)
+{
+    const cJSON *model = get(root, "model"), *bf = model ? get(model, "byte_fallback") : NULL;
+    if (cJSON_IsTrue(bf)) return 1;
+    const char *keys[] = {"normalizer", "pre_tokenizer", "decoder"};
+    for (int k = 0; k < 3; k++) {
+        const cJSON *v = get(root, keys[k]);
+        char *txt = v ? cJSON_PrintUnformatted(v) : NULL;
+        int hit = txt && (strstr(txt, "\"Metaspace\"") || strstr(txt, "\"Prepend\"") || strstr(txt, "\"ByteFallback\""));
+        cJSON_free(txt);
+        if (hit) return 1;
+    }
+    return 0;
+}
+
 static void cache_init(struct bpe_model *m)
 {
     m->cache = xcalloc(CACHE_SHARDS, sizeof *m->cache);
@@ -1071,6 +1087,10 @@ int bpe_model_load(struct bpe_model **out, const char *path, char *err)
     cache_init(m);
     rc = 0;
 done:
+    if (rc < 0 && looks_sentencepiece(root)) {
+        size_t n = strlen(err);
+        snprintf(err + n, ERR_LEN - n, " (a SentencePiece-style tokenizer.json: put the model's tokenizer.model beside it)");
+    }
     cJSON_Delete(root);
     if (rc < 0) {
         bpe_model_free(m);
