@@ -19,7 +19,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -
            -I/usr/include/x86_64-linux-gnu/openblas-pthread
 CXXFLAGS ?= $(OPT) -march=$(ARCH) -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread -MMD -MP
-LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lopenblas -lstdc++ -lm -lpthread
+LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lpcre2-8 -lutf8proc -lopenblas -lstdc++ -lm -lpthread
 B       := build
 
 # --- quiet rules: "  CC      server/http.c" per file (V=1: the whole command lines) ---
@@ -102,7 +102,7 @@ DEMO    := $(B)/demo-model
 # accesses fail `make test` (tests/test_asan.sh runs them on a short workload).
 ASAN_CFLAGS := $(filter-out -DROPESERVE_CUDA -O3 $(OPT),$(CFLAGS)) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_OBJ := $(LIB_C:%.c=$(B)/asan/%.o) $(LIB_CC:%.cc=$(B)/asan/%.o)
-ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine
+ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine $(B)/asan/test_tokenizer_bpe
 .SECONDARY: $(ASAN_OBJ)
 
 .PHONY: all deps run test test-cuda bench clean demo

@@ -50,7 +50,7 @@ struct flag {
 };
 
 static const struct flag flags[] = {
-    {"--model", "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.model)", C_ALL},
+    {"--model", "DIR", "Hugging Face model directory (config.json, safetensors, tokenizer.model or tokenizer.json)", C_ALL},
     {"--device", "auto|cpu|cuda", "compute backend (auto: CUDA when compiled in and a GPU exists)", C_RUN},
     {"--threads", "N", "CPU worker threads (default: all cores)", C_RUN},
     {"--dtype", "bf16|f16", "CUDA weight and KV dtype (default bf16)", C_RUN},
@@ -294,13 +294,12 @@ struct loaded {
 
 static void load_all(struct opts *o, struct loaded *L)
 {
-    char err[ERR_LEN], path[4096];
+    char err[ERR_LEN];
     if (model_config_load(&L->cfg, o->model, err) < 0) die("%s", err);
     apply_rope_overrides(o, &L->cfg);
-    snprintf(path, sizeof path, "%s/tokenizer.model", o->model);
-    if (tokenizer_load(&L->tok, path, err) < 0) die("%s", err);
+    if (tokenizer_load(&L->tok, o->model, err) < 0) die("%s", err); /* tokenizer.model or .json */
     if (tokenizer_vocab_size(L->tok) > L->cfg.vocab_size)
-        die("%s: the tokenizer has %d tokens but config.json field 'vocab_size' is %d", path,
+        die("%s: the tokenizer has %d tokens but config.json field 'vocab_size' is %d", o->model,
             tokenizer_vocab_size(L->tok), L->cfg.vocab_size);
     if (L->cfg.eos_id < 0) L->cfg.eos_id = tokenizer_eos_id(L->tok);
     if (L->cfg.bos_id < 0) L->cfg.bos_id = tokenizer_bos_id(L->tok);

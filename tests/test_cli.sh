@@ -111,7 +111,7 @@ mk rope; sed 's/"factor": 4.0/"factor": -1/' $FIX/llama-linear-f16/config.json >
 expect_fail "bad rope_scaling.factor" "$T/rope" "factor"
 
 mk notok; rm "$T/notok/tokenizer.model"
-expect_fail "missing tokenizer" "$T/notok" "$T/notok/tokenizer.model"
+expect_fail "missing tokenizer" "$T/notok" "$T/notok" "no tokenizer.model or tokenizer.json"
 
 mk noweights; rm "$T/noweights/$ST"
 expect_fail "no weights" "$T/noweights" "$T/noweights"

@@ -2,7 +2,9 @@
 # test_tokenizer_spm.sh - our tokenizer against Debian's sentencepiece command-line tools
 # (spm_encode / spm_decode, package "sentencepiece"), which run the same model through the
 # library's own front end. Texts with digits, tabs, leading/trailing/repeated spaces, accents,
-# CJK, emoji, literal "<s>", plus hand-written id lists with broken byte-fallback UTF-8.
+# CJK, emoji, plus hand-written id lists with broken byte-fallback UTF-8. Text with "<s>", "</s>"
+# and "<unk>" in it: those are parsed as the special tokens (as Hugging Face and vLLM do), and
+# the text between them is encoded as spm_encode encodes each piece on its own.
 #
 # Runs from the repository root; needs build/tests/test_tokenizer (its --encode-file and
 # --decode-ids modes print what spm_encode --output_format=id and spm_decode print).
@@ -43,7 +45,6 @@ printf '%s\n' \
     'Family 👨‍👩‍👧‍👦, flag 🏳️‍🌈, coder 🧑🏽‍💻, thumbs 👍.' \
     '😀😃😄😁 emoji run, then ✓ ✗ ★ ♥ symbols' \
     '' \
-    'literal <s> and </s> and <unk> and <0x41> stay text' \
     'def mean(xs):	return sum(xs) / len(xs)  # -> 2.0' \
     'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.' \
     >"$tmp/texts.txt"
@@ -81,6 +82,20 @@ while [ "$i" -le "$n_lines" ]; do
     fi
     i=$((i + 1))
 done
+
+# Special-token text: ours == spm_encode of the pieces between the tokens, with the tokens' ids.
+printf '%s\n' 'literal ' ' and ' ' and ' ' and <0x41> stays text' '<s>' >"$tmp/seg.txt"
+spm_encode --model="$model" --output_format=id <"$tmp/seg.txt" >"$tmp/seg_ids.txt"
+seg() { sed -n "${1}p" "$tmp/seg_ids.txt"; }
+want="$(seg 1) 1 $(seg 2) 2 $(seg 3) 0 $(seg 4)"
+printf '%s\n' 'literal <s> and </s> and <unk> and <0x41> stays text' '<s>' >"$tmp/special.txt"
+"$bin" --model "$model" --encode-file "$tmp/special.txt" >"$tmp/special_ids.txt"
+got=$(sed -n 1p "$tmp/special_ids.txt")
+if [ "$got" = "$want" ] && [ "$(sed -n 2p "$tmp/special_ids.txt")" = "1" ] && [ -z "$(seg 5 | grep -v '^$' | grep -x 1)" ]; then
+    passed=$((passed + 1))
+else
+    fail "special-token text: ours '$got', want '$want' (and '<s>' alone -> 1)"
+fi
 
 # Id lists an LLM could generate: BOS/EOS/UNK inside, byte pieces that form whole, split and
 # broken UTF-8 (E6 97 8F = 族; F0 9F 98 80 = 😀; lone E6; EF BF BD = U+FFFD; overlong C0 80;

@@ -1,11 +1,24 @@
-/* tokenizer.c - tokenizer.h on top of the sentencepiece wrapper (sentencepiece.cc): special ids,
- * piece tables, BOS handling, strict UTF-8 checks and the streaming detokenizer.
+/* tokenizer.c - tokenizer.h for both kinds of tokenizer: SentencePiece (tokenizer.model, through
+ * the sentencepiece wrapper in sentencepiece.cc) and Hugging Face tokenizer.json byte-level BPE
+ * (bpe.c). Here: choosing the file, special ids, piece tables, BOS handling, special-token text
+ * in prompts, strict UTF-8 checks and the streaming detokenizer.
  *
- * Encode and decode go straight to libsentencepiece (the fixtures were recorded against it).
- * The streaming detokenizer cannot: a full decode turns an unfinished UTF-8 sequence into
- * U+FFFD, so re-decoding a growing id list would print U+FFFD and then take it back. Instead
- * the stream replays sentencepiece's Decode() rules one id at a time from a per-id table built
- * at load:
+ * Which file: a model directory with tokenizer.model uses SentencePiece even when it also has a
+ * tokenizer.json (Llama-2 and Mistral ship both; their tokenizer.json is a SentencePiece-style
+ * BPE that bpe.c refuses, and libsentencepiece is the exact reference for the .model); a
+ * directory with only tokenizer.json uses bpe.c.
+ *
+ * Special-token text in prompts ("<s>", "<|im_start|>") is parsed as the special token, as
+ * Hugging Face tokenizers and so vLLM do by default, for both kinds: SentencePiece's own encoder
+ * would read "<s>" as text, so its control and unknown pieces are matched first (added.c) and
+ * the text between them is encoded piece by piece, which is what HF's tokenizer.json for these
+ * models does. tokenizer_config.json's split_special_tokens: true turns this off.
+ *
+ * SentencePiece encode and decode go straight to libsentencepiece (the fixtures were recorded
+ * against it). The streaming detokenizer cannot: a full decode turns an unfinished UTF-8
+ * sequence into U+FFFD, so re-decoding a growing id list would print U+FFFD and then take it
+ * back. Instead the stream replays the decoder's rules one id at a time from a per-id table
+ * built at load. SentencePiece's Decode():
  *
  *   - a piece's text ("surface") is its string with every U+2581 "▁" turned into a space;
  *     control pieces (<s>, </s>) have none; <unk> has the unk surface (" ⁇ ");
@@ -16,24 +29,33 @@
  *   - the dummy-prefix space: while nothing has been decoded yet, a piece's leading "▁" is
  *     dropped, once (a second "▁" piece right after a dropped one keeps its space).
  *
+ * tokenizer.json's ByteLevel decoder (the reference's decode with skip_special_tokens, as vLLM
+ * detokenizes): every id stands for bytes; special tokens are left out entirely (bytes on both
+ * sides of one still join into a character); the bytes of the whole text are then read as UTF-8
+ * with each maximal invalid subsequence replaced by one U+FFFD (Rust's from_utf8_lossy). Here
+ * tokenizer_decode is the stream itself.
+ *
  * Worked example (ids of the test model): 1 <s>, 267 "▁the", 233 <0xE6>, 154 <0x97>,
  * 146 <0x8F>. Stream with no prompt: push 1 -> "", push 267 -> "the" (start of text: space
  * dropped), push 233 -> "" (E6 held), push 154 -> "" (E6 97 held), push 146 -> "族". With the
  * prompt [1, 267], pushing 267 gives " the": decode(prompt + gen) minus decode(prompt).
- * Had the stream finished after 233 154, finish() would give U+FFFD U+FFFD, as Decode does.
+ * Had the stream finished after 233 154, finish() would give U+FFFD U+FFFD, as Decode does
+ * (a tokenizer.json model gives one U+FFFD for the unfinished E6 97).
  *
  * Invariant: the concatenation of every push output plus finish equals tokenizer_decode() of
- * the same ids, and every output is whole UTF-8 characters. tokenizer_load() streams the whole
- * vocabulary once, compares with the library's decode and warns if a model breaks the rule (a
- * model with a denormalizer would).
+ * the same ids, and every output is whole UTF-8 characters. For SentencePiece, tokenizer_load()
+ * streams the whole vocabulary once, compares with the library's decode and warns if a model
+ * breaks the rule (a model with a denormalizer would).
  *
  * Rejected: vLLM's re-decode of a sliding window of ids per generated token (costs a library
- * call and a string compare per token, and guesses at U+FFFD); decoding pieces ourselves in
- * tokenizer_decode (the library is the reference the stream is tested against). */
+ * call and a string compare per token, and guesses at U+FFFD); decoding SentencePiece pieces
+ * ourselves in tokenizer_decode (the library is the reference the stream is tested against). */
 #include "tokenizer.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,8 +72,17 @@ struct tok_piece {
     uint8_t space_prefix; /* the piece starts with "▁" (its surface with ' ') */
 };
 
+enum tok_kind {
+    TOK_SPM = 0, /* tokenizer.model through libsentencepiece */
+    TOK_BPE = 1, /* tokenizer.json through bpe.c */
+};
+
 struct tokenizer {
-    struct sp_model *sp;
+    enum tok_kind kind;
+    struct sp_model *sp;      /* TOK_SPM */
+    struct added_set *specials; /* TOK_SPM: control and unknown pieces, matched in text */
+    struct bpe_model *bpe;    /* TOK_BPE */
+    int split_special;        /* special-token text stays text (tokenizer_config.json) */
     int n_vocab;
     int bos_id, eos_id, unk_id, pad_id;
     struct tok_piece *pieces; /* (n_vocab) */
@@ -147,10 +178,20 @@ static void stream_consume(tok_stream_t *s, int n)
     s->n_pend_ctx = s->n_pend_ctx > n ? s->n_pend_ctx - n : 0;
 }
 
+/* The length of the maximal subpart at p (n bytes that are not a whole character): the longest
+ * prefix that a valid character could start with, at least 1 byte. */
+static int utf8_subpart(const unsigned char *p, int n)
+{
+    for (int j = n; j > 1; j--)
+        if (utf8_char(p, (size_t)j) == 0) return j;
+    return 1;
+}
+
 /* Output what the pending bytes decide. run_ended: no more bytes will join this run, so an
- * unfinished character is invalid (one U+FFFD per byte, as sentencepiece does). A prompt byte
- * that turns out invalid already printed its U+FFFD in decode(prompt): it is dropped silently.
- * A character completed across the prompt end is printed whole. */
+ * unfinished character is invalid (one U+FFFD per byte, as sentencepiece does; one per maximal
+ * subpart for tokenizer.json, as from_utf8_lossy does). A prompt byte that turns out invalid
+ * already printed its U+FFFD in decode(prompt): it is dropped silently. A character completed
+ * across the prompt end is printed whole. */
 static void stream_drain(tok_stream_t *s, int run_ended)
 {
     while (s->n_pend > 0) {
@@ -162,7 +203,7 @@ static void stream_drain(tok_stream_t *s, int run_ended)
             break;
         } else {
             if (s->n_pend_ctx == 0) stream_emit(s, REPLACEMENT, 3);
-            stream_consume(s, 1);
+            stream_consume(s, s->t->kind == TOK_BPE ? utf8_subpart(s->pend, s->n_pend) : 1);
         }
     }
 }
@@ -171,6 +212,13 @@ static void stream_feed(tok_stream_t *s, int32_t id)
 {
     const tokenizer_t *t = s->t;
     const struct tok_piece *p = &t->pieces[id];
+    if (t->kind == TOK_BPE) { /* every piece is bytes; special ones have none */
+        for (uint32_t i = 0; i < p->len; i++) {
+            s->pend[s->n_pend++] = (unsigned char)t->surf[p->off + i];
+            stream_drain(s, 0);
+        }
+        return;
+    }
     if (p->kind == SP_PIECE_BYTE) {
         s->pend[s->n_pend++] = (unsigned char)t->surf[p->off];
         s->text_nonempty = 1;
@@ -229,6 +277,7 @@ int tok_stream_push(tok_stream_t *s, int32_t id, const char **out)
     if (id < 0 || id >= s->t->n_vocab) return -1;
     stream_feed(s, id);
     s->buf[s->len] = '\0';
+    *out = s->buf; /* feeding may have grown (moved) the buffer */
     return (int)s->len;
 }
 
@@ -244,7 +293,7 @@ int tok_stream_finish(tok_stream_t *s, const char **out)
 /* --------------------------------------------------------------------------------------------
  * Loading */
 
-/* Decode ids with the stream (for the load-time self-check). */
+/* Decode ids with the stream (tokenizer.json decode; the SentencePiece load-time self-check). */
 static char *stream_decode_all(const tokenizer_t *t, const int32_t *ids, int n, size_t *len)
 {
     tok_stream_t s;
@@ -290,12 +339,12 @@ static void probe_decoder(tokenizer_t *t)
     free(all);
 }
 
-int tokenizer_load(tokenizer_t **out, const char *path, char *err)
+/* SentencePiece: the per-id table from the library, the decoder probe, and the control and
+ * unknown pieces as special tokens matched in text. */
+static int load_spm(tokenizer_t *t, const char *path, char *err)
 {
-    *out = NULL;
-    tokenizer_t *t = xcalloc(1, sizeof *t);
     int rc = sp_model_load(&t->sp, path, err);
-    if (rc < 0) goto fail;
+    if (rc < 0) return rc;
     t->n_vocab = sp_model_n_pieces(t->sp);
     sp_model_special_ids(t->sp, &t->bos_id, &t->eos_id, &t->unk_id, &t->pad_id);
 
@@ -304,6 +353,8 @@ int tokenizer_load(tokenizer_t **out, const char *path, char *err)
     for (int i = 0; i < t->n_vocab; i++) cap += strlen(sp_model_id_to_piece(t->sp, i)) + 8;
     t->surf = xmalloc(cap);
     t->pieces = xcalloc((size_t)t->n_vocab, sizeof *t->pieces);
+    struct added_tok *specials = xcalloc((size_t)t->n_vocab, sizeof *specials);
+    int n_specials = 0;
     for (int i = 0; i < t->n_vocab; i++) {
         struct tok_piece *p = &t->pieces[i];
         const char *piece = sp_model_id_to_piece(t->sp, i);
@@ -313,8 +364,8 @@ int tokenizer_load(tokenizer_t **out, const char *path, char *err)
         if (p->kind == SP_PIECE_BYTE) {
             unsigned v;
             if (sscanf(piece, "<0x%2X>", &v) != 1 || n != 6) {
-                rc = set_err(err, -1, "%s: byte piece %d is \"%s\", not <0xNN>", path, i, piece);
-                goto fail;
+                free(specials);
+                return set_err(err, -1, "%s: byte piece %d is \"%s\", not <0xNN>", path, i, piece);
             }
             t->surf[used++] = (char)v;
         } else if (p->kind == SP_PIECE_UNKNOWN) {
@@ -339,19 +390,100 @@ int tokenizer_load(tokenizer_t **out, const char *path, char *err)
             }
         }
         p->len = (uint32_t)(used - p->off);
+        if (p->kind == SP_PIECE_CONTROL || p->kind == SP_PIECE_UNKNOWN)
+            specials[n_specials++] = (struct added_tok){piece, n, i, 1, 0, 0, 0};
     }
+    t->specials = added_set_new(specials, n_specials);
+    free(specials);
     probe_decoder(t);
+    return 0;
+}
+
+/* tokenizer.json: the per-id table holds each id's decoded bytes; special tokens have none. */
+static int load_bpe(tokenizer_t *t, const char *path, const struct hf_tok_config *cfg, char *err)
+{
+    int rc = bpe_model_load(&t->bpe, path, err);
+    if (rc < 0) return rc;
+    t->n_vocab = bpe_model_n_ids(t->bpe);
+    size_t cap = 64, used = 0, len;
+    for (int i = 0; i < t->n_vocab; i++) {
+        bpe_model_id_bytes(t->bpe, i, &len);
+        cap += len;
+    }
+    t->surf = xmalloc(cap);
+    t->pieces = xcalloc((size_t)t->n_vocab, sizeof *t->pieces);
+    for (int i = 0; i < t->n_vocab; i++) {
+        struct tok_piece *p = &t->pieces[i];
+        const char *b = bpe_model_id_bytes(t->bpe, i, &len);
+        p->off = (uint32_t)used;
+        p->kind = bpe_model_decode_skips(t->bpe, i) ? SP_PIECE_CONTROL : SP_PIECE_NORMAL;
+        if (p->kind == SP_PIECE_NORMAL) {
+            memcpy(t->surf + used, b, len);
+            used += len;
+        }
+        p->len = (uint32_t)(used - p->off);
+    }
+    /* BOS is what the post-processor puts first; the rest come from tokenizer_config.json */
+    t->bos_id = bpe_model_prefix_id(t->bpe);
+    t->unk_id = bpe_model_unk_id(t->bpe);
+    t->eos_id = t->pad_id = -1;
+    const char *names[] = {cfg->eos_token, cfg->pad_token, cfg->unk_token};
+    int *ids[] = {&t->eos_id, &t->pad_id, &t->unk_id};
+    for (int k = 0; k < 3; k++) {
+        if (!names[k]) continue;
+        int id = bpe_model_piece_to_id(t->bpe, names[k]);
+        if (id >= 0) *ids[k] = id;
+        else LOG_W("tokenizer_config.json: token \"%s\" is not in %s; ignored", names[k], path);
+    }
+    return 0;
+}
+
+static int is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int tokenizer_load(tokenizer_t **out, const char *path, char *err)
+{
+    *out = NULL;
+    char file[4096], cfg_path[4096];
+    struct stat st;
+    struct hf_tok_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int is_dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode), rc;
+    if (is_dir) {
+        snprintf(file, sizeof file, "%s/tokenizer.model", path);
+        if (!is_file(file)) snprintf(file, sizeof file, "%s/tokenizer.json", path);
+        if (!is_file(file))
+            return set_err(err, -1, "%s: no tokenizer.model or tokenizer.json in the model directory", path);
+        snprintf(cfg_path, sizeof cfg_path, "%s/tokenizer_config.json", path);
+        if (hf_tok_config_read(cfg_path, &cfg, err) < 0) return -1;
+    } else {
+        snprintf(file, sizeof file, "%s", path);
+    }
+    size_t n = strlen(file);
+    int json = n >= 5 && strcmp(file + n - 5, ".json") == 0;
+
+    tokenizer_t *t = xcalloc(1, sizeof *t);
+    t->kind = json ? TOK_BPE : TOK_SPM;
+    t->split_special = cfg.split_special_tokens;
+    rc = json ? load_bpe(t, file, &cfg, err) : load_spm(t, file, err);
+    hf_tok_config_free(&cfg);
+    if (rc < 0) {
+        tokenizer_free(t);
+        return rc;
+    }
     *out = t;
     return 0;
-fail:
-    tokenizer_free(t);
-    return rc;
 }
 
 void tokenizer_free(tokenizer_t *t)
 {
     if (!t) return;
     sp_model_free(t->sp);
+    added_set_free(t->specials);
+    bpe_model_free(t->bpe);
     free(t->pieces);
     free(t->surf);
     free(t);
@@ -369,12 +501,14 @@ int tokenizer_pad_id(const tokenizer_t *t) { return t->pad_id; }
 const char *tokenizer_id_to_piece(const tokenizer_t *t, int32_t id)
 {
     if (id < 0 || id >= t->n_vocab) return NULL;
+    if (t->kind == TOK_BPE) return bpe_model_id_to_piece(t->bpe, id);
     return sp_model_id_to_piece(t->sp, id);
 }
 
 int32_t tokenizer_piece_to_id(const tokenizer_t *t, const char *piece)
 {
     if (!piece) return -1;
+    if (t->kind == TOK_BPE) return bpe_model_piece_to_id(t->bpe, piece);
     int id = sp_model_piece_to_id(t->sp, piece);
     /* sentencepiece answers the unk id for a piece it does not know */
     if (id < 0 || id >= t->n_vocab || strcmp(sp_model_id_to_piece(t->sp, id), piece) != 0)
@@ -385,6 +519,7 @@ int32_t tokenizer_piece_to_id(const tokenizer_t *t, const char *piece)
 int tokenizer_is_special(const tokenizer_t *t, int32_t id)
 {
     if (id < 0 || id >= t->n_vocab) return 0;
+    if (t->kind == TOK_BPE) return bpe_model_is_special(t->bpe, id);
     return t->pieces[id].kind == SP_PIECE_CONTROL || t->pieces[id].kind == SP_PIECE_UNKNOWN;
 }
 
@@ -400,6 +535,38 @@ int tokenizer_id_to_bytes(const tokenizer_t *t, int32_t id, char *buf, int cap)
 /* --------------------------------------------------------------------------------------------
  * Encode / decode */
 
+struct spm_enc {
+    const tokenizer_t *t;
+    int32_t *ids;
+    size_t n, cap;
+    char *err;
+};
+
+static void spm_push(struct spm_enc *e, const int32_t *ids, size_t n)
+{
+    if (e->n + n > e->cap) {
+        e->cap = 2 * (e->n + n) + 16;
+        e->ids = xrealloc(e->ids, e->cap * sizeof *e->ids);
+    }
+    memcpy(e->ids + e->n, ids, n * sizeof *ids);
+    e->n += n;
+}
+
+static int spm_piece(void *ctx, const char *s, size_t n, int32_t id)
+{
+    struct spm_enc *e = ctx;
+    if (id >= 0) {
+        spm_push(e, &id, 1);
+        return 0;
+    }
+    int32_t *part = NULL;
+    int k = sp_model_encode(e->t->sp, s, n, &part, e->err);
+    if (k < 0) return k;
+    spm_push(e, part, (size_t)k);
+    free(part);
+    return 0;
+}
+
 int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, int add_bos,
                      int32_t **ids, char *err)
 {
@@ -407,16 +574,16 @@ int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, int add
     if (len > (size_t)INT_MAX / 2) return set_err(err, -1, "text too long (%zu bytes)", len);
     size_t bad = utf8_valid_prefix(text, len);
     if (bad != len) return set_err(err, -1, "text is not valid UTF-8 (byte %zu)", bad);
-    int32_t *body = NULL;
-    int n = len ? sp_model_encode(t->sp, text, len, &body, err) : 0;
-    if (n < 0) return n;
-    int bos = add_bos && t->bos_id >= 0;
-    int32_t *v = xmalloc((size_t)(n + bos) * sizeof *v);
-    if (bos) v[0] = t->bos_id;
-    if (n) memcpy(v + bos, body, (size_t)n * sizeof *v);
-    free(body);
-    *ids = v;
-    return n + bos;
+    if (t->kind == TOK_BPE) return bpe_model_encode(t->bpe, text, len, add_bos, t->split_special, ids, err);
+    struct spm_enc e = {.t = t, .err = err};
+    if (add_bos && t->bos_id >= 0) spm_push(&e, &t->bos_id, 1);
+    int rc = added_split(t->specials, text, len, t->split_special, spm_piece, &e);
+    if (rc < 0 || e.n > INT_MAX) {
+        free(e.ids);
+        return rc < 0 ? rc : set_err(err, -1, "text too long");
+    }
+    *ids = e.ids ? e.ids : xmalloc(sizeof(int32_t));
+    return (int)e.n;
 }
 
 int tokenizer_decode(const tokenizer_t *t, const int32_t *ids, int n, char **out, size_t *out_len,
@@ -429,5 +596,13 @@ int tokenizer_decode(const tokenizer_t *t, const int32_t *ids, int n, char **out
         if (ids[i] < 0 || ids[i] >= t->n_vocab)
             return set_err(err, -1, "token id %d at position %d is out of range [0, %d)",
                            (int)ids[i], i, t->n_vocab);
+    if (t->kind == TOK_BPE) {
+        size_t len;
+        char *text = stream_decode_all(t, ids, n, &len);
+        text[len] = '\0';
+        *out = text;
+        if (out_len) *out_len = len;
+        return 0;
+    }
     return sp_model_decode(t->sp, ids, n, out, out_len, err);
 }

@@ -13,3 +13,5 @@ echo "== prefill and decode, $THREADS threads (llama.cpp on the first 2-core dev
 $B/tools/bench --model $M --threads "$THREADS" --pp 512,2048,8192 --tg 128 --reps ${REPS:-3}
 echo "== continuous batching: aggregate decode with 1, 4 and 16 streams; a short request during a 16k prefill"
 $B/tools/bench --model $M --threads "$THREADS" --pp "" --tg 64 --streams 1,4,16 --long-prefill 16000 --reps ${REPS:-3}
+echo "== tokenizer.json encode throughput, ours and Hugging Face tokenizers (tools/bench_tokenizer.sh)"
+tools/bench_tokenizer.sh
