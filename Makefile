@@ -1,7 +1,7 @@
 # ropeserve - build, run, test.
 #   make            build/ropeserve (+ the CUDA backend when nvcc is found), installing missing
 #                   Debian packages first (tools/install-deps.sh)
-#   make run        build, make the demo model, serve it on 127.0.0.1:8080
+#   make run        build, serve the trained demo model (models/demo-pose) on 127.0.0.1:8080
 #   make test       build and run every test; closes with "N passed, N failed"
 #   make test-cuda  kernel checkers + end-to-end parity on a GPU (skips without one)
 #   make bench      throughput figures (never part of the tests)
@@ -17,7 +17,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -
            -I/usr/include/x86_64-linux-gnu/openblas-pthread
 CXXFLAGS ?= $(OPT) -march=$(ARCH) -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread -MMD -MP
-LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lopenblas -lstdc++ -lm -lpthread
+LDLIBS  := -lmicrohttpd -lcjson -lcurl -lsentencepiece -lopenblas -lstdc++ -lm -lpthread
 B       := build
 
 # --- CUDA: compiled whenever nvcc is found (NVCC= to disable) ---
@@ -47,6 +47,8 @@ CHECK_CU:= $(wildcard tests/kernels/check_*.cu)
 CHECK_BIN:= $(if $(CU_OBJ),$(CHECK_CU:tests/kernels/%.cu=$(B)/tests/kernels/%))
 
 DEMO    := $(B)/demo-model
+# what `make run` serves: a small LLaMA trained by tools/train/train.py (PoSE + revised YaRN)
+RUN_MODEL ?= models/demo-pose
 
 # AddressSanitizer + UBSan builds of the engine tests (CPU only): leaks and bad memory
 # accesses fail `make test` (tests/test_asan.sh runs them on a short workload).
@@ -107,14 +109,14 @@ $(B)/asan/%.o: %.cc | deps
 $(B)/asan/test_%: tests/test_%.c $(ASAN_OBJ) tests/test.h
 	$(CC) $(ASAN_CFLAGS) $< $(ASAN_OBJ) -o $@ $(filter-out -L% -lcublas -lcudart -Wl%,$(LDLIBS))
 
-# The demo checkpoint: deterministic, made by our own tool (tools/make_model.c), not committed.
+# The random demo checkpoint (tests, benchmarks): deterministic, made by tools/make_model.c.
 $(DEMO)/config.json: $(B)/tools/make_model models/demo/tokenizer.model
 	$(B)/tools/make_model --preset demo --out $(DEMO) --tokenizer models/demo/tokenizer.model
 
 demo: all $(DEMO)/config.json
 
-run: all $(DEMO)/config.json
-	$(B)/ropeserve serve --model $(DEMO) --host 127.0.0.1 --port 8080
+run: all
+	$(B)/ropeserve serve --model $(RUN_MODEL) --host 127.0.0.1 --port 8080
 
 test: all $(DEMO)/config.json $(CHECK_BIN) $(ASAN_BIN)
 	@tests/run.sh
