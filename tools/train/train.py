@@ -295,7 +295,7 @@ class Sampler:
     def __init__(self, args, sp, stream):
         self.a, self.sp, self.stream = args, sp, stream
         self.bos = sp.bos_id()
-        self.cache = {}
+        self.digits = np.array([sp.piece_to_id(str(d)) for d in range(10)])
 
     def enc(self, text):
         return self.sp.encode(text)
@@ -338,7 +338,16 @@ class Sampler:
         n = len(ids)
         ids = np.asarray(ids + [0] * (L - n))
         valid = np.arange(L) < n
-        return ids, np.arange(L), valid
+        return ids, np.arange(L), valid, (self.digit_run(ids), len(self.answer(key)))
+
+    def digit_run(self, ids):
+        """[start, end) of the first run of digit tokens (the key's first occurrence)."""
+        isd = np.isin(ids, self.digits)
+        start = int(np.argmax(isd))
+        end = start
+        while end < len(ids) and isd[end]:
+            end += 1
+        return start, end
 
     def passkey_pose(self, rng, L, Lt):
         """Key line in chunk 1 (positions 0..n1-1), question + answer at the end of chunk 2
@@ -363,16 +372,40 @@ class Sampler:
         pos = np.arange(L)
         u = int(rng.integers(0, Lt - L + 1))
         pos[n1:] += u
-        return ids, pos, np.ones(L, dtype=bool)
+        return ids, pos, np.ones(L, dtype=bool), (self.digit_run(ids), len(self.answer(key)))
+
+    def copy_sample(self, rng, L):
+        """Induction drill: a random sequence of 8..40 tokens (half of them digits-only) repeated
+        to fill the window; the first copy is unpredictable (weight 0), the repeats are not."""
+        n = int(rng.integers(8, 41))
+        if rng.random() < 0.5:
+            x = rng.choice(np.append(self.digits, self.sp.piece_to_id("▁")), size=n)
+        else:
+            x = rng.integers(3, self.sp.get_piece_size(), size=n)
+        ids = np.concatenate([[self.bos]] + [x] * ((L - 1) // n + 1))[:L]
+        return ids, np.arange(L), np.ones(L, dtype=bool), ((1, n + 1), 0)
+
+    def mix(self, stage, step):
+        """(passkey share, answer weight, copy-drill share) at this step: each --phases entry
+        applies from its stage-1 step on; stage 2 keeps the last one's shares, without drills."""
+        a = self.a
+        cur = (a.passkey_frac, a.answer_weight, 0.0, a.lc, a.batch)
+        for ph in a.phases:
+            if stage == 2 or step >= ph[0]:
+                cur = ph[1:]
+        return (cur[0], cur[1], 0.0, a.lc, a.batch) if stage == 2 else cur
 
     def batch(self, stage, step):
         a = self.a
+        pk_frac, ans_w, copy_frac, L, B = self.mix(stage, step)
         rng = np.random.default_rng([a.seed, stage, step])
         rows = []
-        for b in range(a.batch):
-            pk = rng.random() < a.passkey_frac
-            if stage == 1:
-                rows.append(self.passkey_plain(rng, a.lc) if pk else self.text_plain(rng, a.lc))
+        for b in range(B):
+            pk = rng.random() < pk_frac
+            if stage == 1 and copy_frac and rng.random() < copy_frac:
+                rows.append(self.copy_sample(rng, L))
+            elif stage == 1:
+                rows.append(self.passkey_plain(rng, L) if pk else self.text_plain(rng, L))
             else:
                 plain = rng.random() < a.plain_frac  # some unshifted samples keep short range sharp
                 if pk:
@@ -384,7 +417,19 @@ class Sampler:
         valid = torch.tensor(np.stack([r[2] for r in rows]))
         labels = ids[:, 1:].clone()
         labels[~valid[:, 1:]] = -100
-        return ids, pos, labels
+        # loss weights: a passkey sample's first key occurrence is random (nothing to learn, only
+        # noise) -> 0; its answer (the digits after the question and the '.') -> --answer-weight
+        w = torch.ones(labels.shape)
+        for b, r in enumerate(rows):
+            if len(r) < 4:
+                continue
+            first, n_ans = r[3]
+            w[b, first[0] - 1:first[1] - 1] = 0
+            end = int(r[2].sum()) - 1
+            if n_ans:
+                w[b, end - n_ans:end] = ans_w
+        w[labels == -100] = 0
+        return ids, pos, labels, w
 
 
 # ------------------------------------------------------------------------------------------------
@@ -514,10 +559,11 @@ def run_stage(args, stage, model, smp, inv, af, steps, peak_lr, probes):
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, args.warmup)
-        ids, pos, labels = smp.batch(stage, step)
+        ids, pos, labels, w = smp.batch(stage, step)
         logits = model(ids[:, :-1], pos[:, :-1], inv, af)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                              ignore_index=-100, reduction="none")
+        loss = (nll * w.reshape(-1)).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -530,10 +576,13 @@ def run_stage(args, stage, model, smp, inv, af, steps, peak_lr, probes):
             log(f"stage {stage} step {step + 1}/{steps} loss {run_loss / run_n:.4f} "
                 f"lr {opt.param_groups[0]['lr']:.2e} {(step + 1 - start) / el:.3f} steps/s")
             run_loss, run_n = 0.0, 0
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps or step + 1 == args.stop_at:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                         "curve": curve}, ckpt + ".tmp")
             os.replace(ckpt + ".tmp", ckpt)
+        if stage == 1 and step + 1 == args.stop_at:
+            log(f"stage 1: stopped after step {step + 1} (--stop-at)")
+            sys.exit(0)
         if args.probe_every and (step + 1) % args.probe_every == 0:
             model.eval()
             res = {L: probe(model, smp, inv, af, L, args.probe_trials, args.seed) for L in probes}
@@ -562,24 +611,44 @@ def main():
     p.add_argument("--lc", type=int, default=256, help="training window L_c")
     p.add_argument("--factor", type=int, default=64, help="YaRN factor s; L_t = s * L_c")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--stage1-steps", type=int, default=400)
-    p.add_argument("--stage2-steps", type=int, default=300)
+    p.add_argument("--stage1-steps", type=int, default=1300)
+    p.add_argument("--stage2-steps", type=int, default=120)
     p.add_argument("--lr1", type=float, default=2e-3)
     p.add_argument("--lr2", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--passkey-frac", type=float, default=0.5, help="share of passkey samples")
+    p.add_argument("--passkey-frac", type=float, default=0.6, help="share of passkey samples")
     p.add_argument("--plain-frac", type=float, default=0.25, help="stage 2: share of unshifted samples")
+    p.add_argument("--answer-weight", type=float, default=5.0, help="loss weight of a passkey answer's tokens")
+    p.add_argument("--phases", default="150:0.8:30:0,200:0.6:30:0.3,250:0.5:30:0.5:128:4",
+                   help="comma-separated STEP:PASSKEY_FRAC:ANSWER_WEIGHT:COPY_FRAC[:LEN:BATCH], each "
+                        "from its stage-1 step on (COPY_FRAC: share of induction drills; LEN <= L_c "
+                        "and BATCH: the rows); stage 2 keeps the last shares without drills, at "
+                        "L_c x --batch ('' = the flags above throughout)")
+    p.add_argument("--stop-at", type=int, default=0, help="stop after this stage-1 step's checkpoint (0: never)")
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--probe-every", type=int, default=100)
     p.add_argument("--probe-trials", type=int, default=10)
     p.add_argument("--dtype", choices=["bf16", "f32"], default="bf16", help="saved weights")
     p.add_argument("--smoke", action="store_true", help="a few steps of each stage, to check the pipeline")
+    p.add_argument("--prepare-only", action="store_true", help="write OUT/heldout.txt (the perplexity text) and stop")
     args = p.parse_args()
     if args.smoke:
         args.stage1_steps, args.stage2_steps, args.log_every = 6, 6, 2
         args.ckpt_every, args.probe_every, args.probe_trials = 3, 6, 2
     args.lt = args.lc * args.factor
+    try:
+        phases = []
+        for ph in filter(None, args.phases.split(",")):
+            f = ph.split(":")
+            assert len(f) in (4, 6)
+            L, B = (int(f[4]), int(f[5])) if len(f) == 6 else (args.lc, args.batch)
+            assert 16 <= L <= args.lc and B >= 1
+            phases.append((int(f[0]), float(f[1]), float(f[2]), float(f[3]), L, B))
+        args.phases = phases
+    except (ValueError, AssertionError):
+        p.error(f"--phases: expected STEP:PASSKEY_FRAC:ANSWER_WEIGHT:COPY_FRAC[:LEN:BATCH],..., "
+                f"LEN <= --lc, got {args.phases!r}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     t_all = time.time()
@@ -593,6 +662,8 @@ def main():
         fh.write("\n\n".join(held_docs) + "\n")
     log(f"text: {len(train_docs)} training documents, {sum(map(len, train_docs))} chars; "
         f"{len(held_docs)} held-out addresses -> {heldout}")
+    if args.prepare_only:
+        return
     tok = train_tokenizer(args, train_docs)
     sp = spm.SentencePieceProcessor(model_file=tok)
     assert sp.get_piece_size() == args.vocab and sp.bos_id() == 1 and sp.eos_id() == 2
@@ -610,7 +681,9 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params} parameters, {cfg}")
     info = {"script": "tools/train/train.py", "seed": args.seed, "L_c": args.lc,
-            "batch": args.batch, "passkey_frac": args.passkey_frac, "host": host,
+            "batch": args.batch, "passkey_frac": args.passkey_frac,
+            "answer_weight": args.answer_weight, "phases": [list(ph) for ph in args.phases],
+            "host": host,
             "torch": torch.__version__, "threads": args.threads}
 
     # stage 1: plain RoPE at L_c
