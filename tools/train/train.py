@@ -281,7 +281,7 @@ class LlamaForCausalLM(nn.Module):
         cos = torch.cat((ang.cos(), ang.cos()), -1)[:, None] * af
         sin = torch.cat((ang.sin(), ang.sin()), -1)[:, None] * af
         T = ids.shape[1]
-        mask = torch.full((T, T), float("-inf")).triu(1)
+        mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
         x = self.model.embed_tokens(ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
@@ -449,8 +449,9 @@ def probe(model, smp, inv, af, length, trials, seed):
             base = [smp.bos] + smp.enc(smp.passkey_text(key, 0, n_tot))
         n_pre = int(round(n_tot * (t + 0.5) / trials))
         ids = [smp.bos] + smp.enc(smp.passkey_text(key, n_pre, n_tot - n_pre)) + ans
-        x = torch.tensor([ids])
-        logits = model(x, torch.arange(len(ids))[None], inv, af)[0]
+        dev = inv.device
+        x = torch.tensor([ids], device=dev)
+        logits = model(x, torch.arange(len(ids), device=dev)[None], inv, af)[0]
         pred = logits[len(ids) - len(ans) - 1:len(ids) - 1].argmax(-1).tolist()
         ok += pred == ans
     return ok / trials
@@ -460,7 +461,7 @@ def probe(model, smp, inv, af, length, trials, seed):
 # saving
 
 def bf16_bytes(t):
-    a = t.detach().float().contiguous().numpy().view(np.uint32).astype(np.uint64)
+    a = t.detach().float().cpu().contiguous().numpy().view(np.uint32).astype(np.uint64)
     r = ((a + 0x7FFF + ((a >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
     return r.tobytes()
 
@@ -469,7 +470,7 @@ def save_safetensors(path, tensors, dtype):
     header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
     for name in sorted(tensors):
         t = tensors[name]
-        data = bf16_bytes(t) if dtype == "BF16" else t.detach().float().contiguous().numpy().tobytes()
+        data = bf16_bytes(t) if dtype == "BF16" else t.detach().float().cpu().contiguous().numpy().tobytes()
         header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
         blobs.append(data)
         off += len(data)
@@ -549,7 +550,7 @@ def run_stage(args, stage, model, smp, inv, af, steps, peak_lr, probes):
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
     start, curve = 0, []
     if os.path.exists(ckpt):
-        st = torch.load(ckpt)
+        st = torch.load(ckpt, map_location=inv.device)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start, curve = st["step"], st["curve"]
@@ -560,6 +561,8 @@ def run_stage(args, stage, model, smp, inv, af, steps, peak_lr, probes):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, args.warmup)
         ids, pos, labels, w = smp.batch(stage, step)
+        dev = inv.device
+        ids, pos, labels, w = ids.to(dev), pos.to(dev), labels.to(dev), w.to(dev)
         logits = model(ids[:, :-1], pos[:, :-1], inv, af)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                               ignore_index=-100, reduction="none")
@@ -600,6 +603,8 @@ def main():
     p.add_argument("--jargon", default="/usr/share/doc/jargon-text/jargon.txt.gz")
     p.add_argument("--devil", default="/usr/share/dictd/devil.dict.dz")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, or cuda on a GPU machine (same numbers up to "
+                   "matmul rounding; RoPE stays fp32)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine: spinning OpenMP threads waste a contended core)")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--hidden", type=int, default=256)
@@ -677,10 +682,10 @@ def main():
            "num_hidden_layers": args.layers, "head_dim": hd, "rms_norm_eps": 1e-5,
            "vocab_size": args.vocab}
     torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(cfg).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params} parameters, {cfg}")
-    info = {"script": "tools/train/train.py", "seed": args.seed, "L_c": args.lc,
+    info = {"script": "tools/train/train.py", "seed": args.seed, "L_c": args.lc, "device": args.device,
             "batch": args.batch, "passkey_frac": args.passkey_frac,
             "answer_weight": args.answer_weight, "phases": [list(ph) for ph in args.phases],
             "host": host,
@@ -688,6 +693,7 @@ def main():
 
     # stage 1: plain RoPE at L_c
     inv1, af1 = rope_params(hd, args.theta, None, args.lc)
+    inv1 = inv1.to(args.device)
     t1 = time.time()
     c1 = run_stage(args, 1, model, smp, inv1, af1, args.stage1_steps, args.lr1, [args.lc])
     t1 = time.time() - t1
@@ -701,6 +707,7 @@ def main():
 
     # stage 2: PoSE + revised YaRN
     inv2, af2 = rope_params(hd, args.theta, args.factor, args.lc)
+    inv2 = inv2.to(args.device)
     t2 = time.time()
     c2 = run_stage(args, 2, model, smp, inv2, af2, args.stage2_steps, args.lr2,
                    [args.lc, 4 * args.lc])
