@@ -1,7 +1,8 @@
 # ropeserve - build, run, test.
 #   make            build/ropeserve (+ the CUDA backend when a GPU is present), installing missing
 #                   Debian packages first (tools/install-deps.sh)
-#   make run        build, make the demo model, serve it on 127.0.0.1:8080 (PORT=N for another)
+#   make run        build, serve the trained demo model (models/demo-pose) on 127.0.0.1:8080
+#                   (PORT=N for another port)
 #   make test       build (CUDA included whenever nvcc is found) and run every test; closes with
 #                   "N passed, N failed"
 #   make test-cuda  kernel checkers + end-to-end parity on a GPU (skips without one)
@@ -19,7 +20,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread -
            -I/usr/include/x86_64-linux-gnu/openblas-pthread
 CXXFLAGS ?= $(OPT) -march=$(ARCH) -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -pthread -MMD -MP
-LDLIBS  := -lmicrohttpd -lcjson -lsentencepiece -lpcre2-8 -lutf8proc -lopenblas -lstdc++ -lm -lpthread
+LDLIBS  := -lmicrohttpd -lcjson -lcurl -lsentencepiece -lpcre2-8 -lutf8proc -lopenblas -lstdc++ -lm -lpthread
 B       := build
 
 # --- quiet rules: "  CC      server/http.c" per file (V=1: the whole command lines) ---
@@ -97,6 +98,8 @@ CHECK_CU:= $(wildcard tests/kernels/check_*.cu)
 CHECK_BIN:= $(if $(CU_OBJ),$(CHECK_CU:tests/kernels/%.cu=$(B)/tests/kernels/%))
 
 DEMO    := $(B)/demo-model
+# what `make run` serves: a small LLaMA trained by tools/train/train.py (PoSE + revised YaRN)
+RUN_MODEL ?= models/demo-pose
 
 # AddressSanitizer + UBSan builds of the engine tests (CPU only): leaks and bad memory
 # accesses fail `make test` (tests/test_asan.sh runs them on a short workload).
@@ -182,17 +185,17 @@ $(B)/asan/test_%: tests/test_%.c $(ASAN_OBJ) tests/test.h
 	$(say) LINK $@
 	$(Q)$(CC) $(ASAN_CFLAGS) $< $(ASAN_OBJ) -o $@ $(filter-out -L% -lcublas -lcudart -Wl%,$(LDLIBS))
 
-# The demo checkpoint: deterministic, made by our own tool (tools/make_model.c), not committed.
+# The random demo checkpoint (tests, benchmarks): deterministic, made by tools/make_model.c.
 $(DEMO)/config.json: $(B)/tools/make_model models/demo/tokenizer.model
 	$(say) MODEL $(DEMO)
 	$(Q)$(B)/tools/make_model --preset demo --out $(DEMO) --tokenizer models/demo/tokenizer.model
 
 demo: all $(DEMO)/config.json
 
-# the server and the demo model only: no test programs on the way to a first answer
+# the server and the trained demo model only: no test programs on the way to a first answer
 PORT    ?= 8080
-run: deps $(B)/ropeserve $(DEMO)/config.json
-	$(B)/ropeserve serve --model $(DEMO) --host 127.0.0.1 --port $(PORT)
+run: deps $(B)/ropeserve
+	$(B)/ropeserve serve --model $(RUN_MODEL) --host 127.0.0.1 --port $(PORT)
 
 test: all $(DEMO)/config.json $(CHECK_BIN) $(ASAN_BIN)
 	@tests/run.sh

@@ -1,4 +1,4 @@
-/* main.c - the ropeserve command line: `serve`, `generate`, `rope`, `--version`.
+/* main.c - the ropeserve command line: `serve`, `generate`, `rope`, `eval`, `--version`.
  *
  * Every flag lives in one table (name, argument, help, which commands take it), so `--help`
  * and the README's flag list are the same thing. main() is the only place that exits. */
@@ -22,7 +22,7 @@
 #include "server.h"
 #include "server_internal.h"
 
-enum { C_SERVE = 1, C_GEN = 2, C_ROPE = 4, C_ALL = 7, C_RUN = 3 };
+enum { C_SERVE = 1, C_GEN = 2, C_ROPE = 4, C_EVAL = 8, C_ALL = 15, C_RUN = 11 };
 
 struct opts {
     const char *model;
@@ -42,6 +42,9 @@ struct opts {
     unsigned long long seed;
     /* rope */
     int seq_len;
+    /* eval */
+    struct eval_params ev;
+    int ev_lengths[64], ev_windows[64];
 };
 
 struct flag {
@@ -80,7 +83,7 @@ static const struct flag flags[] = {
     {"--string-local", "W", "STRING local_value W, 0 <= W < S (default: string_config's, else 128)", C_ALL},
     {"--host", "ADDR", "listen address (default 127.0.0.1)", C_SERVE},
     {"--port", "N", "listen port (default 8080)", C_SERVE},
-    {"--api-key", "KEY", "require Authorization: Bearer KEY (/health stays open)", C_SERVE},
+    {"--api-key", "KEY", "serve: require Authorization: Bearer KEY (/health stays open); eval --url: send it", C_SERVE | C_EVAL},
     {"--api-key-file", "FILE", "read the API key from FILE", C_SERVE},
     {"--cors-origin", "ORIGIN", "send CORS headers for ORIGIN (* for any)", C_SERVE},
     {"--max-body-mb", "N", "largest request body (default 8)", C_SERVE},
@@ -95,11 +98,19 @@ static const struct flag flags[] = {
     {"--top-k", "K", "top-k sampling (default off)", C_GEN},
     {"--top-p", "P", "nucleus sampling (default 1)", C_GEN},
     {"--min-p", "P", "min-p sampling (default 0)", C_GEN},
-    {"--seed", "N", "sampling seed", C_GEN},
+    {"--seed", "N", "sampling seed (eval passkey: the keys' seed, default 1)", C_GEN | C_EVAL},
     {"--ignore-eos", NULL, "do not stop at EOS", C_GEN},
     {"--top-logprobs", "K", "report the K most likely tokens of each step (0..20)", C_GEN},
-    {"--json", NULL, "print JSON", C_GEN | C_ROPE},
+    {"--json", NULL, "print JSON", C_GEN | C_ROPE | C_EVAL},
     {"--seq-len", "L", "sequence length to show the RoPE for (default: the longest)", C_ROPE},
+    {"--url", "URL", "evaluate an OpenAI-compatible server (http://host:port) instead of --model", C_EVAL},
+    {"--remote-model", "NAME", "with --url: the model name to send (default: the first of /v1/models)", C_EVAL},
+    {"--lengths", "L1,L2,..", "passkey prompt lengths in tokens, k = 1024 (default 512,1k,.. up to max_model_len)", C_EVAL},
+    {"--trials", "N", "passkey trials per length, depths spread evenly (default 10)", C_EVAL},
+    {"--text", "FILE", "perplexity: the UTF-8 text to score", C_EVAL},
+    {"--windows", "W1,W2,..", "perplexity window lengths, k = 1024 (default 512,1k,.. up to max_model_len)", C_EVAL},
+    {"--stride", "N", "perplexity: tokens between window starts (default W/2)", C_EVAL},
+    {"--max-text-tokens", "N", "perplexity: score only the first N tokens of the text", C_EVAL},
 };
 #define N_FLAGS (int)(sizeof flags / sizeof flags[0])
 
@@ -109,12 +120,15 @@ static void usage(FILE *f)
                "usage: ropeserve serve    --model DIR [flags]   OpenAI-compatible HTTP server\n"
                "       ropeserve generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [flags]\n"
                "       ropeserve rope     --model DIR [--seq-len L] [--json]\n"
+               "       ropeserve eval passkey    (--model DIR [flags] | --url URL) [--lengths ..] [--trials N]\n"
+               "       ropeserve eval perplexity (--model DIR [flags] | --url URL) --text FILE [--windows ..] [--stride N]\n"
                "       ropeserve --version\n\nflags (commands):\n", ROPESERVE_VERSION);
     for (int i = 0; i < N_FLAGS; i++) {
         char left[64];
         snprintf(left, sizeof left, "%s%s%s", flags[i].name, flags[i].arg ? " " : "", flags[i].arg ? flags[i].arg : "");
-        fprintf(f, "  %-36s %s (%s%s%s)\n", left, flags[i].help, flags[i].cmds & C_SERVE ? "serve " : "",
-                flags[i].cmds & C_GEN ? "generate " : "", flags[i].cmds & C_ROPE ? "rope" : "");
+        fprintf(f, "  %-36s %s (%s%s%s%s)\n", left, flags[i].help, flags[i].cmds & C_SERVE ? "serve " : "",
+                flags[i].cmds & C_GEN ? "generate " : "", flags[i].cmds & C_ROPE ? "rope " : "",
+                flags[i].cmds & C_EVAL ? "eval" : "");
     }
 }
 
@@ -200,7 +214,7 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--string-local")) o->string_local = (int)parse_int(f, v, 0, 1 << 30);
     else if (IS("--host")) o->sp.host = v;
     else if (IS("--port")) o->sp.port = (int)parse_int(f, v, 1, 65535);
-    else if (IS("--api-key")) o->sp.api_key = v;
+    else if (IS("--api-key")) o->sp.api_key = o->ev.api_key = v;
     else if (IS("--api-key-file")) o->sp.api_key_file = v;
     else if (IS("--cors-origin")) o->sp.cors_origin = v;
     else if (IS("--max-body-mb")) o->sp.max_body_mb = parse_num(f, v, 0.001, 4096);
@@ -215,11 +229,25 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--top-k")) o->top_k = (int)parse_int(f, v, 0, 1 << 30);
     else if (IS("--top-p")) o->top_p = parse_num(f, v, 1e-9, 1);
     else if (IS("--min-p")) o->min_p = parse_num(f, v, 0, 1);
-    else if (IS("--seed")) { o->seed = (unsigned long long)parse_int(f, v, 0, 0x7fffffffffffffffL); o->has_seed = 1; }
+    else if (IS("--seed")) { o->seed = o->ev.seed = (unsigned long long)parse_int(f, v, 0, 0x7fffffffffffffffL); o->has_seed = 1; }
     else if (IS("--ignore-eos")) o->ignore_eos = 1;
     else if (IS("--top-logprobs")) o->top_logprobs = (int)parse_int(f, v, 0, ENGINE_MAX_LOGPROBS);
-    else if (IS("--json")) o->json = 1;
+    else if (IS("--json")) o->json = o->ev.json = 1;
     else if (IS("--seq-len")) o->seq_len = (int)parse_int(f, v, 1, 1 << 30);
+    else if (IS("--url")) o->ev.url = v;
+    else if (IS("--remote-model")) o->ev.remote_model = v;
+    else if (IS("--trials")) o->ev.trials = (int)parse_int(f, v, 1, 1 << 20);
+    else if (IS("--text")) o->ev.text = v;
+    else if (IS("--stride")) o->ev.stride = (int)parse_int(f, v, 1, 1 << 30);
+    else if (IS("--max-text-tokens")) o->ev.max_text_tokens = (int)parse_int(f, v, 1, 1 << 30);
+    else if (IS("--lengths") || IS("--windows")) {
+        char err[ERR_LEN];
+        int *dst = IS("--lengths") ? o->ev_lengths : o->ev_windows;
+        int n = eval_parse_list(v, dst, 64, err);
+        if (n < 0) die("%s: %s", f, err);
+        if (IS("--lengths")) { o->ev.lengths = dst; o->ev.n_lengths = n; }
+        else { o->ev.windows = dst; o->ev.n_windows = n; }
+    }
 #undef IS
 }
 
@@ -248,7 +276,11 @@ static void parse_args(struct opts *o, int cmd, int argc, char **argv)
         }
         set_flag(o, a, val);
     }
-    if (!o->model) die("--model DIR is required");
+    if (cmd == C_EVAL && o->ev.url) {
+        if (o->model) die("eval: give --model DIR (in process) or --url URL (a server), not both");
+        return;
+    }
+    if (!o->model) die(cmd == C_EVAL ? "eval: --model DIR or --url URL is required" : "--model DIR is required");
 }
 
 /* Apply the llama.cpp-style overrides to the config: the JSON replaces the dict, flags then
@@ -511,6 +543,28 @@ static int cmd_rope(struct opts *o)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * eval (server/eval.c) */
+
+static int cmd_eval(struct opts *o)
+{
+    char err[ERR_LEN];
+    if (o->ev.url) {
+        if (eval_run(&o->ev, NULL, NULL, NULL, err) < 0) die("eval %s: %s", o->ev.task, err);
+        return 0;
+    }
+    struct loaded L;
+    memset(&L, 0, sizeof L);
+    load_all(o, &L);
+    char rd[512], desc[1024];
+    rope_describe(model_get_rope(L.model), rd, sizeof rd);
+    snprintf(desc, sizeof desc, "%s, %s", o->model, rd);
+    int rc = eval_run(&o->ev, L.engine, L.tok, desc, err);
+    free_all(&L);
+    if (rc < 0) die("eval %s: %s", o->ev.task, err);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * serve */
 
 static int cmd_serve(struct opts *o)
@@ -565,10 +619,20 @@ int main(int argc, char **argv)
     o.drain_timeout = 30;
     o.max_tokens = 16;
     o.top_p = 1;
+    o.ev = eval_default_params();
     const char *cmd = argv[1];
-    int c = !strcmp(cmd, "serve") ? C_SERVE : !strcmp(cmd, "generate") ? C_GEN : !strcmp(cmd, "rope") ? C_ROPE : 0;
-    if (!c) die("unknown command '%s' (serve, generate, rope, --version)", cmd);
-    parse_args(&o, c, argc - 2, argv + 2);
+    int c = !strcmp(cmd, "serve") ? C_SERVE : !strcmp(cmd, "generate") ? C_GEN : !strcmp(cmd, "rope") ? C_ROPE
+          : !strcmp(cmd, "eval") ? C_EVAL : 0;
+    if (!c) die("unknown command '%s' (serve, generate, rope, eval, --version)", cmd);
+    int skip = 2;
+    if (c == C_EVAL) {
+        if (argc < 3 || (strcmp(argv[2], "passkey") && strcmp(argv[2], "perplexity")))
+            die("eval: expected a task: ropeserve eval passkey|perplexity ... (see --help)");
+        o.ev.task = argv[2];
+        skip = 3;
+    }
+    parse_args(&o, c, argc - skip, argv + skip);
+    if (c == C_EVAL) return cmd_eval(&o);
     if (c == C_GEN) return cmd_generate(&o);
     if (c == C_ROPE) return cmd_rope(&o);
     return cmd_serve(&o);

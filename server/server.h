@@ -44,4 +44,30 @@ void server_drain(server_t *s);
 int server_wait_idle(server_t *s, double timeout_s);
 void server_stop(server_t *s); /* NULL-safe */
 
+/* `ropeserve eval passkey|perplexity` (eval.c): PoSE's passkey retrieval and sliding-window
+ * perplexity, in process (engine + tok) or against any OpenAI-compatible server (url). */
+struct eval_params {
+    const char *task;            /* "passkey" or "perplexity" */
+    const char *url;             /* NULL: in process */
+    const char *api_key;         /* url: sent as Authorization: Bearer */
+    const char *remote_model;    /* url: model name (default: the first of /v1/models) */
+    const int *lengths;          /* passkey: prompt lengths in tokens (NULL: 512, 1k, .. max) */
+    int n_lengths;
+    int trials;                  /* passkey: trials per length (default 10) */
+    unsigned long long seed;     /* passkey: keys (default 1) */
+    const char *text;            /* perplexity: UTF-8 text file */
+    const int *windows;          /* perplexity: window lengths (NULL: 512, 1k, .. max) */
+    int n_windows;
+    int stride;                  /* perplexity: 0 = W/2 */
+    int max_text_tokens;         /* perplexity: score only the first N tokens (0: all) */
+    int json;                    /* also print the results as one JSON line */
+};
+struct eval_params eval_default_params(void);
+/* Runs the task, printing its table to stdout. engine/tok: in process (borrowed; desc names the
+ * model and RoPE for the table's title); NULL with p->url. Returns 0 or <0 with err. */
+int eval_run(const struct eval_params *p, engine_t *engine, const tokenizer_t *tok,
+             const char *desc, char *err);
+/* "512,1k,4096" -> ints (k = 1024) into out[cap]; returns the count or <0 with err. */
+int eval_parse_list(const char *s, int *out, int cap, char *err);
+
 #endif

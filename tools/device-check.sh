@@ -6,6 +6,7 @@
 #      (tests/rope_ref/make_hf_fixtures.py -> $OUT/hf; commit them as tests/fixtures/rope/hf/)
 #   1. nvidia-smi: device, driver, memory, clocks (read only: never change clocks or modes)
 #   2. tests/run-cuda.sh: every kernel checker + the end-to-end parity (make test-cuda without make)
+#   2b. tests/trained_parity.py: the trained demo model, cuda vs cpu vs transformers, up to 16k
 #   3. compute-sanitizer memcheck and racecheck over the small attention configurations
 #   4. the attention kernels at issue 10's shapes (check_attention --bench: TFLOP/s per path, the
 #      line ATTENTION_TFLOPS_JSON also in summary.txt), then the engine bench on the GPU
@@ -23,6 +24,7 @@
 # test-cuda.log, checkers.log (every checker's full output), sanitizer.log, bench.txt.
 # Environment: OUT (default build/device-check), QUICK=1 (check_attention --quick, no benches),
 # STEP_TIMEOUT (seconds per step, default 900), HF=0 (skip step 0), SANITIZE=0 (skip step 3),
+# TRAINED=0 (skip step 2b; its log is trained-parity.log),
 # PACK=1 (also pack $OUT into $OUT/device-check.tgz: the device tool brings back 8 files).
 #
 # Carrying the build (64 MiB limit; OpenBLAS alone is 37 MB): pack it compressed, ~12 MB,
@@ -73,6 +75,13 @@ for f in build/test-logs/cuda/*.log; do
     echo "=================== $f"
     cat "$f"
 done >"$OUT/checkers.log" 2>&1
+
+# 2b. the trained demo model (models/demo-pose): cuda vs cpu (and transformers when installed)
+# at every length up to its max_model_len, greedy + logprobs + passkey accuracy
+if [ "${TRAINED:-1}" = 1 ] && [ -f models/demo-pose/config.json ]; then
+    PYTHONUNBUFFERED=1 timeout "$T" python3 tests/trained_parity.py >"$OUT/trained-parity.log" 2>&1
+    say "tests/trained_parity.py (exit $?): $(tail -n 1 "$OUT/trained-parity.log")"
+fi
 
 # 3. sanitizers: out-of-bounds / uninitialized reads, shared-memory races in the attention kernels
 : >"$OUT/sanitizer.log"

@@ -3,7 +3,7 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 #   tools/install-deps.sh           everything `make test` needs
 #   tools/install-deps.sh --build   only what compiling build/ropeserve needs (the Dockerfiles)
-BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev libopenblas-dev"
+BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libcurl4-openssl-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev libopenblas-dev"
 TEST_PKGS="sentencepiece python3 python3-numpy curl jq valgrind"
 # tests/test_docker.py: podman + runc run the Dockerfiles, docker-compose v1 the compose file
 TEST_PKGS="$TEST_PKGS podman runc netavark aardvark-dns debootstrap docker-compose"
