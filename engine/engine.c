@@ -347,7 +347,7 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     if (window > 0)
         LOG_I("KV cache: every layer attends to the last %d keys: a sequence holds at most %lld blocks "
               "(%lld tokens) at once; blocks below the window are released as it advances (hashed ones "
-              "stay in the prefix cache)", window, live, live * bs);
+              "stay in the prefix cache)", window, (seq_tokens + bs - 1) / bs, seq_tokens);
     runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
     if (p->rope_mode == ENGINE_ROPE_PER_REQUEST) {
         /* every factor a request can get below the configured one (that one is the model's) */
@@ -368,7 +368,7 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     LOG_I("KV cache: %d blocks x %d tokens = %lld tokens (%.2f GiB, %zu bytes/token); "
           "max_model_len %d -> holds %lld sequences of max_model_len",
           e->n_blocks - 1, bs, pool_tokens, (double)budget / 1073741824.0, per_token, max_len,
-          pool_tokens / max_len);
+          pool_tokens / (window > 0 ? seq_tokens : max_len));
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         set_err(err, -1, "cannot start the engine thread");
         goto fail;

@@ -883,16 +883,30 @@ static void test_arch_configs(void)
                windows_are(&c, 0, 0), "minimal config: llama, no biases, no window: %s", err);
     model_config_free(&c);
 
-    /* Qwen2.5-7B-Instruct's attention keys (with YaRN): q/k/v biases, use_sliding_window false */
+    /* Qwen2.5-7B-Instruct's config.json with the YaRN its model card adds: q/k/v biases,
+     * use_sliding_window false, max_position_embeddings left at the original 32768 */
     rc = load_cfg(&c, "\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+                  "\"hidden_size\": 3584, \"intermediate_size\": 18944, \"num_attention_heads\": 28, "
+                  "\"num_key_value_heads\": 4, \"max_position_embeddings\": 32768, \"vocab_size\": 152064, "
                   "\"use_sliding_window\": false, \"sliding_window\": 131072, \"max_window_layers\": 28, "
                   "\"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-06, \"rope_scaling\": {\"factor\": 4.0, "
                   "\"original_max_position_embeddings\": 32768, \"type\": \"yarn\"}", NULL, err);
     TEST_CONDF(rc == 0 && c.arch == MODEL_ARCH_QWEN2 && c.qkv_bias && !c.o_bias && !c.mlp_bias &&
-               windows_are(&c, 0, 0) && c.rope_theta == 1e6 && !strcmp(c.rope.type, "yarn"),
+               windows_are(&c, 0, 0) && c.rope_theta == 1e6 && !strcmp(c.rope.type, "yarn") && c.head_dim == 128,
                "qwen2.5: q/k/v biases, no window: %s", err);
     TEST_COND("qwen2 name", !strcmp(model_arch_name(c.arch), "qwen2"));
-    model_config_free(&c);
+    struct rope r;
+    /* HF's current YaRN (and v5): the explicit factor 4 (not max_pos / original = 1), L0 32768 */
+    if (rc == 0 && rope_init(&r, &c, NULL, err) == 0) {
+        TEST_CONDF(r.type == ROPE_TYPE_YARN && r.factor == 4.0 && r.original_max_pos == 32768 &&
+                   r.ramp_low == 23 && r.ramp_high == 40 && fabsf(r.attn_factor - 1.1386294f) < 1e-6f &&
+                   r.max_model_len == 131072, "qwen2.5 yarn: factor %g, L0 %d, ramp %g/%g, attn %.7f, context %d",
+                   r.factor, r.original_max_pos, r.ramp_low, r.ramp_high, (double)r.attn_factor, r.max_model_len);
+        rope_free(&r);
+    } else {
+        TEST_CONDF(0, "qwen2.5 rope_init: %s", err);
+    }
+    if (rc == 0) model_config_free(&c);
 
     struct { const char *label, *extra; int w0, w1; } ok[] = {
         {"qwen2 window from max_window_layers 1", "\"model_type\": \"qwen2\", \"architectures\": "
