@@ -630,9 +630,9 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
     if (parse_arch_name(&x, root, c)) return -1;
     if ((v = item(root, "hidden_act"))) {
         if (!cJSON_IsString(v)) return field_err(&x, "hidden_act", "a string", v);
-        if (strcmp(v->valuestring, "silu"))
+        if (strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) /* one function in HF */
             return set_err(err, -1, "%s: field 'hidden_act': unsupported activation \"%s\" "
-                           "(only \"silu\")", src, v->valuestring);
+                           "(only \"silu\", alias \"swish\")", src, v->valuestring);
     }
 
     if (required_int(&x, root, "vocab_size", &c->vocab_size) ||

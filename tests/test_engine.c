@@ -418,8 +418,8 @@ static void test_sliding_window(void)
     int prev[64], prev_n = 0, ok = 1, steps = 0;
     while (a->state == SEQ_STATE_RUNNING || a->state == SEQ_STATE_WAITING) {
         if (a->n_generated >= 20 || steps++ > 200) break;
-        memcpy(prev, a->block_table, sizeof(int) * (size_t)a->n_blocks);
         prev_n = a->n_blocks;
+        if (prev_n) memcpy(prev, a->block_table, sizeof(int) * (size_t)prev_n);
         step(&s, &p);
         if (p.n) a->n_generated += p.e[0].sample;
         if (ok && !window_ok(&s, a, prev, prev_n, why)) {
@@ -487,8 +487,8 @@ static void test_sliding_window(void)
     while ((f->n_generated < 30 || g->n_generated < 30) && k++ < 2000) {
         int pf = f->n_blocks, pg = g->n_blocks;
         int tf[64], tg[64];
-        memcpy(tf, f->block_table, sizeof(int) * (size_t)pf);
-        memcpy(tg, g->block_table, sizeof(int) * (size_t)pg);
+        if (pf) memcpy(tf, f->block_table, sizeof(int) * (size_t)pf);
+        if (pg) memcpy(tg, g->block_table, sizeof(int) * (size_t)pg);
         step(&s, &p);
         for (int i = 0; i < p.n; i++) {
             struct sequence *q = p.e[i].seq;
