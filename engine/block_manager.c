@@ -135,7 +135,7 @@ uint64_t bm_hash_block(uint64_t parent, const int32_t *tokens, int n, uint64_t s
     return h ? h : 1;
 }
 
-static int find(const struct block_manager *bm, uint64_t h, uint64_t parent, const int32_t *tokens)
+int bm_find(const struct block_manager *bm, uint64_t h, uint64_t parent, const int32_t *tokens)
 {
     for (int b = bm->bucket[h & (uint64_t)(bm->n_buckets - 1)]; b >= 0; b = bm->chain[b]) {
         if (bm->hash[b] == h && bm->parent[b] == parent &&
@@ -148,7 +148,7 @@ static int find(const struct block_manager *bm, uint64_t h, uint64_t parent, con
 void bm_register(struct block_manager *bm, int b, uint64_t h, uint64_t parent, const int32_t *tokens)
 {
     CHECK(bm->ref[b] > 0, "register of unreferenced block %d", b);
-    if (bm->hash[b] != 0 || find(bm, h, parent, tokens) >= 0) return;
+    if (bm->hash[b] != 0 || bm_find(bm, h, parent, tokens) >= 0) return;
     bm->hash[b] = h;
     bm->parent[b] = parent;
     memcpy(bm->tokens + (size_t)b * bm->block_size, tokens, sizeof(int32_t) * bm->block_size);
@@ -160,7 +160,7 @@ void bm_register(struct block_manager *bm, int b, uint64_t h, uint64_t parent, c
 int bm_lookup(struct block_manager *bm, uint64_t h, uint64_t parent, const int32_t *tokens)
 {
     bm->queries++;
-    int b = find(bm, h, parent, tokens);
+    int b = bm_find(bm, h, parent, tokens);
     if (b >= 0) bm->hits++;
     return b;
 }

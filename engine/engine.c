@@ -98,6 +98,7 @@ static void publish_stats(engine_t *e)
     st->prefix_queries = e->sched.bm.queries;
     st->prefix_hits = e->sched.bm.hits;
     st->preemptions = e->sched.preemptions;
+    st->kv_blocks_window_freed = e->sched.window_frees;
     st->steps = e->n_steps;
     st->step_tokens = e->n_step_tokens;
     st->generation_tokens = e->n_gen_tokens;
@@ -283,6 +284,10 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     if (p->rope_mode == ENGINE_ROPE_PER_REQUEST && rope->type != ROPE_TYPE_YARN)
         return set_err(err, -1, "--rope-scaling-mode per-request needs a static yarn model (this model's rope "
                        "type is %s)", rope->name);
+    /* every layer sliding: a sequence holds at most `live` blocks, whatever its length */
+    const int window = model_config_window_all(c, max_len);
+    const long long live = window > 0 ? sched_window_blocks(window, p->max_batched_tokens, bs) : 0;
+    const long long seq_tokens = window > 0 && live * bs < max_len ? live * bs : max_len;
 
     /* KV pool: --kv-cache-gb, else enough for min(max_num_seqs, 4) full-length sequences,
      * capped at 4 GiB of host memory (CPU) or what the device has free (CUDA). */
@@ -292,18 +297,23 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
         budget = (size_t)(p->kv_cache_gb * 1073741824.0);
     } else {
         int seqs = p->max_num_seqs < 4 ? p->max_num_seqs : 4;
-        budget = per_token * (size_t)max_len * seqs;
+        budget = per_token * (size_t)seq_tokens * seqs;
         size_t cap = (size_t)4 << 30;
         if (dev_free > 0) budget = dev_free; /* a GPU: everything the memory plan left */
         else if (budget > cap) budget = cap;
-        size_t one = per_token * (size_t)(max_len + bs);
+        size_t one = per_token * (size_t)(seq_tokens + bs);
         if (budget < one) budget = one;
     }
     long long n_blocks = (long long)(budget / (per_token * bs)) + 1; /* + the null block */
     if (n_blocks < 2) return set_err(err, -1, "--kv-cache-gb %.3f holds no block of %d tokens", p->kv_cache_gb, bs);
     if (n_blocks > 0x7fffffffLL / bs) n_blocks = 0x7fffffffLL / bs;
     long long pool_tokens = (n_blocks - 1) * bs;
-    if (pool_tokens < max_len) {
+    if (window > 0 && n_blocks - 1 < live && pool_tokens < max_len)
+        return set_err(err, -1, "the KV pool holds %lld blocks of %d tokens, less than one sequence of this "
+                       "sliding-window model can hold at once (%lld: its window of %d and a chunk of "
+                       "--max-batched-tokens %d); raise --kv-cache-gb", n_blocks - 1, bs, live, window,
+                       p->max_batched_tokens);
+    if (window == 0 && pool_tokens < max_len) {
         LOG_W("KV pool holds %lld tokens, less than max_model_len %d: max_model_len lowered to %lld",
               pool_tokens, max_len, pool_tokens);
         max_len = (int)pool_tokens;
@@ -326,13 +336,18 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     e->max_model_len = max_len;
     e->n_blocks = (int)n_blocks;
     e->rng_state = p->seed;
-    if (model_kv_init(m, e->n_blocks, bs, err) < 0) goto fail;
+    if (model_kv_init(m, e->n_blocks, bs, max_len, err) < 0) goto fail;
     if (sched_init(&e->sched, e->n_blocks, bs, p->max_batched_tokens, p->max_num_seqs, max_logits,
                    max_len, p->enable_prefix_cache) < 0) {
         set_err(err, -1, "scheduler init failed");
         goto fail;
     }
     e->sched.priority_policy = p->sched_policy == ENGINE_SCHED_PRIORITY;
+    e->sched.window = window;
+    if (window > 0)
+        LOG_I("KV cache: every layer attends to the last %d keys: a sequence holds at most %lld blocks "
+              "(%lld tokens) at once; blocks below the window are released as it advances (hashed ones "
+              "stay in the prefix cache)", window, (seq_tokens + bs - 1) / bs, seq_tokens);
     runner_init(&e->runner, m, p->max_batched_tokens, p->max_num_seqs + 1, max_logits);
     if (p->rope_mode == ENGINE_ROPE_PER_REQUEST) {
         /* every factor a request can get below the configured one (that one is the model's) */
@@ -353,7 +368,7 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     LOG_I("KV cache: %d blocks x %d tokens = %lld tokens (%.2f GiB, %zu bytes/token); "
           "max_model_len %d -> holds %lld sequences of max_model_len",
           e->n_blocks - 1, bs, pool_tokens, (double)budget / 1073741824.0, per_token, max_len,
-          pool_tokens / max_len);
+          pool_tokens / (window > 0 ? seq_tokens : max_len));
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         set_err(err, -1, "cannot start the engine thread");
         goto fail;

@@ -172,6 +172,8 @@ struct engine_stats {
     int kv_blocks_cached;                 /* unreferenced, kept for prefix reuse */
     uint64_t prefix_queries, prefix_hits; /* tokens looked up / found in the prefix cache */
     uint64_t preemptions;
+    uint64_t kv_blocks_window_freed;      /* blocks released because they fell below every
+                                             layer's sliding window (0 without one) */
     uint64_t steps, step_tokens;          /* forward passes and tokens they carried */
     uint64_t prompt_tokens, generation_tokens;
     int max_model_len, block_size;

@@ -56,8 +56,11 @@ struct sequence {
     int n_tokens, cap;
     int n_prompt;
     int n_computed;            /* tokens whose k/v are in the cache */
-    int *block_table;          /* (cap_blocks) append-only while running */
+    int *block_table;          /* (cap_blocks) append-only while running; entries below n_freed
+                                  are 0 (the null block) */
     int n_blocks, cap_blocks;
+    int n_freed;               /* sliding window: blocks [0, n_freed) were released (below every
+                                  layer's window) or never needed (a prefix-cache hit) */
     int n_hashed;              /* full blocks whose hash is registered */
     uint64_t *block_hash;      /* (cap_blocks) chain hash of each full block */
     int n_generated;
@@ -112,6 +115,8 @@ uint64_t bm_hash_block(uint64_t parent, const int32_t *tokens, int n, uint64_t s
 void bm_register(struct block_manager *bm, int b, uint64_t h, uint64_t parent, const int32_t *tokens);
 /* The block cached under h whose tokens and parent match, or -1. Counts hits/queries. */
 int bm_lookup(struct block_manager *bm, uint64_t h, uint64_t parent, const int32_t *tokens);
+/* The same without counting (the caller counts what it reuses). */
+int bm_find(const struct block_manager *bm, uint64_t h, uint64_t parent, const int32_t *tokens);
 
 /* ---------------------------------------------------------------------------------------------
  * Scheduler: plan one step, then commit it. */
@@ -135,12 +140,22 @@ struct scheduler {
     int max_batched_tokens, max_num_seqs, max_logits, max_model_len;
     int prefix_cache;
     int priority_policy;      /* ENGINE_SCHED_PRIORITY: waiting queue ordered by (priority, id) */
+    /* Sliding window (set after sched_init): W > 0 when every layer attends to the last W keys
+     * at most (model_config_window_all). The blocks below the window of a sequence's next token
+     * are released at commit, and blocks are then allocated per chunk (a sequence holds at most
+     * sched_window_blocks), not all at admission. 0: full attention, nothing is released early. */
+    int window;
     uint64_t admit_counter, preemptions;
+    uint64_t window_frees;    /* blocks released because they fell below the window */
 };
 
 int sched_init(struct scheduler *s, int n_blocks, int block_size, int max_batched_tokens,
                int max_num_seqs, int max_logits, int max_model_len, int prefix_cache);
 void sched_free(struct scheduler *s);
+/* The most blocks one sequence holds at once when every layer slides with window W and chunks
+ * have at most max_batched_tokens tokens: its next chunk and the W - 1 keys before it, which may
+ * start mid-block. */
+int sched_window_blocks(int window, int max_batched_tokens, int block_size);
 /* To the waiting queue: its tail (FCFS), or after every sequence with a lower or equal
  * (priority, id) (priority policy). */
 void sched_add(struct scheduler *s, struct sequence *seq);

@@ -27,7 +27,10 @@
  * Attention for the token at row r of sequence s reads keys 0..positions[r] of s through its
  * block table (causal); keys are addressed by position: key j of s lives in block
  * block_tables[s][j / block_size], offset j % block_size. New keys must be written by kv_store
- * (slot_mapping) before attention reads them.
+ * (slot_mapping) before attention reads them. In a layer with a sliding window W
+ * (bk_kv_params.sliding_window) it reads only keys positions[r] - W + 1 .. positions[r]: the
+ * engine may have freed the blocks below (their block-table entries are then 0, the null block,
+ * whose contents are garbage).
  *
  * KV layout per layer (both backends): k[n_blocks][block_size][n_kv_heads][head_dim], same
  * for v, so one block of one head is block_size rows of head_dim contiguous-per-token values.
@@ -164,6 +167,8 @@ struct backend_ops {
     void (*add)(void *ctx, bk_buf *x, const bk_buf *y, size_t n);
     /* dst (n_out, dim) = src[out_rows[i]] */
     void (*gather_rows)(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
+    /* x (n_rows, n) += b (n) on every row; b is a weight (weight_new): the bias of a projection */
+    void (*add_bias)(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n);
 };
 
 struct backend {

@@ -11,9 +11,16 @@
  * never the method's own requirements: rope.c owns those, so that a config and a
  * --rope-scaling-json override are judged by the same code.
  *
+ * The architecture (llama, mistral, qwen2: model_type, else architectures) decides which
+ * biases the projections have and which layers attend to a sliding window, with the defaults
+ * transformers' config classes use. Everything else that would change the function and is not
+ * implemented is refused by name: other model_types, quantization_config, mixture-of-experts,
+ * soft-capping, q/k norms, chunked or interleaved attention (refused_fields), a hidden_act other
+ * than silu, biases or windows an architecture does not have, unknown rope types (rope.c).
+ *
  * Invariants: after a failed call nothing stays allocated and the output struct is zeroed
- * (model_config_load) or unchanged (model_config_set_rope_json). Unknown keys are ignored, as
- * transformers does.
+ * (model_config_load) or unchanged (model_config_set_rope_json). Other unknown keys are ignored,
+ * as transformers does.
  *
  * Rejected: a generic "schema table" walker. The fields have too many small rules (null means
  * default, eos may be a list, rope_type falls back to type) for a table to stay readable. */
@@ -26,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../common/common.h"
 
@@ -379,6 +387,234 @@ static int ends_with(const char *s, const char *suffix)
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Architecture: model_type, biases, sliding windows, and the fields nothing here implements
+
+static const struct {
+    const char *model_type, *arch_class;
+    enum model_arch arch;
+} known_archs[] = {
+    {"llama", "LlamaForCausalLM", MODEL_ARCH_LLAMA},
+    {"mistral", "MistralForCausalLM", MODEL_ARCH_MISTRAL},
+    {"qwen2", "Qwen2ForCausalLM", MODEL_ARCH_QWEN2},
+};
+#define N_KNOWN_ARCHS ((int)(sizeof known_archs / sizeof known_archs[0]))
+
+const char *model_arch_name(enum model_arch a)
+{
+    for (int k = 0; k < N_KNOWN_ARCHS; k++)
+        if (known_archs[k].arch == a) return known_archs[k].model_type;
+    return "?";
+}
+
+/* model_type decides, as transformers' AutoConfig does; architectures must then name a causal
+ * LM and must not name another of the known classes. Without model_type, architectures decides
+ * (LLaMAForCausalLM, the spelling of early conversions, is LLaMA). Neither key: LLaMA (hand-
+ * written configs). Every other model_type (gemma, phi3, qwen2_moe, mixtral, deepseek_v3 ...) is
+ * refused: loaded as LLaMA it would compute something else. */
+static int parse_arch_name(const struct jctx *x, const cJSON *root, struct model_config *c)
+{
+    const cJSON *types = item(root, "model_type"), *archs = item(root, "architectures"), *e;
+    int from_class = -1;
+    if (archs) {
+        int causal = 0;
+        if (!cJSON_IsArray(archs)) return field_err(x, "architectures", "a list of strings", archs);
+        cJSON_ArrayForEach(e, archs) {
+            if (!cJSON_IsString(e)) return field_err(x, "architectures", "a list of strings", archs);
+            if (ends_with(e->valuestring, "ForCausalLM")) causal = 1;
+            for (int k = 0; k < N_KNOWN_ARCHS; k++)
+                if (!strcasecmp(e->valuestring, known_archs[k].arch_class)) from_class = k;
+        }
+        if (!causal) return field_err(x, "architectures", "a *ForCausalLM architecture", archs);
+    }
+    if (types) {
+        if (!cJSON_IsString(types)) return field_err(x, "model_type", "a string", types);
+        int k = 0;
+        while (k < N_KNOWN_ARCHS && strcmp(types->valuestring, known_archs[k].model_type)) k++;
+        if (k == N_KNOWN_ARCHS)
+            return set_err(x->err, -1, "%s: field 'model_type': \"%.64s\" is not supported (supported: "
+                           "llama, mistral, qwen2)", x->src, types->valuestring);
+        if (from_class >= 0 && from_class != k)
+            return set_err(x->err, -1, "%s: field 'architectures': %s contradicts model_type \"%s\"",
+                           x->src, known_archs[from_class].arch_class, types->valuestring);
+        c->arch = known_archs[k].arch;
+    } else if (archs) {
+        if (from_class < 0) {
+            char got[64];
+            json_brief(archs, got, sizeof got);
+            return set_err(x->err, -1, "%s: field 'architectures': %s is not supported (supported: "
+                           "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)", x->src, got);
+        }
+        c->arch = known_archs[from_class].arch;
+    } else {
+        c->arch = MODEL_ARCH_LLAMA;
+    }
+    return 0;
+}
+
+/* Fields that change what a model computes and that no architecture here implements. Set to
+ * anything but null, false or 0, the checkpoint is refused, naming the field, rather than loaded
+ * as a model that computes something else. (Other unknown keys are ignored, as transformers
+ * does: its configs accept any extra key and its models never read them.)
+ * Accepted and ignored on purpose: pretraining_tp (transformers' LLaMA <= 4.44 split the
+ * projections into that many slices and concatenated the results: the same function up to
+ * rounding; later versions and vLLM ignore it), attention_dropout (training only). */
+static const struct {
+    const char *key, *why;
+} refused_fields[] = {
+    {"quantization_config", "quantized checkpoints are not supported (use F32, F16 or BF16 safetensors)"},
+    {"num_experts", "mixture-of-experts layers are not supported"},
+    {"num_local_experts", "mixture-of-experts layers are not supported"},
+    {"n_routed_experts", "mixture-of-experts layers are not supported"},
+    {"attn_logit_softcapping", "attention logit soft-capping is not supported"},
+    {"final_logit_softcapping", "final logit soft-capping is not supported"},
+    {"qk_norm", "q/k normalization is not supported"},
+    {"use_qk_norm", "q/k normalization is not supported"},
+    {"attention_chunk_size", "chunked local attention is not supported"},
+    {"sliding_window_pattern", "interleaved sliding-window layers are not supported"},
+    {"interleaved_sliding_window", "interleaved sliding-window layers are not supported"},
+    {"use_bidirectional_attention", "bidirectional attention is not supported"},
+};
+
+static int refuse_fields(const struct jctx *x, const cJSON *root)
+{
+    for (size_t i = 0; i < sizeof refused_fields / sizeof refused_fields[0]; i++) {
+        const cJSON *v = item(root, refused_fields[i].key);
+        if (!v || cJSON_IsFalse(v) || (cJSON_IsNumber(v) && v->valuedouble == 0)) continue;
+        char got[64];
+        json_brief(v, got, sizeof got);
+        return set_err(x->err, -1, "%s: field '%s': %s (got %s)", x->src, refused_fields[i].key,
+                       refused_fields[i].why, got);
+    }
+    const cJSON *v = item(root, "pretraining_tp");
+    int tp;
+    return v ? as_int(x, "pretraining_tp", v, 1, &tp) : 0;
+}
+
+/* attention_bias / mlp_bias: transformers' LLaMA reads both (attention_bias puts a bias on q, k,
+ * v and o); its Qwen2 always has q/k/v biases and no other, its Mistral none, whatever the config
+ * says, so a config that claims otherwise for those two is refused. */
+static int parse_biases(const struct jctx *x, const cJSON *root, struct model_config *c)
+{
+    int ab = 0, mb = 0;
+    if (opt_bool(x, root, "attention_bias", &ab) || opt_bool(x, root, "mlp_bias", &mb)) return -1;
+    const char *name = c->arch == MODEL_ARCH_QWEN2 ? "Qwen2" : "Mistral";
+    switch (c->arch) {
+    case MODEL_ARCH_LLAMA:
+        c->qkv_bias = c->o_bias = ab;
+        c->mlp_bias = mb;
+        return 0;
+    case MODEL_ARCH_QWEN2:
+        c->qkv_bias = 1;
+        /* fall through */
+    case MODEL_ARCH_MISTRAL:
+        if (ab)
+            return set_err(x->err, -1, "%s: field 'attention_bias': true, but transformers' %s ignores "
+                           "it (%s); set it to false", x->src, name,
+                           c->arch == MODEL_ARCH_QWEN2 ? "q, k, v have biases, o_proj none" : "no biases");
+        if (mb)
+            return set_err(x->err, -1, "%s: field 'mlp_bias': true, but transformers' %s has no MLP "
+                           "biases; set it to false", x->src, name);
+        return 0;
+    }
+    return 0;
+}
+
+/* sliding_window as W: dflt when the key is absent, 0 (full attention) when it is null. */
+static int window_value(const struct jctx *x, const cJSON *root, int dflt, int *w)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    *w = !v ? dflt : 0;
+    return v && !cJSON_IsNull(v) ? as_int(x, "sliding_window", v, 1, w) : 0;
+}
+
+/* Which layers slide, as transformers decides (REFERENCES: configuration_mistral.py,
+ * configuration_qwen2.py):
+ *   mistral  every layer, W = sliding_window; the key absent means MistralConfig's default 4096
+ *            (Mistral-7B-v0.1), null means full attention (v0.2 and later);
+ *   qwen2    W = sliding_window (default 4096) only when use_sliding_window, else none; then the
+ *            layers layer_types calls "sliding_attention", or without layer_types those with
+ *            index >= max_window_layers (default 28);
+ *   llama    none: a sliding_window here is refused (transformers' LLaMA ignores it, a checkpoint
+ *            that carries one was probably trained with it).
+ * Refused too: a Mistral config with use_sliding_window false and a window (transformers slides,
+ * vLLM does not), and layer_types that the architecture would not follow. */
+static int parse_windows(const struct jctx *x, const cJSON *root, struct model_config *c)
+{
+    const int n = c->n_layers;
+    int W = 0, use = -1, mwl = 28;
+    const cJSON *v, *types = item(root, "layer_types"), *e;
+    if ((v = item(root, "use_sliding_window")) && as_bool(x, "use_sliding_window", v, &use)) return -1;
+    if (opt_int(x, root, "max_window_layers", 0, &mwl)) return -1;
+    if (types) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != n) {
+            char what[96];
+            snprintf(what, sizeof what, "a list of %d \"full_attention\" / \"sliding_attention\"", n);
+            return field_err(x, "layer_types", what, types);
+        }
+        cJSON_ArrayForEach(e, types) {
+            if (!cJSON_IsString(e) || (strcmp(e->valuestring, "full_attention") &&
+                                       strcmp(e->valuestring, "sliding_attention")))
+                return field_err(x, "layer_types", "only \"full_attention\" and \"sliding_attention\"", e);
+        }
+    }
+    c->layer_window = xcalloc((size_t)n, sizeof *c->layer_window);
+    switch (c->arch) {
+    case MODEL_ARCH_MISTRAL:
+        if (window_value(x, root, 4096, &W)) return -1;
+        if (W && use == 0)
+            return set_err(x->err, -1, "%s: field 'use_sliding_window': false, with sliding_window %d: "
+                           "transformers' Mistral slides the window anyway, vLLM does not; set "
+                           "sliding_window to null for full attention, or drop use_sliding_window", x->src, W);
+        break;
+    case MODEL_ARCH_QWEN2:
+        if (window_value(x, root, 4096, &W)) return -1;
+        if (use != 1) W = 0;
+        break;
+    case MODEL_ARCH_LLAMA:
+        if (window_value(x, root, 0, &W)) return -1;
+        if (W)
+            return set_err(x->err, -1, "%s: field 'sliding_window': %d, but LlamaForCausalLM has no "
+                           "sliding-window attention (transformers ignores the field); use model_type "
+                           "\"mistral\" for a sliding window, or set it to null", x->src, W);
+        if (use == 1)
+            return set_err(x->err, -1, "%s: field 'use_sliding_window': true, but LlamaForCausalLM has "
+                           "no sliding-window attention", x->src);
+        break;
+    }
+    for (int l = 0; l < n; l++) {
+        int slides = W > 0;
+        if (c->arch == MODEL_ARCH_QWEN2)
+            slides = W > 0 && (types ? !strcmp(cJSON_GetArrayItem(types, l)->valuestring, "sliding_attention")
+                                     : l >= mwl);
+        else if (types && slides != !strcmp(cJSON_GetArrayItem(types, l)->valuestring, "sliding_attention"))
+            return set_err(x->err, -1, "%s: field 'layer_types': layer %d is \"%s\", but transformers' %s "
+                           "ignores layer_types (%s); per-layer attention types are not supported for "
+                           "this model_type", x->src, l, cJSON_GetArrayItem(types, l)->valuestring,
+                           c->arch == MODEL_ARCH_MISTRAL ? "Mistral" : "LLaMA",
+                           W ? "every layer slides" : "every layer attends to every key");
+        c->layer_window[l] = slides ? W : 0;
+    }
+    return 0;
+}
+
+int model_config_layer_window(const struct model_config *c, int layer, int max_len)
+{
+    int w = c->layer_window && layer >= 0 && layer < c->n_layers ? c->layer_window[layer] : 0;
+    return w > 0 && w < max_len ? w : 0;
+}
+
+int model_config_window_all(const struct model_config *c, int max_len)
+{
+    int all = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        int w = model_config_layer_window(c, l, max_len);
+        if (!w) return 0;
+        if (w > all) all = w;
+    }
+    return all;
+}
+
 static int required_int(const struct jctx *x, const cJSON *root, const char *key, int *out)
 {
     const cJSON *v = item(root, key);
@@ -391,27 +627,12 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
     struct jctx x = {src, "", err};
     const cJSON *v;
 
-    if ((v = item(root, "architectures"))) {
-        int ok = 0;
-        if (!cJSON_IsArray(v)) return field_err(&x, "architectures", "a list of strings", v);
-        const cJSON *e;
-        cJSON_ArrayForEach(e, v) {
-            if (!cJSON_IsString(e)) return field_err(&x, "architectures", "a list of strings", v);
-            if (ends_with(e->valuestring, "ForCausalLM")) ok = 1;
-        }
-        if (!ok) return field_err(&x, "architectures", "a *ForCausalLM architecture", v);
-    }
-    if ((v = item(root, "model_type"))) {
-        if (!cJSON_IsString(v)) return field_err(&x, "model_type", "a string", v);
-        if (strcmp(v->valuestring, "llama") && strcmp(v->valuestring, "mistral"))
-            LOG_W("%s: model_type '%s' is not llama or mistral; loading it as LLaMA", src,
-                  v->valuestring);
-    }
+    if (parse_arch_name(&x, root, c)) return -1;
     if ((v = item(root, "hidden_act"))) {
         if (!cJSON_IsString(v)) return field_err(&x, "hidden_act", "a string", v);
-        if (strcmp(v->valuestring, "silu"))
+        if (strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) /* one function in HF */
             return set_err(err, -1, "%s: field 'hidden_act': unsupported activation \"%s\" "
-                           "(only \"silu\")", src, v->valuestring);
+                           "(only \"silu\", alias \"swish\")", src, v->valuestring);
     }
 
     if (required_int(&x, root, "vocab_size", &c->vocab_size) ||
@@ -420,6 +641,9 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
         required_int(&x, root, "num_hidden_layers", &c->n_layers) ||
         required_int(&x, root, "num_attention_heads", &c->n_heads) ||
         required_int(&x, root, "max_position_embeddings", &c->max_pos))
+        return -1;
+
+    if (refuse_fields(&x, root) || parse_biases(&x, root, c) || parse_windows(&x, root, c))
         return -1;
 
     c->n_kv_heads = c->n_heads;
@@ -572,4 +796,6 @@ void model_config_free(struct model_config *c)
 {
     if (!c) return;
     rope_scaling_free(&c->rope);
+    free(c->layer_window);
+    c->layer_window = NULL;
 }

@@ -1,11 +1,15 @@
 /* llama.c - the LLaMA architecture over backend ops: loading a checkpoint's tensors into the
- * backend and the forward pass of one batch.
+ * backend and the forward pass of one batch. Mistral and Qwen2 are the same graph (model.h's
+ * enum model_arch): they differ in the biases the projections carry and in the layers whose
+ * attention slides (bk_kv_params.sliding_window, handed to the backend at kv_init).
  *
  *   embed -> for each layer:
- *       h = rmsnorm(x) ; q,k,v = h.Wq,Wk,Wv ; rope(q, k) ; kv_store(k, v)
- *       x += attention(q).Wo
- *       h = rmsnorm(x) ; x += (silu(h.Wg) * h.Wu).Wd
+ *       h = rmsnorm(x) ; q,k,v = h.Wq+bq, h.Wk+bk, h.Wv+bv ; rope(q, k) ; kv_store(k, v)
+ *       x += attention(q).Wo + bo                 (causal, or a sliding window of W keys)
+ *       h = rmsnorm(x) ; x += (silu(h.Wg+bg) * (h.Wu+bu)).Wd + bd
  *   -> gather the out_rows -> rmsnorm -> lm_head -> logits (host)
+ * Biases exist as the config says (qkv_bias: Qwen2, LLaMA attention_bias; o_bias: LLaMA
+ * attention_bias; mlp_bias: LLaMA mlp_bias) and are added after their projection.
  *
  * Invariants: every tensor the architecture needs is checked for presence and exact shape
  * before anything is uploaded, so a bad checkpoint fails with one message and no partial
@@ -36,6 +40,9 @@ struct layer_weights {
     bk_buf *w_gate;    /* (ffn, hidden) */
     bk_buf *w_up;      /* (ffn, hidden) */
     bk_buf *w_down;    /* (hidden, ffn) */
+    bk_buf *bq, *bk, *bv; /* (n_heads * head_dim), (n_kv_heads * head_dim) x 2, or NULL */
+    bk_buf *bo;           /* (hidden) or NULL */
+    bk_buf *b_gate, *b_up, *b_down; /* (ffn), (ffn), (hidden) or NULL */
 };
 
 struct model {
@@ -98,8 +105,9 @@ void model_free(model_t *m)
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             struct layer_weights *w = &m->layers[l];
-            bk_buf **all[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
-                              &w->ffn_norm, &w->w_gate, &w->w_up, &w->w_down};
+            bk_buf **all[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo, &w->ffn_norm,
+                              &w->w_gate, &w->w_up, &w->w_down, &w->bq, &w->bk, &w->bv,
+                              &w->bo, &w->b_gate, &w->b_up, &w->b_down};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free_buf(m, all[i]);
         }
         free(m->layers);
@@ -144,6 +152,9 @@ static void config_copy(struct model_config *dst, const struct model_config *src
         r->long_factor = xmalloc(sizeof(float) * r->n_long_factor);
         memcpy(r->long_factor, src->rope.long_factor, sizeof(float) * r->n_long_factor);
     }
+    dst->layer_window = xcalloc((size_t)src->n_layers, sizeof *dst->layer_window);
+    if (src->layer_window)
+        memcpy(dst->layer_window, src->layer_window, sizeof *dst->layer_window * (size_t)src->n_layers);
 }
 
 int model_load(model_t **out, const char *dir, const struct model_config *cfg, struct backend *be,
@@ -168,7 +179,7 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
     const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     const int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
     m->layers = xcalloc(c->n_layers, sizeof *m->layers);
-    want = xcalloc(9 * (size_t)c->n_layers + 3, sizeof *want);
+    want = xcalloc(16 * (size_t)c->n_layers + 3, sizeof *want);
     int nw = 0;
     want_add(want, &nw, &m->tok_emb, V, H, "model.embed_tokens.weight", 0);
     want_add(want, &nw, &m->out_norm, H, 0, "model.norm.weight", 0);
@@ -190,6 +201,17 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
         want_add(want, &nw, &w->w_gate, F, H, "model.layers.%d.mlp.gate_proj.weight", l);
         want_add(want, &nw, &w->w_up, F, H, "model.layers.%d.mlp.up_proj.weight", l);
         want_add(want, &nw, &w->w_down, H, F, "model.layers.%d.mlp.down_proj.weight", l);
+        if (c->qkv_bias) {
+            want_add(want, &nw, &w->bq, QD, 0, "model.layers.%d.self_attn.q_proj.bias", l);
+            want_add(want, &nw, &w->bk, KD, 0, "model.layers.%d.self_attn.k_proj.bias", l);
+            want_add(want, &nw, &w->bv, KD, 0, "model.layers.%d.self_attn.v_proj.bias", l);
+        }
+        if (c->o_bias) want_add(want, &nw, &w->bo, H, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        if (c->mlp_bias) {
+            want_add(want, &nw, &w->b_gate, F, 0, "model.layers.%d.mlp.gate_proj.bias", l);
+            want_add(want, &nw, &w->b_up, F, 0, "model.layers.%d.mlp.up_proj.bias", l);
+            want_add(want, &nw, &w->b_down, H, 0, "model.layers.%d.mlp.down_proj.bias", l);
+        }
     }
     const struct st_tensor **found = xcalloc(nw, sizeof *found);
     for (int i = 0; i < nw; i++) {
@@ -212,6 +234,19 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
     }
     free(found);
     if (tied) m->lm_head = m->tok_emb;
+    int n_slide = 0, first_slide = -1, w_slide = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->layer_window[l] > 0) {
+            if (first_slide < 0) first_slide = l;
+            n_slide++;
+            w_slide = c->layer_window[l];
+        }
+    char attn[96] = "full causal attention";
+    if (n_slide == c->n_layers) snprintf(attn, sizeof attn, "a sliding window of %d keys in every layer", w_slide);
+    else if (n_slide) snprintf(attn, sizeof attn, "a sliding window of %d keys in %d of %d layers (from layer %d)",
+                               w_slide, n_slide, c->n_layers, first_slide);
+    LOG_I("%s: %s, %s%s%s%s", dir, model_arch_name(c->arch), attn, c->qkv_bias ? ", q/k/v biases" : "",
+          c->o_bias ? ", o_proj bias" : "", c->mlp_bias ? ", MLP biases" : "");
     st_close(st);
     st = NULL;
 
@@ -237,8 +272,14 @@ fail:
     return -1;
 }
 
-int model_kv_init(model_t *m, int n_blocks, int block_size, char *err)
+int model_kv_init(model_t *m, int n_blocks, int block_size, int max_len, char *err)
 {
+    int32_t *window = xcalloc((size_t)m->cfg.n_layers, sizeof *window);
+    int any_window = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        window[l] = model_config_layer_window(&m->cfg, l, max_len);
+        any_window |= window[l] > 0;
+    }
     struct bk_kv_params kp = {
         .n_layers = m->cfg.n_layers,
         .n_blocks = n_blocks,
@@ -246,8 +287,11 @@ int model_kv_init(model_t *m, int n_blocks, int block_size, char *err)
         .n_kv_heads = m->cfg.n_kv_heads,
         .head_dim = m->cfg.head_dim,
         .k_storage = m->rope.k_storage,
+        .sliding_window = any_window ? window : NULL,
     };
-    if (m->be->ops->kv_init(m->be->ctx, &kp, err) < 0) return -1;
+    int rc = m->be->ops->kv_init(m->be->ctx, &kp, err);
+    free(window);
+    if (rc < 0) return -1;
     m->kv_ready = 1;
     return 0;
 }
@@ -276,16 +320,27 @@ int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err
         ops->matmul(bx, m->q, m->h, w->wq, T, H, QD);
         ops->matmul(bx, m->k, m->h, w->wk, T, H, KD);
         ops->matmul(bx, m->v, m->h, w->wv, T, H, KD);
+        if (w->bq) {
+            ops->add_bias(bx, m->q, w->bq, T, QD);
+            ops->add_bias(bx, m->k, w->bk, T, KD);
+            ops->add_bias(bx, m->v, w->bv, T, KD);
+        }
         ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
         ops->kv_store(bx, l, m->k, m->v);
         ops->attention(bx, m->att, m->q, q_shift, l, c->n_heads, scale);
         ops->matmul(bx, m->proj, m->att, w->wo, T, QD, H);
+        if (w->bo) ops->add_bias(bx, m->proj, w->bo, T, H);
         ops->add(bx, m->x, m->proj, (size_t)T * H);
         ops->rmsnorm(bx, m->h, m->x, w->ffn_norm, T, H, c->rms_norm_eps);
         ops->matmul(bx, m->gate, m->h, w->w_gate, T, H, F);
         ops->matmul(bx, m->up, m->h, w->w_up, T, H, F);
+        if (w->b_gate) {
+            ops->add_bias(bx, m->gate, w->b_gate, T, F);
+            ops->add_bias(bx, m->up, w->b_up, T, F);
+        }
         ops->swiglu(bx, m->gate, m->gate, m->up, T, F);
         ops->matmul(bx, m->proj, m->gate, w->w_down, T, F, H);
+        if (w->b_down) ops->add_bias(bx, m->proj, w->b_down, T, H);
         ops->add(bx, m->x, m->proj, (size_t)T * H);
     }
     if (b->n_out == 0) return 0;

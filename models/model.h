@@ -50,7 +50,18 @@ struct rope_scaling {
     int training_seq_len;        /* gene: default 16384 */
 };
 
+/* The architectures config.json may name (model_type, else architectures). They share the
+ * LLaMA layer graph and differ in biases and sliding-window attention. */
+enum model_arch {
+    MODEL_ARCH_LLAMA = 0,  /* LlamaForCausalLM: attention_bias (q, k, v, o), mlp_bias */
+    MODEL_ARCH_MISTRAL,    /* MistralForCausalLM: sliding_window in every layer */
+    MODEL_ARCH_QWEN2,      /* Qwen2ForCausalLM: q, k, v biases; sliding window in layers >=
+                              max_window_layers when use_sliding_window (or per layer_types) */
+};
+const char *model_arch_name(enum model_arch a); /* "llama", "mistral", "qwen2" */
+
 struct model_config {
+    enum model_arch arch;
     int vocab_size;
     int hidden_size;
     int intermediate_size;
@@ -64,6 +75,12 @@ struct model_config {
     double rope_theta;           /* default 10000 */
     double partial_rotary_factor;/* default 1 */
     int tie_word_embeddings;     /* default 0 */
+    int qkv_bias;                /* q/k/v projections have biases (qwen2; llama attention_bias) */
+    int o_bias;                  /* o_proj has a bias (llama attention_bias) */
+    int mlp_bias;                /* gate/up/down projections have biases (llama mlp_bias) */
+    int *layer_window;           /* (n_layers) sliding window W of each layer, 0 = full causal
+                                    attention: the query at position p sees the keys j with
+                                    p - W < j <= p (HF Mistral/Qwen2). Owned. */
     int bos_id, eos_id, pad_id;  /* -1 when absent */
     int log_scale;               /* top-level log_scale (CLEX/GeNE), default 0 */
     int string_shift, string_local; /* string_config {shifted_offset, local_value}; 0 = off */
@@ -77,6 +94,13 @@ int model_config_load(struct model_config *c, const char *dir, char *err);
 /* Replace c->rope with the rope_scaling object in json ("{...}" or "null"). */
 int model_config_set_rope_json(struct model_config *c, const char *json, char *err);
 void model_config_free(struct model_config *c); /* frees owned arrays; NULL-safe */
+/* The window of `layer` for sequences of at most max_len tokens: layer_window[layer], or 0 when
+ * that is >= max_len (such a window never slides: every query sees every key). */
+int model_config_layer_window(const struct model_config *c, int layer, int max_len);
+/* W when every layer slides with the same effective window W (model_config_layer_window > 0),
+ * the largest of them when they differ, 0 when some layer attends to everything: the keys
+ * below p - W + 1 are then needed by no layer, and the engine frees their blocks. */
+int model_config_window_all(const struct model_config *c, int max_len);
 
 /* ---------------------------------------------------------------------------------------------
  * RoPE (rope.c): the scaling method turned into per-pair inverse frequencies and an attention
@@ -172,8 +196,10 @@ size_t model_kv_bytes_per_token(const model_t *m);  /* k + v, all layers, backen
 /* Backend memory left for the KV pool (0: no device limit, the caller budgets). */
 size_t model_mem_free(const model_t *m);
 
-/* Allocate the paged KV pool (n_blocks incl. the null block 0). */
-int model_kv_init(model_t *m, int n_blocks, int block_size, char *err);
+/* Allocate the paged KV pool (n_blocks incl. the null block 0) for sequences of at most
+ * max_len tokens (which decides which sliding windows can slide at all). Errors: the backend's
+ * (e.g. a sliding window on a backend without it). */
+int model_kv_init(model_t *m, int n_blocks, int block_size, int max_len, char *err);
 
 /* Run one batch (struct bk_batch, filled by the engine's runner, RoPE fields included) and
  * write the logits of its out_rows to logits (n_out, vocab) host fp32. */

@@ -167,6 +167,9 @@ char *metrics_render(struct metrics *m, engine_t *e, const char *model_name)
             "Prefix cache hits, in terms of number of cached tokens.", label, (double)st.prefix_hits);
     put_one(&b, "num_preemptions_total", "counter", "Cumulative number of preemptions.", label,
             (double)st.preemptions);
+    put_one(&b, "kv_cache_blocks_window_freed_total", "counter",
+            "KV-cache blocks released because they fell below every layer's sliding window.", label,
+            (double)st.kv_blocks_window_freed);
     put_one(&b, "prompt_tokens_total", "counter", "Number of prefill tokens processed.", label,
             (double)st.prompt_tokens);
     put_one(&b, "generation_tokens_total", "counter", "Number of generation tokens processed.",

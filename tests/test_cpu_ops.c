@@ -501,7 +501,14 @@ struct attn_case {
     int rotary_dim;
     int string_shift[MAX_SEQS]; /* STRING S per sequence (0 = off) */
     int string_local[MAX_SEQS]; /* STRING W */
+    int window;                 /* sliding window of the layer (0 = full causal) */
 };
+
+/* The first key the query at pos sees. */
+static int case_first_key(const struct attn_case *ac, int pos)
+{
+    return ac->window > 0 && pos - ac->window + 1 > 0 ? pos - ac->window + 1 : 0;
+}
 
 static int case_has_string(const struct attn_case *ac)
 {
@@ -641,38 +648,37 @@ static float *attn_reference(const struct attn_data *dd, int keys_rotated)
         double *sc = xmalloc((size_t)len * sizeof(double));
         const int S = ac->string_shift[s];
         for (int i = 0; i < ac->n_new[s]; i++, r++) {
-            int pos = ac->ctx[s] + i;
+            int pos = ac->ctx[s] + i, j_lo = case_first_key(ac, pos);
             for (int h = 0; h < ac->n_heads; h++) {
                 int g = h / G;
                 const float *q = dd->q + ((size_t)r * ac->n_heads + h) * hd;
                 if (S > 0) { /* STRING: the two-pass reference of REFERENCES-rope.md §8.2 */
                     const float *q2 = dd->q2 + ((size_t)r * ac->n_heads + h) * hd;
                     double o1[512], o2[512], lse1 = 0.0, lse2 = 0.0;
-                    int n1 = ref_softmax_pass(o1, &lse1, q, kd, dd->vh[s], pos - S + 1 > 0 ? pos - S + 1 : 0, pos,
-                                              n_kv, g, hd, scale);
-                    int n2 = pos >= S ? ref_softmax_pass(o2, &lse2, q2, kd, dd->vh[s], 0, pos - S, n_kv, g, hd, scale)
-                                      : 0;
+                    int n1 = ref_softmax_pass(o1, &lse1, q, kd, dd->vh[s], pos - S + 1 > j_lo ? pos - S + 1 : j_lo,
+                                              pos, n_kv, g, hd, scale);
+                    int n2 = ref_softmax_pass(o2, &lse2, q2, kd, dd->vh[s], j_lo, pos - S, n_kv, g, hd, scale);
                     const double w = n2 ? 1.0 / (1.0 + exp(lse1 - lse2)) : 0.0; /* weight of the shifted part */
                     float *o = out + ((size_t)r * ac->n_heads + h) * hd;
                     for (int d = 0; d < hd; d++) o[d] = (float)(n1 ? o1[d] * (1.0 - w) + (n2 ? o2[d] * w : 0.0) : o2[d]);
                     continue;
                 }
                 double mx = -INFINITY, sum = 0.0;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = j_lo; j <= pos; j++) {
                     const double *k = kd + ((size_t)j * n_kv + g) * hd;
                     double dot = 0.0;
                     for (int d = 0; d < hd; d++) dot += q[d] * k[d];
                     sc[j] = dot * scale;
                     if (sc[j] > mx) mx = sc[j];
                 }
-                for (int j = 0; j <= pos; j++) {
+                for (int j = j_lo; j <= pos; j++) {
                     sc[j] = exp(sc[j] - mx);
                     sum += sc[j];
                 }
                 float *o = out + ((size_t)r * ac->n_heads + h) * hd;
                 for (int d = 0; d < hd; d++) {
                     double acc = 0.0;
-                    for (int j = 0; j <= pos; j++) acc += sc[j] * dd->vh[s][((size_t)j * n_kv + g) * hd + d];
+                    for (int j = j_lo; j <= pos; j++) acc += sc[j] * dd->vh[s][((size_t)j * n_kv + g) * hd + d];
                     o[d] = (float)(acc / sum);
                 }
             }
@@ -709,12 +715,12 @@ static float *attn_naive_f32(const struct attn_data *dd, int keys_rotated)
             }
         float *sc = xmalloc((size_t)len * sizeof(float));
         for (int i = 0; i < ac->n_new[s]; i++, r++) {
-            int pos = ac->ctx[s] + i;
+            int pos = ac->ctx[s] + i, j_lo = case_first_key(ac, pos);
             for (int h = 0; h < ac->n_heads; h++) {
                 const float *q1 = dd->q + ((size_t)r * ac->n_heads + h) * hd;
                 const float *q2 = dd->q2 ? dd->q2 + ((size_t)r * ac->n_heads + h) * hd : NULL;
                 float mx = -INFINITY, sum = 0.0f;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = j_lo; j <= pos; j++) {
                     const float *q = ac->string_shift[s] > 0 && pos - j >= ac->string_shift[s] ? q2 : q1;
                     const float *k = kf + ((size_t)j * n_kv + h / G) * hd;
                     float dot = 0.0f;
@@ -722,14 +728,14 @@ static float *attn_naive_f32(const struct attn_data *dd, int keys_rotated)
                     sc[j] = dot * scale;
                     mx = sc[j] > mx ? sc[j] : mx;
                 }
-                for (int j = 0; j <= pos; j++) {
+                for (int j = j_lo; j <= pos; j++) {
                     sc[j] = expf(sc[j] - mx);
                     sum += sc[j];
                 }
                 float *o = out + ((size_t)r * ac->n_heads + h) * hd;
                 for (int d = 0; d < hd; d++) {
                     float acc = 0.0f;
-                    for (int j = 0; j <= pos; j++) acc += sc[j] * dd->vh[s][((size_t)j * n_kv + h / G) * hd + d];
+                    for (int j = j_lo; j <= pos; j++) acc += sc[j] * dd->vh[s][((size_t)j * n_kv + h / G) * hd + d];
                     o[d] = acc / sum;
                 }
             }
@@ -753,7 +759,10 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 /* Replay a case into a fresh KV pool of be: NaN everywhere, the cached history (with two
  * padding rows of slot -1 holding NaN), then this step's rows and attention on layer 1.
  * rope_keys: rotate keys with the backend's rope op before storing (POST_ROPE twin of a
- * PRE_ROPE case). Returns the attention output (n_tok, n_heads, head_dim). */
+ * PRE_ROPE case). With a sliding window (layer 1's; layer 0 is full), history keys below every
+ * new row's window are stored as NaN, and blocks wholly below it are 0 (the null block, NaN) in
+ * this step's block tables, as the engine leaves freed blocks: a read of any of them shows.
+ * Returns the attention output (n_tok, n_heads, head_dim). */
 static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k_storage storage, int rope_keys)
 {
     const struct attn_case *ac = dd->ac;
@@ -761,7 +770,8 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
     const size_t row = (size_t)n_kv * hd;
     const int rotary_dim = ac->rotary_dim, half = rotary_dim / 2;
     char err[ERR_LEN];
-    struct bk_kv_params kp = {n_layers, dd->n_blocks, bs, n_kv, hd, storage};
+    const int32_t windows[2] = {0, ac->window};
+    struct bk_kv_params kp = {n_layers, dd->n_blocks, bs, n_kv, hd, storage, ac->window > 0 ? windows : NULL};
     int rc = be->ops->kv_init(be->ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
 
@@ -807,6 +817,8 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
                 t.slot_mapping[r] = (int64_t)dd->seq_blocks[s * dd->stride + j / bs] * bs + j % bs;
                 memcpy(k + (size_t)r * row, dd->kh[s] + (size_t)j * row, row * sizeof(float));
                 memcpy(v + (size_t)r * row, dd->vh[s] + (size_t)j * row, row * sizeof(float));
+                if (j < case_first_key(ac, ac->ctx[s])) /* below every new row's window */
+                    for (size_t i = 0; i < row; i++) k[(size_t)r * row + i] = v[(size_t)r * row + i] = NAN;
             }
         }
         t.query_start[ac->n_seqs] = r;
@@ -839,6 +851,8 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
         t.seq_lens[s] = ac->ctx[s] + ac->n_new[s];
         memcpy(t.block_tables + (size_t)s * dd->stride, dd->seq_blocks + (size_t)s * dd->stride,
                (size_t)dd->stride * sizeof(int32_t));
+        for (int b = 0; (b + 1) * bs <= case_first_key(ac, ac->ctx[s]); b++) /* freed: the null block */
+            t.block_tables[(size_t)s * dd->stride + b] = 0;
         memcpy(t.inv_freq + (size_t)s * half, dd->inv_freq + (size_t)s * half, (size_t)half * sizeof(float));
         t.attn_factor[s] = dd->attn_factor[s];
         for (int i = 0; i < ac->n_new[s]; i++, r++) {
@@ -949,14 +963,14 @@ static void test_attention_case(const struct attn_case *ac)
 static void test_attention(void)
 {
     static const struct attn_case cases[] = {
-        {"gqa1-hd64-bs16", 4, 4, 64, 16, 6, {100, 37, 0, 0, 64, 5}, {1, 20, 45, 1, 64, 130}, 4.0f, 0, 64, {0}, {0}},
-        {"gqa4-hd128-bs32-long", 8, 2, 128, 32, 5, {4100, 300, 31, 0, 3000}, {1, 70, 1, 33, 100}, 4.0f, 0, 128, {0}, {0}},
-        {"gqa8-hd16-bs16", 8, 1, 16, 16, 3, {999, 17, 0}, {1, 40, 9}, 4.0f, 0, 16, {0}, {0}},
-        {"gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 3, {2000, 100, 0}, {1, 17, 70}, 20.0f, 0, 64, {0}, {0}},
-        {"gqa4-hd64-bs16-prerope-partial", 8, 2, 64, 16, 3, {500, 40, 0}, {1, 30, 20}, 4.0f, 1, 48, {0}, {0}},
-        {"gqa1-hd80-bs16", 2, 2, 80, 16, 2, {200, 10}, {1, 25}, 4.0f, 0, 80, {0}, {0}},
-        {"gqa2-hd128-bs16-prerope", 4, 2, 128, 16, 2, {70, 0}, {3, 50}, 4.0f, 1, 128, {0}, {0}},
-        {"gqa4-hd64-bs64", 8, 2, 64, 64, 2, {130, 0}, {1, 70}, 4.0f, 0, 64, {0}, {0}},
+        {"gqa1-hd64-bs16", 4, 4, 64, 16, 6, {100, 37, 0, 0, 64, 5}, {1, 20, 45, 1, 64, 130}, 4.0f, 0, 64, {0}, {0}, 0},
+        {"gqa4-hd128-bs32-long", 8, 2, 128, 32, 5, {4100, 300, 31, 0, 3000}, {1, 70, 1, 33, 100}, 4.0f, 0, 128, {0}, {0}, 0},
+        {"gqa8-hd16-bs16", 8, 1, 16, 16, 3, {999, 17, 0}, {1, 40, 9}, 4.0f, 0, 16, {0}, {0}, 0},
+        {"gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 3, {2000, 100, 0}, {1, 17, 70}, 20.0f, 0, 64, {0}, {0}, 0},
+        {"gqa4-hd64-bs16-prerope-partial", 8, 2, 64, 16, 3, {500, 40, 0}, {1, 30, 20}, 4.0f, 1, 48, {0}, {0}, 0},
+        {"gqa1-hd80-bs16", 2, 2, 80, 16, 2, {200, 10}, {1, 25}, 4.0f, 0, 80, {0}, {0}, 0},
+        {"gqa2-hd128-bs16-prerope", 4, 2, 128, 16, 2, {70, 0}, {3, 50}, 4.0f, 1, 128, {0}, {0}, 0},
+        {"gqa4-hd64-bs64", 8, 2, 64, 64, 2, {130, 0}, {1, 70}, 4.0f, 0, 64, {0}, {0}, 0},
         /* STRING: a decode and prefill rows with shifted, mixed and local tiles; a plain sequence
          * in the same batch; S beyond the length (local only) */
         {"string-gqa4-hd64-bs16", 8, 2, 64, 16, 4, {300, 0, 50, 120}, {1, 200, 30, 1}, 4.0f, 0, 64,
@@ -967,6 +981,17 @@ static void test_attention(void)
          .string_shift = {60, 33}, .string_local = {5, 1}},
         {"string-gqa8-hd64-bs32-sharp", 16, 2, 64, 32, 2, {2000, 100}, {1, 97}, 20.0f, 0, 64,
          .string_shift = {1365, 50}, .string_local = {128, 10}},
+        /* sliding windows: decodes far past, at and inside the window; prefill chunks that cross
+         * its edge (rows whose windows start in different tiles); windows not aligned to blocks
+         * or key tiles; W = 1 (only the own key); with STRING and with pre-RoPE keys */
+        {"window64-gqa4-hd64-bs16", 8, 2, 64, 16, 6, {300, 64, 50, 0, 10, 63}, {1, 1, 100, 130, 1, 2}, 4.0f, 0, 64,
+         .window = 64},
+        {"window33-gqa8-hd128-bs32-sharp", 16, 2, 128, 32, 3, {1000, 40, 0}, {1, 90, 200}, 20.0f, 0, 128,
+         .window = 33},
+        {"window1-gqa1-hd16-bs8", 4, 4, 16, 8, 2, {30, 0}, {1, 20}, 4.0f, 0, 16, .window = 1},
+        {"window50-string-gqa4-hd64-bs16", 8, 2, 64, 16, 3, {300, 0, 80}, {1, 150, 40}, 4.0f, 0, 64,
+         .string_shift = {30, 20, 60}, .string_local = {4, 2, 8}, .window = 50},
+        {"window40-gqa2-hd64-bs16-prerope", 4, 2, 64, 16, 2, {200, 30}, {1, 70}, 4.0f, 1, 48, .window = 40},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (small_mode && strstr(cases[i].name, "long")) continue;
@@ -980,7 +1005,7 @@ static void test_kv_copy_blocks(void)
     const int n_layers = 2, n_blocks = 6, bs = 16, n_kv = 2, hd = 16, n_heads = 4, n_tok = 20;
     struct backend be = make_backend(3);
     char err[ERR_LEN];
-    struct bk_kv_params kp = {n_layers, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE};
+    struct bk_kv_params kp = {n_layers, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL};
     int rc = be.ops->kv_init(be.ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
     size_t row = (size_t)n_kv * hd, nq = (size_t)n_tok * n_heads * hd;
@@ -1061,7 +1086,7 @@ static void time_attention(void)
     char err[ERR_LEN], desc[128];
     be.ops->describe(be.ctx, desc, sizeof desc);
     int n_blocks = len / bs + 2;
-    struct bk_kv_params kp = {1, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE};
+    struct bk_kv_params kp = {1, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL};
     int rc = be.ops->kv_init(be.ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
     size_t row = (size_t)n_kv * hd, nq = (size_t)chunk * n_heads * hd;

@@ -379,6 +379,134 @@ static void test_priority(void)
     sched_free(&s);
 }
 
+/* --------------------------------------------------------------------------------------------- */
+/* Sliding window (s->window): blocks below the next token's window are released, tables stay
+ * append-only with 0 in released entries, a sequence holds a bounded number of blocks. */
+
+/* The invariants of one running sequence after a commit; prev: its table before the step. */
+static int window_ok(const struct scheduler *s, const struct sequence *seq, const int *prev, int prev_n, char *why)
+{
+    const int bs = s->bm.block_size, W = s->window;
+    int first = seq->n_computed - W + 1 > 0 ? (seq->n_computed - W + 1) / bs : 0, live = 0;
+    for (int i = 0; i < prev_n && i < seq->n_blocks; i++)
+        if (seq->block_table[i] != prev[i] && seq->block_table[i] != 0)
+            return snprintf(why, 128, "entry %d changed %d -> %d", i, prev[i], seq->block_table[i]), 0;
+    for (int i = 0; i < seq->n_blocks; i++) {
+        if (i < first && seq->block_table[i] != 0)
+            return snprintf(why, 128, "block %d below the window (first live %d) still held", i, first), 0;
+        if (i >= first && (i + 1) * bs <= seq->n_computed + 1 && seq->block_table[i] <= 0)
+            return snprintf(why, 128, "block %d inside the window is 0", i), 0;
+        live += seq->block_table[i] > 0;
+    }
+    if (live > sched_window_blocks(W, s->max_batched_tokens, bs))
+        return snprintf(why, 128, "%d blocks held, more than %d", live,
+                        sched_window_blocks(W, s->max_batched_tokens, bs)), 0;
+    return 1;
+}
+
+static void test_sliding_window(void)
+{
+    struct scheduler s;
+    struct sched_plan p = {0};
+    char why[128] = "";
+    /* 12 blocks of 4 tokens; window 10, chunks of at most 16: a sequence holds <= 8 blocks */
+    sched_init(&s, 13, 4, 16, 8, 64, 1 << 20, 1);
+    s.window = 10;
+    TEST_COND("window blocks: (10 - 1 + 16) / 4 rounded up, + 1", sched_window_blocks(10, 16, 4) == 8);
+    struct sequence *a = mkseq(1, 100, 20, 10); /* 100 + 20 tokens = 30 blocks > the pool */
+    sched_add(&s, a);
+    int prev[64], prev_n = 0, ok = 1, steps = 0;
+    while (a->state == SEQ_STATE_RUNNING || a->state == SEQ_STATE_WAITING) {
+        if (a->n_generated >= 20 || steps++ > 200) break;
+        prev_n = a->n_blocks;
+        if (prev_n) memcpy(prev, a->block_table, sizeof(int) * (size_t)prev_n);
+        step(&s, &p);
+        if (p.n) a->n_generated += p.e[0].sample;
+        if (ok && !window_ok(&s, a, prev, prev_n, why)) {
+            ok = 0;
+            printf("  step %d, n_computed %d: %s\n", steps, a->n_computed, why);
+        }
+        if (bm_used(&s.bm) > 8) ok = 0;
+    }
+    TEST_CONDF(ok, "window: tables append-only, released entries 0, window held, <= 8 blocks: %s", why);
+    TEST_COND("a 120-token sequence ran in 12 blocks", a->n_generated == 20 && a->n_tokens == 120);
+    TEST_COND("blocks were released below the window", s.window_frees >= 20);
+    TEST_COND("prefill went in chunks of 16", a->n_computed == 119 && s.preemptions == 0);
+    sched_finish(&s, a);
+    TEST_COND("all released at the end", bm_used(&s.bm) == 0);
+
+    /* prefix cache: only the blocks inside the window of the first computed token are needed */
+    sched_free(&s);
+    sched_init(&s, 65, 4, 16, 8, 64, 1 << 20, 1);
+    s.window = 10;
+    struct sequence *b = mkseq(2, 60, 1, 10);
+    sched_add(&s, b);
+    while (b->n_computed < 60) step(&s, &p);
+    sched_finish(&s, b);
+    TEST_COND("b's blocks cached (released below the window, then at the end)", bm_used(&s.bm) == 0 && s.bm.n_cached >= 15);
+    struct sequence *c = mkseq(3, 65, 1, 10); /* b's 60 tokens + 5 */
+    sched_add(&s, c);
+    uint64_t hits0 = s.bm.hits;
+    sched_plan(&s, &p);
+    int n = 0;
+    /* 15 blocks hit: the query at 60 sees keys 51..60, blocks 12.. : 12, 13, 14 taken */
+    TEST_COND("window hit: 60 tokens cached, 5 to compute", plan_has(&p, c, &n) && n == 5 && c->n_cached == 60);
+    TEST_COND("only the window's 3 blocks taken", s.bm.hits - hits0 == 3 && c->n_freed == 12 &&
+              c->block_table[0] == 0 && c->block_table[11] == 0 && c->block_table[12] > 0);
+    sched_commit(&s, &p);
+    sched_finish(&s, c);
+    /* evict the 12 oldest cached blocks (b's first ones): a window hit still works */
+    int grab[64], ng = 0, n_evict = s.bm.n_free + 12;
+    for (int i = 0; i < n_evict; i++) grab[ng++] = bm_alloc(&s.bm);
+    for (int i = 0; i < ng; i++) bm_decref(&s.bm, grab[i]);
+    struct sequence *d = mkseq(4, 65, 1, 10);
+    sched_add(&s, d);
+    sched_plan(&s, &p);
+    /* c registered its block 15 too: the query at 64 sees keys 55..64, blocks 13..15 */
+    TEST_COND("blocks 0..11 evicted, 12..15 cached: still a 64-token hit", plan_has(&p, d, &n) && n == 1 &&
+              d->n_cached == 64 && d->n_freed == 13);
+    sched_commit(&s, &p);
+    sched_finish(&s, d);
+    s.window = 0; /* the same eviction without a window: the chain from block 0 is broken */
+    struct sequence *e = mkseq(5, 65, 1, 10);
+    sched_add(&s, e);
+    sched_plan(&s, &p);
+    TEST_COND("full attention: no hit without block 0", plan_has(&p, e, &n) && e->n_cached == 0 && n == 16);
+    sched_commit(&s, &p);
+    sched_finish(&s, e);
+    sched_free(&s);
+
+    /* two long sequences in a pool that holds one window each at most: they preempt and finish */
+    sched_init(&s, 11, 4, 16, 8, 64, 1 << 20, 0);
+    s.window = 10;
+    struct sequence *f = mkseq(6, 80, 30, 10), *g = mkseq(7, 80, 30, 200);
+    sched_add(&s, f);
+    sched_add(&s, g);
+    int k = 0;
+    ok = 1;
+    while ((f->n_generated < 30 || g->n_generated < 30) && k++ < 2000) {
+        int pf = f->n_blocks, pg = g->n_blocks;
+        int tf[64], tg[64];
+        if (pf) memcpy(tf, f->block_table, sizeof(int) * (size_t)pf);
+        if (pg) memcpy(tg, g->block_table, sizeof(int) * (size_t)pg);
+        step(&s, &p);
+        for (int i = 0; i < p.n; i++) {
+            struct sequence *q = p.e[i].seq;
+            if (p.e[i].sample) q->n_generated++;
+            if (q->n_generated >= 30 && q->state == SEQ_STATE_RUNNING) sched_finish(&s, q);
+        }
+        if (f->state == SEQ_STATE_RUNNING && !window_ok(&s, f, tf, f->n_blocks < pf ? 0 : pf, why)) ok = 0;
+        if (g->state == SEQ_STATE_RUNNING && !window_ok(&s, g, tg, g->n_blocks < pg ? 0 : pg, why)) ok = 0;
+    }
+    TEST_CONDF(ok && f->n_generated == 30 && g->n_generated == 30,
+               "two windows in a small pool: both finish (%d, %d; %llu preemptions) %s", f->n_generated,
+               g->n_generated, (unsigned long long)s.preemptions, why);
+    TEST_COND("everything released", bm_used(&s.bm) == 0);
+    seq_free(a); seq_free(b); seq_free(c); seq_free(d); seq_free(e); seq_free(f); seq_free(g);
+    plan_free(&p);
+    sched_free(&s);
+}
+
 int main(void)
 {
     test_block_manager();
@@ -388,5 +516,6 @@ int main(void)
     test_prefix_cache();
     test_sampler();
     test_priority();
+    test_sliding_window();
     return test_report("test_engine");
 }

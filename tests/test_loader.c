@@ -706,7 +706,8 @@ static void test_config_variants(void)
     model_config_free(&c);
 
     rc = load_cfg(&c, "\"num_key_value_heads\": null, \"head_dim\": null, \"eos_token_id\": [7, 2], "
-                  "\"bos_token_id\": null, \"tie_word_embeddings\": true, \"model_type\": \"mistral\"",
+                  "\"bos_token_id\": null, \"tie_word_embeddings\": true, \"model_type\": \"mistral\", "
+                  "\"architectures\": [\"MistralForCausalLM\"]",
                   NULL, err);
     TEST_CONDF(rc == 0, "nulls and eos list: %s", err);
     TEST_COND("null kv heads -> heads, null head_dim -> 16, eos list -> first",
@@ -862,6 +863,179 @@ static void test_set_rope_json(void)
     model_config_free(&c);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Architectures (llama, mistral, qwen2) and the fields nothing implements
+
+/* The windows of c's 2 layers (write_cfg's base has 2), as "w0,w1". */
+static int windows_are(const struct model_config *c, int w0, int w1)
+{
+    return c->layer_window && c->n_layers == 2 && c->layer_window[0] == w0 && c->layer_window[1] == w1;
+}
+
+static void test_arch_configs(void)
+{
+    char err[ERR_LEN] = "";
+    struct model_config c;
+    int rc;
+
+    rc = load_cfg(&c, "", NULL, err);
+    TEST_CONDF(rc == 0 && c.arch == MODEL_ARCH_LLAMA && !c.qkv_bias && !c.o_bias && !c.mlp_bias &&
+               windows_are(&c, 0, 0), "minimal config: llama, no biases, no window: %s", err);
+    model_config_free(&c);
+
+    /* Qwen2.5-7B-Instruct's config.json with the YaRN its model card adds: q/k/v biases,
+     * use_sliding_window false, max_position_embeddings left at the original 32768 */
+    rc = load_cfg(&c, "\"architectures\": [\"Qwen2ForCausalLM\"], \"model_type\": \"qwen2\", "
+                  "\"hidden_size\": 3584, \"intermediate_size\": 18944, \"num_attention_heads\": 28, "
+                  "\"num_key_value_heads\": 4, \"max_position_embeddings\": 32768, \"vocab_size\": 152064, "
+                  "\"use_sliding_window\": false, \"sliding_window\": 131072, \"max_window_layers\": 28, "
+                  "\"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-06, \"rope_scaling\": {\"factor\": 4.0, "
+                  "\"original_max_position_embeddings\": 32768, \"type\": \"yarn\"}", NULL, err);
+    TEST_CONDF(rc == 0 && c.arch == MODEL_ARCH_QWEN2 && c.qkv_bias && !c.o_bias && !c.mlp_bias &&
+               windows_are(&c, 0, 0) && c.rope_theta == 1e6 && !strcmp(c.rope.type, "yarn") && c.head_dim == 128,
+               "qwen2.5: q/k/v biases, no window: %s", err);
+    TEST_COND("qwen2 name", !strcmp(model_arch_name(c.arch), "qwen2"));
+    struct rope r;
+    /* HF's current YaRN (and v5): the explicit factor 4 (not max_pos / original = 1), L0 32768 */
+    if (rc == 0 && rope_init(&r, &c, NULL, err) == 0) {
+        TEST_CONDF(r.type == ROPE_TYPE_YARN && r.factor == 4.0 && r.original_max_pos == 32768 &&
+                   r.ramp_low == 23 && r.ramp_high == 40 && fabsf(r.attn_factor - 1.1386294f) < 1e-6f &&
+                   r.max_model_len == 131072, "qwen2.5 yarn: factor %g, L0 %d, ramp %g/%g, attn %.7f, context %d",
+                   r.factor, r.original_max_pos, r.ramp_low, r.ramp_high, (double)r.attn_factor, r.max_model_len);
+        rope_free(&r);
+    } else {
+        TEST_CONDF(0, "qwen2.5 rope_init: %s", err);
+    }
+    if (rc == 0) model_config_free(&c);
+
+    struct { const char *label, *extra; int w0, w1; } ok[] = {
+        {"qwen2 window from max_window_layers 1", "\"model_type\": \"qwen2\", \"architectures\": "
+         "[\"Qwen2ForCausalLM\"], \"use_sliding_window\": true, \"sliding_window\": 64, "
+         "\"max_window_layers\": 1", 0, 64},
+        {"qwen2 window, max_window_layers default 28: none slides", "\"model_type\": \"qwen2\", "
+         "\"architectures\": [\"Qwen2ForCausalLM\"], \"use_sliding_window\": true, \"sliding_window\": 64", 0, 0},
+        {"qwen2 window default 4096, max_window_layers 0", "\"model_type\": \"qwen2\", \"architectures\": "
+         "[\"Qwen2ForCausalLM\"], \"use_sliding_window\": true, \"max_window_layers\": 0", 4096, 4096},
+        {"qwen2 layer_types", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], "
+         "\"use_sliding_window\": true, \"sliding_window\": 48, \"layer_types\": [\"sliding_attention\", "
+         "\"full_attention\"]", 48, 0},
+        {"qwen2 layer_types without use_sliding_window: full", "\"model_type\": \"qwen2\", \"architectures\": "
+         "[\"Qwen2ForCausalLM\"], \"sliding_window\": 48, \"layer_types\": [\"sliding_attention\", "
+         "\"sliding_attention\"]", 0, 0},
+        {"qwen2 use_sliding_window, sliding_window null", "\"model_type\": \"qwen2\", \"architectures\": "
+         "[\"Qwen2ForCausalLM\"], \"use_sliding_window\": true, \"sliding_window\": null, "
+         "\"max_window_layers\": 0", 0, 0},
+        {"qwen2 by architectures alone", "\"architectures\": [\"Qwen2ForCausalLM\"]", 0, 0},
+        {"mistral v0.1: sliding_window 4096", "\"model_type\": \"mistral\", \"architectures\": "
+         "[\"MistralForCausalLM\"], \"sliding_window\": 4096", 4096, 4096},
+        {"mistral without the key: MistralConfig's default 4096", "\"model_type\": \"mistral\", "
+         "\"architectures\": [\"MistralForCausalLM\"]", 4096, 4096},
+        {"mistral v0.2+: sliding_window null", "\"model_type\": \"mistral\", \"architectures\": "
+         "[\"MistralForCausalLM\"], \"sliding_window\": null", 0, 0},
+        {"mistral use_sliding_window true, layer_types all sliding", "\"model_type\": \"mistral\", "
+         "\"architectures\": [\"MistralForCausalLM\"], \"sliding_window\": 64, \"use_sliding_window\": true, "
+         "\"layer_types\": [\"sliding_attention\", \"sliding_attention\"]", 64, 64},
+        {"mistral by architectures alone", "\"architectures\": [\"MistralForCausalLM\"], \"sliding_window\": 8",
+         8, 8},
+        {"llama sliding_window null, use_sliding_window false, full layer_types", "\"sliding_window\": null, "
+         "\"use_sliding_window\": false, \"layer_types\": [\"full_attention\", \"full_attention\"]", 0, 0},
+        {"LLaMAForCausalLM (early conversions)", "\"architectures\": [\"LLaMAForCausalLM\"]", 0, 0},
+        {"model_type llama, another *ForCausalLM class", "\"model_type\": \"llama\", \"architectures\": "
+         "[\"CLEXLlamaForCausalLM\"]", 0, 0},
+        {"neutral values of refused fields", "\"quantization_config\": null, \"num_experts\": 0, "
+         "\"attn_logit_softcapping\": null, \"final_logit_softcapping\": null, \"qk_norm\": false, "
+         "\"use_qk_norm\": false, \"attention_chunk_size\": null, \"use_bidirectional_attention\": false", 0, 0},
+        {"pretraining_tp 2 (the same function)", "\"pretraining_tp\": 2", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        rc = load_cfg(&c, ok[i].extra, NULL, err);
+        TEST_CONDF(rc == 0 && windows_are(&c, ok[i].w0, ok[i].w1), "%s: windows %d,%d: rc %d %s", ok[i].label,
+                   ok[i].w0, ok[i].w1, rc, err);
+        if (rc == 0) model_config_free(&c);
+    }
+
+    rc = load_cfg(&c, "\"attention_bias\": true, \"mlp_bias\": true", NULL, err);
+    TEST_CONDF(rc == 0 && c.qkv_bias && c.o_bias && c.mlp_bias, "llama attention_bias, mlp_bias: %s", err);
+    model_config_free(&c);
+    rc = load_cfg(&c, "\"attention_bias\": false, \"mlp_bias\": true", NULL, err);
+    TEST_CONDF(rc == 0 && !c.qkv_bias && !c.o_bias && c.mlp_bias, "llama mlp_bias only: %s", err);
+    model_config_free(&c);
+
+    /* effective windows: W >= max_len never slides; every layer must slide for window_all */
+    rc = load_cfg(&c, "\"model_type\": \"mistral\", \"architectures\": [\"MistralForCausalLM\"], "
+                  "\"sliding_window\": 64", NULL, err);
+    TEST_CONDF(rc == 0 && model_config_layer_window(&c, 0, 65) == 64 && model_config_layer_window(&c, 1, 64) == 0 &&
+               model_config_window_all(&c, 1000) == 64 && model_config_window_all(&c, 64) == 0,
+               "mistral effective windows: %s", err);
+    model_config_free(&c);
+    rc = load_cfg(&c, "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], "
+                  "\"use_sliding_window\": true, \"sliding_window\": 64, \"max_window_layers\": 1", NULL, err);
+    TEST_CONDF(rc == 0 && model_config_layer_window(&c, 1, 1000) == 64 && model_config_window_all(&c, 1000) == 0,
+               "qwen2 mixed layers: nothing every layer can free: %s", err);
+    model_config_free(&c);
+
+    struct { const char *label, *extra, *what; } bad[] = {
+        {"model_type gemma", "\"model_type\": \"gemma\"", "field 'model_type': \"gemma\" is not supported"},
+        {"model_type phi3", "\"model_type\": \"phi3\"", "field 'model_type': \"phi3\""},
+        {"model_type qwen2_moe", "\"model_type\": \"qwen2_moe\"", "field 'model_type': \"qwen2_moe\""},
+        {"model_type mixtral", "\"model_type\": \"mixtral\"", "field 'model_type': \"mixtral\""},
+        {"model_type deepseek_v3", "\"model_type\": \"deepseek_v3\"", "field 'model_type': \"deepseek_v3\""},
+        {"model_type number", "\"model_type\": 2", "field 'model_type'"},
+        {"architectures alone, unknown", "\"architectures\": [\"GemmaForCausalLM\"]",
+         "field 'architectures': [\"GemmaForCausalLM\"] is not supported"},
+        {"architectures contradicting model_type", "\"model_type\": \"llama\", \"architectures\": "
+         "[\"Qwen2ForCausalLM\"]", "field 'architectures': Qwen2ForCausalLM contradicts model_type \"llama\""},
+        {"hidden_act gelu_pytorch_tanh", "\"hidden_act\": \"gelu_pytorch_tanh\"", "field 'hidden_act'"},
+        {"quantization_config", "\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4}",
+         "field 'quantization_config': quantized checkpoints are not supported"},
+        {"num_experts", "\"num_experts\": 8", "field 'num_experts'"},
+        {"num_local_experts", "\"num_local_experts\": 8", "field 'num_local_experts'"},
+        {"n_routed_experts", "\"n_routed_experts\": 64", "field 'n_routed_experts'"},
+        {"attn_logit_softcapping", "\"attn_logit_softcapping\": 50.0", "field 'attn_logit_softcapping'"},
+        {"final_logit_softcapping", "\"final_logit_softcapping\": 30.0", "field 'final_logit_softcapping'"},
+        {"qk_norm", "\"qk_norm\": true", "field 'qk_norm'"},
+        {"use_qk_norm", "\"use_qk_norm\": true", "field 'use_qk_norm'"},
+        {"attention_chunk_size", "\"attention_chunk_size\": 8192", "field 'attention_chunk_size'"},
+        {"sliding_window_pattern", "\"sliding_window_pattern\": 6", "field 'sliding_window_pattern'"},
+        {"interleaved_sliding_window", "\"interleaved_sliding_window\": 4096", "field 'interleaved_sliding_window'"},
+        {"use_bidirectional_attention", "\"use_bidirectional_attention\": true", "field 'use_bidirectional_attention'"},
+        {"pretraining_tp 0", "\"pretraining_tp\": 0", "field 'pretraining_tp'"},
+        {"attention_bias string", "\"attention_bias\": \"yes\"", "field 'attention_bias'"},
+        {"llama sliding_window", "\"sliding_window\": 4096", "field 'sliding_window': 4096, but LlamaForCausalLM"},
+        {"llama use_sliding_window", "\"use_sliding_window\": true", "field 'use_sliding_window'"},
+        {"llama layer_types sliding", "\"layer_types\": [\"full_attention\", \"sliding_attention\"]",
+         "field 'layer_types': layer 1 is \"sliding_attention\""},
+        {"mistral use_sliding_window false with a window", "\"model_type\": \"mistral\", \"architectures\": "
+         "[\"MistralForCausalLM\"], \"use_sliding_window\": false, \"sliding_window\": 4096",
+         "field 'use_sliding_window': false, with sliding_window 4096"},
+        {"mistral layer_types with a full layer", "\"model_type\": \"mistral\", \"architectures\": "
+         "[\"MistralForCausalLM\"], \"sliding_window\": 64, \"layer_types\": [\"sliding_attention\", "
+         "\"full_attention\"]", "field 'layer_types': layer 1 is \"full_attention\""},
+        {"mistral attention_bias", "\"model_type\": \"mistral\", \"architectures\": [\"MistralForCausalLM\"], "
+         "\"attention_bias\": true", "field 'attention_bias'"},
+        {"mistral mlp_bias", "\"model_type\": \"mistral\", \"architectures\": [\"MistralForCausalLM\"], "
+         "\"mlp_bias\": true", "field 'mlp_bias'"},
+        {"qwen2 attention_bias", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], "
+         "\"attention_bias\": true", "field 'attention_bias'"},
+        {"qwen2 mlp_bias", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], "
+         "\"mlp_bias\": true", "field 'mlp_bias'"},
+        {"sliding_window 0", "\"model_type\": \"mistral\", \"architectures\": [\"MistralForCausalLM\"], \"sliding_window\": 0", "field 'sliding_window'"},
+        {"sliding_window string", "\"model_type\": \"mistral\", \"architectures\": [\"MistralForCausalLM\"], \"sliding_window\": \"4k\"", "field 'sliding_window'"},
+        {"max_window_layers negative", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], \"max_window_layers\": -1",
+         "field 'max_window_layers'"},
+        {"layer_types wrong length", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], \"layer_types\": [\"full_attention\"]",
+         "field 'layer_types'"},
+        {"layer_types unknown type", "\"model_type\": \"qwen2\", \"architectures\": [\"Qwen2ForCausalLM\"], \"layer_types\": [\"full_attention\", "
+         "\"chunked_attention\"]", "field 'layer_types': expected only"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *d = tmp_dir();
+        write_cfg(d, bad[i].extra, NULL);
+        expect_cfg_fail(bad[i].label, d, bad[i].what);
+        tmp_rm(d);
+    }
+}
+
 int main(void)
 {
     log_min_level = LOG_ERROR; /* model_type warnings are expected below */
@@ -872,5 +1046,6 @@ int main(void)
     test_bad_configs();
     test_config_variants();
     test_set_rope_json();
+    test_arch_configs();
     return test_report("test_loader");
 }

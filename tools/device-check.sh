@@ -4,6 +4,8 @@
 #
 #   0. Hugging Face transformers references for the RoPE methods it implements
 #      (tests/rope_ref/make_hf_fixtures.py -> $OUT/hf; commit them as tests/fixtures/rope/hf/)
+#      and for the Qwen2/Mistral/biased-LLaMA checkpoints (tests/rope_ref/make_hf_arch_fixtures.py
+#      -> $OUT/hf-arch; commit them as tests/fixtures/arch/hf/)
 #   1. nvidia-smi: device, driver, memory, clocks (read only: never change clocks or modes)
 #   2. tests/run-cuda.sh: every kernel checker + the end-to-end parity (make test-cuda without make)
 #   2b. tests/trained_parity.py: the trained demo model, cuda vs cpu vs transformers, up to 16k
@@ -50,6 +52,8 @@ t0=$(date +%s)
 if [ "${HF:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout "$T" python3 tests/rope_ref/make_hf_fixtures.py "$OUT/hf" >"$OUT/hf-run.log" 2>&1
     say "transformers references (exit $?): $(ls "$OUT/hf" 2>/dev/null | tr '\n' ' ')"
+    PYTHONUNBUFFERED=1 timeout "$T" python3 tests/rope_ref/make_hf_arch_fixtures.py "$OUT/hf-arch" >"$OUT/hf-arch-run.log" 2>&1
+    say "transformers architecture references (exit $?): $(ls "$OUT/hf-arch" 2>/dev/null | tr '\n' ' ')"
 fi
 
 # 1. the device

@@ -1,9 +1,21 @@
-/* make_model.c - write a deterministic random LLaMA checkpoint in Hugging Face format.
+/* make_model.c - write a deterministic random LLaMA, Mistral or Qwen2 checkpoint in Hugging
+ * Face format.
  *
- *   make_model --out DIR [--preset demo|bench|tiny|7b-shape] [--hidden N] [--layers N]
+ *   make_model --out DIR [--preset demo|bench|tiny|7b-shape|qwen2-tiny|mistral-tiny]
+ *              [--arch llama|mistral|qwen2] [--hidden N] [--layers N]
  *              [--heads N] [--kv-heads N] [--head-dim N] [--ffn N] [--vocab N] [--max-pos N]
  *              [--theta F] [--eps F] [--rope-scaling-json '{...}'|null] [--dtype f32|f16|bf16]
- *              [--tie] [--shard-bytes N] [--seed N] [--tokenizer PATH|none] [--threads N]
+ *              [--tie] [--attention-bias] [--mlp-bias] [--sliding-window N|0]
+ *              [--max-window-layers N] [--shard-bytes N] [--seed N] [--tokenizer PATH|none]
+ *              [--threads N]
+ *
+ * Architectures (config.json as transformers' config classes write them): llama (attention_bias
+ * puts random biases on q, k, v, o; mlp_bias on gate, up, down), mistral (sliding_window in every
+ * layer, null when 0), qwen2 (random q, k, v biases always; --sliding-window W writes
+ * use_sliding_window true with max_window_layers, default 0 = every layer slides; without it
+ * use_sliding_window false and sliding_window = max_pos, as Qwen2.5 ships). Biases are drawn like
+ * the weights (N(0, sigma), sigma 0.5 for q/k, 0.2 for v, 0.1 for o and the MLP): non-zero, so
+ * a loader that drops one computes something visibly different.
  *
  * DIR gets config.json, generation_config.json, the weights (model.safetensors, or
  * model-0000i-of-0000N.safetensors + model.safetensors.index.json with --shard-bytes) and, when a
@@ -67,8 +79,16 @@ static const char *dtype_st[] = {"F32", "F16", "BF16"};             /* safetenso
 static const char *dtype_torch[] = {"float32", "float16", "bfloat16"}; /* config.json */
 static const size_t dtype_size[] = {4, 2, 2};
 
+enum mm_arch { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2 };
+static const char *arch_flag[] = {"llama", "mistral", "qwen2"};
+static const char *arch_class[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+
 struct mm_config {
+    enum mm_arch arch;
     int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn, max_pos;
+    int attention_bias, mlp_bias; /* llama only; qwen2 always has q/k/v biases */
+    int sliding_window;       /* mistral, qwen2: W (0 = none) */
+    int max_window_layers;    /* qwen2: layers below it attend to everything */
     double rope_theta, rms_norm_eps;
     const char *rope_scaling; /* validated JSON object text; NULL = "rope_scaling": null */
     enum st_dtype dtype;
@@ -103,15 +123,33 @@ static const struct preset presets[] = {
     {"7b-shape", {.vocab = 32000, .hidden = 4096, .n_layers = 32, .n_heads = 32,
                   .n_kv_heads = 32, .head_dim = 128, .ffn = 11008, .max_pos = 4096,
                   .rope_theta = 10000.0, .rms_norm_eps = 1e-5, .dtype = DT_BF16}},
+    /* Qwen2.5-7B-Instruct in small: q/k/v biases, theta 1e6, eps 1e-6, YaRN x4 added to a
+     * config whose max_position_embeddings stays the original context (Qwen's instructions) */
+    {"qwen2-tiny", {.arch = ARCH_QWEN2, .vocab = 512, .hidden = 64, .n_layers = 2, .n_heads = 4,
+                    .n_kv_heads = 2, .head_dim = 16, .ffn = 172, .max_pos = 64,
+                    .rope_theta = 1000000.0, .rms_norm_eps = 1e-6,
+                    .rope_scaling = "{\"factor\":4.0,\"original_max_position_embeddings\":64,"
+                                    "\"type\":\"yarn\"}",
+                    .dtype = DT_BF16}},
+    /* Mistral-7B-v0.1 in small: GQA 4:1, sliding window 64 in every layer */
+    {"mistral-tiny", {.arch = ARCH_MISTRAL, .vocab = 512, .hidden = 64, .n_layers = 2, .n_heads = 4,
+                      .n_kv_heads = 1, .head_dim = 16, .ffn = 172, .max_pos = 2048,
+                      .rope_theta = 10000.0, .rms_norm_eps = 1e-5, .sliding_window = 64,
+                      .dtype = DT_BF16}},
 };
 #define N_PRESETS ((int)(sizeof(presets) / sizeof(presets[0])))
 
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: make_model --out DIR [--preset demo|bench|tiny|7b-shape] [flags]\n"
-        "Writes a deterministic random LLaMA checkpoint in Hugging Face format to DIR.\n"
+        "usage: make_model --out DIR [--preset demo|bench|tiny|7b-shape|qwen2-tiny|mistral-tiny] [flags]\n"
+        "Writes a deterministic random LLaMA, Mistral or Qwen2 checkpoint in Hugging Face format to DIR.\n"
         "  --preset NAME        base shape (default demo); the flags below override it\n"
+        "  --arch llama|mistral|qwen2  architecture (default: the preset's)\n"
+        "  --attention-bias     llama: biases on q, k, v, o (qwen2 always has q, k, v biases)\n"
+        "  --mlp-bias           llama: biases on gate, up, down\n"
+        "  --sliding-window N   mistral, qwen2: attend to the last N keys (0: full attention)\n"
+        "  --max-window-layers N  qwen2: the first N layers attend to everything (default 0)\n"
         "  --hidden N --layers N --heads N --kv-heads N --ffn N --vocab N --max-pos N\n"
         "  --head-dim N         default: hidden / heads\n"
         "  --theta F            rope_theta\n"
@@ -131,7 +169,11 @@ static void usage(FILE *f)
         "  bench     vocab 512, hidden 512, 8 layers, 8 heads, 8 kv, ffn 1376, max_pos 16384, f32\n"
         "  tiny      vocab 512, hidden 64, 2 layers, 4 heads, 2 kv, ffn 172, max_pos 2048, f32\n"
         "  7b-shape  vocab 32000, hidden 4096, 32 layers, 32 heads, 32 kv, ffn 11008,\n"
-        "            max_pos 4096, bf16 (13 GB)\n");
+        "            max_pos 4096, bf16 (13 GB)\n"
+        "  qwen2-tiny    qwen2, vocab 512, hidden 64, 2 layers, 4 heads, 2 kv, ffn 172, q/k/v\n"
+        "                biases, theta 1e6, max_pos 64 with yarn x4 over 64, bf16\n"
+        "  mistral-tiny  mistral, vocab 512, hidden 64, 2 layers, 4 heads, 1 kv, ffn 172,\n"
+        "                max_pos 2048, sliding window 64, bf16\n");
 }
 
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -483,8 +525,9 @@ static void add_tensor(struct mm_tensor *t, int *n, const struct mm_config *c, c
     x->key = splitmix64(&s) ^ fnv1a64(name);
 }
 
-/* The tensors of LlamaForCausalLM in state-dict order, scaled as tests/fixtures/README.md says.
- * Returns the count; t has room for 9 * n_layers + 3. */
+/* The tensors of LlamaForCausalLM (MistralForCausalLM, Qwen2ForCausalLM) in state-dict order,
+ * scaled as tests/fixtures/README.md says, biases after their weights. Returns the count; t has
+ * room for 16 * n_layers + 3. */
 static int build_tensors(struct mm_tensor *t, const struct mm_config *c)
 {
     int n = 0;
@@ -500,13 +543,21 @@ static int build_tensors(struct mm_tensor *t, const struct mm_config *c)
             snprintf(name, sizeof(name), "model.layers.%d.%s", l, suffix);       \
             add_tensor(t, &n, c, name, rows, cols, mean, sigma);                 \
         } while (0)
+        const int qkv_bias = c->arch == ARCH_QWEN2 || c->attention_bias;
         LAYER("self_attn.q_proj.weight", q_dim, H, 0.0, 0.2);  /* (heads*hd, hidden) */
+        if (qkv_bias) LAYER("self_attn.q_proj.bias", q_dim, 0, 0.0, 0.5);
         LAYER("self_attn.k_proj.weight", kv_dim, H, 0.0, 0.2); /* (kv*hd, hidden) */
+        if (qkv_bias) LAYER("self_attn.k_proj.bias", kv_dim, 0, 0.0, 0.5);
         LAYER("self_attn.v_proj.weight", kv_dim, H, 0.0, s_h); /* (kv*hd, hidden) */
+        if (qkv_bias) LAYER("self_attn.v_proj.bias", kv_dim, 0, 0.0, 0.2);
         LAYER("self_attn.o_proj.weight", H, q_dim, 0.0, 1.0 / sqrt((double)q_dim)); /* (hidden, heads*hd) */
+        if (c->attention_bias) LAYER("self_attn.o_proj.bias", H, 0, 0.0, 0.1);
         LAYER("mlp.gate_proj.weight", F, H, 0.0, s_h);         /* (ffn, hidden) */
+        if (c->mlp_bias) LAYER("mlp.gate_proj.bias", F, 0, 0.0, 0.1);
         LAYER("mlp.up_proj.weight", F, H, 0.0, s_h);           /* (ffn, hidden) */
+        if (c->mlp_bias) LAYER("mlp.up_proj.bias", F, 0, 0.0, 0.1);
         LAYER("mlp.down_proj.weight", H, F, 0.0, 1.0 / sqrt((double)F)); /* (hidden, ffn) */
+        if (c->mlp_bias) LAYER("mlp.down_proj.bias", H, 0, 0.0, 0.1);
         LAYER("input_layernorm.weight", H, 0, 1.0, 0.1);       /* (hidden,) */
         LAYER("post_attention_layernorm.weight", H, 0, 1.0, 0.1);
 #undef LAYER
@@ -778,9 +829,9 @@ static int write_config(const char *dir, const struct mm_config *c, char *err)
     sb_printf(&b,
         "{\n"
         "  \"architectures\": [\n"
-        "    \"LlamaForCausalLM\"\n"
+        "    \"%s\"\n"
         "  ],\n"
-        "  \"model_type\": \"llama\",\n"
+        "  \"model_type\": \"%s\",\n"
         "  \"hidden_size\": %d,\n"
         "  \"intermediate_size\": %d,\n"
         "  \"num_hidden_layers\": %d,\n"
@@ -792,14 +843,28 @@ static int write_config(const char *dir, const struct mm_config *c, char *err)
         "  \"rms_norm_eps\": %s,\n"
         "  \"rope_theta\": %s,\n"
         "  \"rope_scaling\": ",
+        arch_class[c->arch], arch_flag[c->arch],
         c->hidden, c->ffn, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->max_pos,
         eps, theta);
     if (c->rope_scaling) sb_json_pretty(&b, c->rope_scaling, 1);
     else sb_printf(&b, "null");
+    sb_printf(&b, ",\n");
+    switch (c->arch) { /* the keys each config class has */
+    case ARCH_LLAMA:
+        sb_printf(&b, "  \"attention_bias\": %s,\n  \"mlp_bias\": %s,\n", c->attention_bias ? "true" : "false",
+                  c->mlp_bias ? "true" : "false");
+        break;
+    case ARCH_MISTRAL:
+        if (c->sliding_window) sb_printf(&b, "  \"sliding_window\": %d,\n", c->sliding_window);
+        else sb_printf(&b, "  \"sliding_window\": null,\n");
+        break;
+    case ARCH_QWEN2:
+        sb_printf(&b, "  \"use_sliding_window\": %s,\n  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n",
+                  c->sliding_window ? "true" : "false", c->sliding_window ? c->sliding_window : c->max_pos,
+                  c->sliding_window ? c->max_window_layers : c->n_layers);
+        break;
+    }
     sb_printf(&b,
-        ",\n"
-        "  \"attention_bias\": false,\n"
-        "  \"mlp_bias\": false,\n"
         "  \"attention_dropout\": 0.0,\n"
         "  \"tie_word_embeddings\": %s,\n"
         "  \"vocab_size\": %d,\n"
@@ -807,12 +872,13 @@ static int write_config(const char *dir, const struct mm_config *c, char *err)
         "  \"eos_token_id\": 2,\n"
         "  \"pad_token_id\": null,\n"
         "  \"initializer_range\": 0.02,\n"
-        "  \"pretraining_tp\": 1,\n"
+        "%s"
         "  \"use_cache\": true,\n"
         "  \"torch_dtype\": \"%s\",\n"
         "  \"transformers_version\": \"" TRANSFORMERS_VERSION "\"\n"
         "}\n",
-        c->tie ? "true" : "false", c->vocab, dtype_torch[c->dtype]);
+        c->tie ? "true" : "false", c->vocab, c->arch == ARCH_LLAMA ? "  \"pretraining_tp\": 1,\n" : "",
+        dtype_torch[c->dtype]);
     int rc = write_file(dir, "config.json", b.p, b.len, err);
     free(b.p);
     return rc;
@@ -884,6 +950,7 @@ int main(int argc, char **argv)
 {
     const char *out = NULL, *preset_name = "demo", *tokenizer = NULL, *rope_json = NULL;
     int have_rope_json = 0, tie = 0, head_dim = 0, n_threads = 0;
+    int arch = -1, attention_bias = 0, mlp_bias = 0, sliding_window = -1, max_window_layers = -1;
     int hidden = 0, layers = 0, heads = 0, kv_heads = 0, ffn = 0, vocab = 0, max_pos = 0;
     double theta = 0, eps = 0;
     int dtype = -1;
@@ -893,6 +960,8 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--tie")) { tie = 1; continue; }
+        if (!strcmp(a, "--attention-bias")) { attention_bias = 1; continue; }
+        if (!strcmp(a, "--mlp-bias")) { mlp_bias = 1; continue; }
         if (i + 1 >= argc) { usage(stderr); die("%s: missing value (or unknown flag)", a); }
         const char *v = argv[++i];
         if (!strcmp(a, "--out")) out = v;
@@ -912,6 +981,13 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--seed")) seed = (uint64_t)parse_int(a, v, 0, INT64_MAX);
         else if (!strcmp(a, "--tokenizer")) tokenizer = v;
         else if (!strcmp(a, "--threads")) n_threads = (int)parse_int(a, v, 1, MAX_THREADS);
+        else if (!strcmp(a, "--sliding-window")) sliding_window = (int)parse_int(a, v, 0, 1 << 30);
+        else if (!strcmp(a, "--max-window-layers")) max_window_layers = (int)parse_int(a, v, 0, 4096);
+        else if (!strcmp(a, "--arch")) {
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(v, arch_flag[k])) arch = k;
+            if (arch < 0) die("--arch: expected llama, mistral or qwen2, got '%s'", v);
+        }
         else if (!strcmp(a, "--dtype")) {
             for (int d = 0; d < 3; d++)
                 if (!strcmp(v, dtype_flag[d])) dtype = d;
@@ -926,7 +1002,8 @@ int main(int argc, char **argv)
     const struct preset *p = NULL;
     for (int i = 0; i < N_PRESETS; i++)
         if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
-    if (!p) die("--preset: unknown preset '%s' (demo, bench, tiny, 7b-shape)", preset_name);
+    if (!p) die("--preset: unknown preset '%s' (demo, bench, tiny, 7b-shape, qwen2-tiny, mistral-tiny)",
+                preset_name);
 
     struct mm_config c = p->c;
     if (hidden) c.hidden = hidden;
@@ -941,6 +1018,15 @@ int main(int argc, char **argv)
     if (have_rope_json) c.rope_scaling = check_rope_scaling(rope_json);
     if (dtype >= 0) c.dtype = (enum st_dtype)dtype;
     if (tie) c.tie = 1;
+    if (arch >= 0) c.arch = (enum mm_arch)arch;
+    if (attention_bias) c.attention_bias = 1;
+    if (mlp_bias) c.mlp_bias = 1;
+    if (sliding_window >= 0) c.sliding_window = sliding_window;
+    if (max_window_layers >= 0) c.max_window_layers = max_window_layers;
+    if (c.arch != ARCH_LLAMA && (c.attention_bias || c.mlp_bias))
+        die("--attention-bias / --mlp-bias: llama only (qwen2 has q, k, v biases; mistral none)");
+    if (c.arch == ARCH_LLAMA && c.sliding_window) die("--sliding-window: mistral or qwen2 only");
+    if (c.arch != ARCH_QWEN2 && max_window_layers >= 0) die("--max-window-layers: qwen2 only");
     c.shard_bytes = shard_bytes;
     c.seed = seed;
     if (head_dim) {
@@ -979,7 +1065,7 @@ int main(int argc, char **argv)
 
     if (make_dirs(out, err)) die("%s", err);
 
-    int max_tensors = 9 * c.n_layers + 3;
+    int max_tensors = 16 * c.n_layers + 3;
     struct mm_tensor *t = xmalloc(sizeof(*t) * (size_t)max_tensors);
     int n = build_tensors(t, &c);
     int n_shards = assign_shards(t, n, c.shard_bytes);
@@ -1001,7 +1087,7 @@ int main(int argc, char **argv)
     if (write_small_json(out, &c, tokenizer != NULL, err)) die("%s", err);
     if (write_config(out, &c, err)) die("%s", err); /* last: its presence means complete */
 
-    printf("make_model: wrote %s (%zu params, %s, %.1f MB)\n", out, n_params,
+    printf("make_model: wrote %s (%s, %zu params, %s, %.1f MB)\n", out, arch_flag[c.arch], n_params,
            dtype_flag[c.dtype], (double)total_bytes / 1e6);
     free(t);
     free(tok_data);

@@ -35,9 +35,19 @@
  * (why a tile is gathered into contiguous scratch, and why an item holds up to 128 query
  * vectors: each K/V byte fetched serves them all) and the softmax bookkeeping.
  *
- * Reads: keys 0..(largest position in the item) and nothing else; the padding key rows of the
- * last tile are zeros in scratch, so NaN in unused cache slots never reaches the output
- * (tests/test_cpu_ops.c proves it).
+ * Reads: keys 0 (lo with a sliding window, below)..(largest position in the item) and nothing
+ * else; the padding key rows of the last tile are zeros in scratch, so NaN in unused cache
+ * slots never reaches the output (tests/test_cpu_ops.c proves it).
+ *
+ * Sliding window W (bk_kv_params.sliding_window[layer] > 0): the query at position p sees keys
+ * p - W < j <= p. An item's key range starts at lo = (smallest position) - W + 1 instead of 0,
+ * on the same KEY_TILE grid (the first tile starts at lo rounded down, so a row's result does
+ * not depend on how rows were tiled); keys of that tile below lo are never read (the engine may
+ * have freed their blocks: null block, garbage) but zeroed in scratch, and keys below a row's
+ * own window are masked like the causal edge. A row whose keys are all masked so far keeps its
+ * running max at -inf; the exponentials then subtract 0 instead (exp(-inf) = 0, not NaN). Causal
+ * attention never meets that case (key 0 is in every row's first tile), so its results are
+ * unchanged bit for bit.
  *
  * BK_K_PRE_ROPE (CLEX): each key row is rotated at its position j with the sequence's cos/sin,
  * taken from a per-batch table (positions x rotary_dim) built by the first attention call after
@@ -262,6 +272,7 @@ struct attn_args {
     const float *vc;  /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's values */
     const struct attn_item *items;
     int n_heads, group;
+    int window;       /* this layer's sliding window W, 0 = full causal */
     float exp_scale;  /* scale * log2(e) */
 };
 
@@ -309,6 +320,9 @@ static void attn_item_run(void *arg, int item_idx, int ith)
     int pos_m[QUERY_TILE_MAX];
     /* STRING: key j is scored with the shifted query of m when pos_m[m] - j >= S */
     const int S = a->q2 && b->string_shift ? b->string_shift[it->seq] : 0;
+    /* sliding window: key j is masked for m when j <= win_m[m] (-1: no key is) */
+    const int W = a->window;
+    int win_m[QUERY_TILE_MAX];
 
     /* queries: qt[d][m], m = row * G + g, query head kvh * G + g */
     int max_pos = -1, min_pos = 1 << 30;
@@ -329,6 +343,7 @@ static void attn_item_run(void *arg, int item_idx, int ith)
                     for (int d = 0; d < hd; d++) qt2[(size_t)d * Mp + m] = q2[d];
             }
             pos_m[m] = b->positions[r];
+            win_m[m] = W > 0 ? pos_m[m] - W : -1;
             if (pos_m[m] > max_pos) max_pos = pos_m[m];
             if (pos_m[m] < min_pos) min_pos = pos_m[m];
         } else {
@@ -336,19 +351,27 @@ static void attn_item_run(void *arg, int item_idx, int ith)
             if (S > 0)
                 for (int d = 0; d < hd; d++) qt2[(size_t)d * Mp + m] = 0.0f;
             pos_m[m] = 1 << 30; /* padding column: never masked, never written out */
+            win_m[m] = -1;
         }
         m_run[m] = -INFINITY;
         l_run[m] = 0.0f;
     }
     memset(acc, 0, (size_t)M * hd * sizeof(float));
 
-    for (int j0 = 0; j0 <= max_pos; j0 += KEY_TILE) {
+    /* the first key any row of the item sees (0 without a window) */
+    const int lo = W > 0 && min_pos - W + 1 > 0 ? min_pos - W + 1 : 0;
+    for (int j0 = lo / KEY_TILE * KEY_TILE; j0 <= max_pos; j0 += KEY_TILE) {
         const int nk = max_pos + 1 - j0 < KEY_TILE ? max_pos + 1 - j0 : KEY_TILE;
         const int nk6 = (nk + 5) / 6 * 6;
 
         /* gather the tile: key j lives in block bt[j / bs] at offset j % bs */
         for (int k = 0; k < nk; k++) {
             const int j = j0 + k;
+            if (j < lo) { /* below every row's window: maybe a freed block, never read */
+                memset(ks + (size_t)k * hd, 0, (size_t)hd * sizeof(float));
+                memset(vs + (size_t)k * hd, 0, (size_t)hd * sizeof(float));
+                continue;
+            }
             const size_t slot = (size_t)bt[j / bs] * bs + (size_t)(j % bs);
             const float *kr = a->kc + (slot * n_kv + kvh) * hd;
             const float *vr = a->vc + (slot * n_kv + kvh) * hd;
@@ -386,23 +409,31 @@ static void attn_item_run(void *arg, int item_idx, int ith)
                 }
         }
 
-        /* causal mask (only in tiles that reach past the smallest position), running max */
+        /* causal mask (only in tiles that reach past the smallest position) and the window's
+         * (only in tiles that start at or below the largest position's window), running max */
         const int need_mask = j0 + nk - 1 > min_pos;
+        const int need_win = W > 0 && j0 <= max_pos - W;
         for (int m = 0; m < Mp; m++) m_new[m] = m_run[m];
         for (int k = 0; k < nk; k++) {
             float *restrict s = st + (size_t)k * Mp;
-            if (need_mask) {
-                const int j = j0 + k;
+            const int j = j0 + k;
+            if (need_mask && need_win)
+                for (int m = 0; m < Mp; m++) s[m] = j > pos_m[m] || j <= win_m[m] ? -INFINITY : s[m];
+            else if (need_mask)
                 for (int m = 0; m < Mp; m++) s[m] = j > pos_m[m] ? -INFINITY : s[m];
-            }
+            else if (need_win)
+                for (int m = 0; m < Mp; m++) s[m] = j <= win_m[m] ? -INFINITY : s[m];
             for (int m = 0; m < Mp; m++) m_new[m] = s[m] > m_new[m] ? s[m] : m_new[m];
         }
         int rescale = 0;
         for (int m = 0; m < Mp; m++) {
-            alpha[m] = exp2_cpu((m_run[m] - m_new[m]) * a->exp_scale);
+            /* all keys so far masked (below the window): subtract 0, exp(-inf - 0) = 0 */
+            const float mref = m_new[m] == -INFINITY ? 0.0f : m_new[m];
+            alpha[m] = exp2_cpu((m_run[m] - mref) * a->exp_scale);
             rescale |= alpha[m] != 1.0f;
             l_run[m] *= alpha[m];
             m_run[m] = m_new[m];
+            m_new[m] = mref;
         }
 
         /* p = exp(scale (st - m_new)) in place, l += sum_k p */
@@ -531,6 +562,7 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shif
 
     /* work items: each sequence's rows in tiles, times the kv heads; tiles of QUERY_TILE_MAX
      * query vectors, halved while that leaves fewer than 4 items per thread */
+    const int W = c->kv.sliding_window ? c->kv.sliding_window[layer] : 0;
     int rows_per_tile = QUERY_TILE_MAX / G, n_items;
     for (;;) {
         n_items = 0;
@@ -546,14 +578,18 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shif
     for (int s = 0; s < b->n_seqs; s++)
         for (int r0 = b->query_start[s]; r0 < b->query_start[s + 1]; r0 += rows_per_tile) {
             int nr = b->query_start[s + 1] - r0 < rows_per_tile ? b->query_start[s + 1] - r0 : rows_per_tile;
-            int max_pos = 0;
-            for (int r = r0; r < r0 + nr; r++) max_pos = b->positions[r] > max_pos ? b->positions[r] : max_pos;
-            for (int h = 0; h < n_kv; h++) items[i++] = (struct attn_item){s, r0, nr, h, (int64_t)nr * (max_pos + 1)};
+            int max_pos = 0, min_pos = 1 << 30;
+            for (int r = r0; r < r0 + nr; r++) {
+                max_pos = b->positions[r] > max_pos ? b->positions[r] : max_pos;
+                min_pos = b->positions[r] < min_pos ? b->positions[r] : min_pos;
+            }
+            int lo = W > 0 && min_pos - W + 1 > 0 ? min_pos - W + 1 : 0;
+            for (int h = 0; h < n_kv; h++) items[i++] = (struct attn_item){s, r0, nr, h, (int64_t)nr * (max_pos + 1 - lo)};
         }
     qsort(items, (size_t)n_items, sizeof *items, item_cmp);
 
     struct attn_args a = {c, out->data, q->data, q_shift ? q_shift->data : NULL, c->k_cache[layer],
-                          c->v_cache[layer], items, n_heads, G, scale * 1.44269504f};
+                          c->v_cache[layer], items, n_heads, G, W, scale * 1.44269504f};
     cpu_parallel_for(c->pool, n_items, attn_item_run, &a);
     free(items);
 }

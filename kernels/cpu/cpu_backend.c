@@ -104,7 +104,10 @@ static void kv_free(struct cpu_ctx *c)
     for (int l = 0; c->v_cache && l < c->kv.n_layers; l++) free(c->v_cache[l]);
     free(c->k_cache);
     free(c->v_cache);
+    free(c->window);
     c->k_cache = c->v_cache = NULL;
+    c->window = NULL;
+    c->kv.sliding_window = NULL;
     c->kv_ready = 0;
 }
 
@@ -118,6 +121,14 @@ static int cpu_kv_init(void *ctx, const struct bk_kv_params *p, char *err)
     CHECK(p->block_size > 0 && (p->block_size & (p->block_size - 1)) == 0, "block_size %d", p->block_size);
     CHECK(p->k_storage == BK_K_POST_ROPE || p->k_storage == BK_K_PRE_ROPE, "k_storage %d", (int)p->k_storage);
     c->kv = *p;
+    if (p->sliding_window) { /* the caller's array may go: keep a copy */
+        c->window = xmalloc(sizeof *c->window * (size_t)p->n_layers);
+        for (int l = 0; l < p->n_layers; l++) {
+            CHECK(p->sliding_window[l] >= 0, "layer %d: sliding window %d", l, p->sliding_window[l]);
+            c->window[l] = p->sliding_window[l];
+        }
+        c->kv.sliding_window = c->window;
+    }
     size_t per_layer = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim;
     c->k_cache = calloc((size_t)p->n_layers, sizeof *c->k_cache);
     c->v_cache = calloc((size_t)p->n_layers, sizeof *c->v_cache);
@@ -282,6 +293,7 @@ static const struct backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .gather_rows = cpu_gather_rows,
+    .add_bias = cpu_add_bias,
 };
 
 int backend_cpu_init(struct backend *b, const struct backend_params *p, char *err)

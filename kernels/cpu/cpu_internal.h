@@ -5,7 +5,7 @@
  * Files:
  *   cpu_backend.c    context, memory, KV pool, batch metadata, matmul (OpenBLAS), the vtable
  *   cpu_pool.c       the persistent worker pool (generation counter + condition variables)
- *   cpu_ops.c        embed, rmsnorm, swiglu, add, gather_rows, kv_store
+ *   cpu_ops.c        embed, rmsnorm, swiglu, add, add_bias, gather_rows, kv_store
  *   cpu_rope.c       rope and the helpers attention uses to rotate pre-RoPE keys
  *   cpu_attention.c  paged causal GQA attention, online softmax over key tiles */
 #ifndef ROPESERVE_CPU_INTERNAL_H
@@ -72,7 +72,8 @@ struct cpu_ctx {
 
     /* KV cache, valid after kv_init */
     int kv_ready;
-    struct bk_kv_params kv;
+    struct bk_kv_params kv;       /* kv.sliding_window points at window (or is NULL) */
+    int32_t *window;              /* (n_layers) sliding window per layer, 0 = full; owned */
     float **k_cache;          /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
     float **v_cache;          /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
 
@@ -119,5 +120,6 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shif
 void cpu_swiglu(void *ctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, int n_rows, int n);
 void cpu_add(void *ctx, bk_buf *x, const bk_buf *y, size_t n);
 void cpu_gather_rows(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
+void cpu_add_bias(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n);
 
 #endif

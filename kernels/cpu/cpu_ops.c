@@ -1,4 +1,4 @@
-/* cpu_ops.c - the small ops of the CPU backend: embed, rmsnorm, swiglu, add, gather_rows and
+/* cpu_ops.c - the small ops of the CPU backend: embed, rmsnorm, swiglu, add, add_bias, gather_rows and
  * kv_store. Plain fp32 loops, written the way Hugging Face computes them (the order of the
  * multiplies matters for agreement at the last bit, e.g. rmsnorm is w * (x * r), not
  * (w * x) * r). rmsnorm and swiglu split rows over the worker pool when a batch is large
@@ -112,6 +112,18 @@ void cpu_add(void *ctx, bk_buf *x, const bk_buf *y, size_t n)
     float *xd = x->data;
     const float *yd = y->data;
     for (size_t i = 0; i < n; i++) xd[i] += yd[i];
+}
+
+/* x (n_rows, n) += b (n) on every row */
+void cpu_add_bias(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n)
+{
+    CHECK(n_rows >= 0 && n > 0 && x->n >= (size_t)n_rows * n && b->n >= (size_t)n,
+          "add_bias %d x %d: buffers %zu %zu", n_rows, n, x->n, b->n);
+    const float *bd = b->data;
+    for (int r = 0; r < n_rows; r++) {
+        float *xr = x->data + (size_t)r * n;
+        for (int i = 0; i < n; i++) xr[i] += bd[i];
+    }
 }
 
 /* dst (n_out, dim) = src[out_rows[i]] */

@@ -263,6 +263,11 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
     if (!cuda_attn_decode_supported(p->head_dim))
         return set_err(err, -1, "cuda: head_dim %d is not supported (a multiple of 8, at most 256)",
                        p->head_dim);
+    for (int l = 0; p->sliding_window && l < p->n_layers; l++)
+        if (p->sliding_window[l] > 0)
+            return set_err(err, -1, "cuda: sliding-window attention: not supported by the CUDA kernels in this "
+                           "build (config.json field 'sliding_window' = %d in layer %d); use --device cpu",
+                           p->sliding_window[l], l);
     if (c->kv_ready) {
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         kv_release(c);
@@ -772,6 +777,17 @@ static void cu_add(void *vctx, bk_buf *x, const bk_buf *y, size_t n)
     x->version++;
 }
 
+static void cu_add_bias(void *vctx, bk_buf *x, const bk_buf *b, int n_rows, int n)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(x->n >= (size_t)n_rows * n && b->n >= (size_t)n, "add_bias: sizes");
+    CHECK(b->is_weight && b->dtype == c->dtype, "add_bias: the bias must be a weight");
+    CHECK_ACT(x);
+    set_device(c);
+    cuda_add_bias((float *)x->d, b->d, b->dtype, n_rows, n, c->stream);
+    x->version++;
+}
+
 static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
@@ -811,6 +827,7 @@ static const struct backend_ops cuda_ops = {
     /* .swiglu = */ cu_swiglu,
     /* .add = */ cu_add,
     /* .gather_rows = */ cu_gather_rows,
+    /* .add_bias = */ cu_add_bias,
 };
 
 extern "C" int backend_cuda_device_count(void)

@@ -286,6 +286,8 @@ void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
 void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream);
+/* x (n_rows, n) += b (n), b stored as bdt (BK_BF16 or BK_F16, the weights' dtype) */
+void cuda_add_bias(float *x, const void *b, enum bk_dtype bdt, int n_rows, int n, cudaStream_t stream);
 void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_out, int dim,
                       cudaStream_t stream);
 

@@ -1,5 +1,5 @@
 /* elementwise.cu - the CUDA backend's memory-bound kernels: matmul input cast, embedding gather,
- * RMSNorm, RoPE, kv_store, SwiGLU, residual add, gather_rows. Each mirrors the fp32 loop of the
+ * RMSNorm, RoPE, kv_store, SwiGLU, residual add, bias add, gather_rows. Each mirrors the fp32 loop of the
  * CPU reference (kernels/cpu/) with fp32 math; weights may be bf16/f16 (converted on read).
  *
  * RoPE precision (REFERENCES-rope.md §1, §10): the angle is ONE fp32 multiply (__fmul_rn, so no
@@ -270,6 +270,28 @@ void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream)
 {
     if (n == 0) return;
     add_kernel1<<<blocks_for(n, 256), 256, 0, stream>>>(x, y, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// add_bias: x (n_rows, n) += b (n) on every row, b in the weight dtype (a projection's bias)
+
+template <typename W>
+__global__ void add_bias_kernel1(float *x, const W *b, size_t total, int n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] += to_f32(b[i % (size_t)n]);
+}
+
+void cuda_add_bias(float *x, const void *b, enum bk_dtype bdt, int n_rows, int n, cudaStream_t stream)
+{
+    const size_t total = (size_t)n_rows * n;
+    if (total == 0) return;
+    if (bdt == BK_BF16)
+        add_bias_kernel1<<<blocks_for(total, 256), 256, 0, stream>>>(x, (const __nv_bfloat16 *)b, total, n);
+    else
+        add_bias_kernel1<<<blocks_for(total, 256), 256, 0, stream>>>(x, (const __half *)b, total, n);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -1,7 +1,8 @@
-/* check_elementwise.cu - embed, rmsnorm (out of place and in place), swiglu, add and
+/* check_elementwise.cu - embed, rmsnorm (out of place and in place), swiglu, add, add_bias and
  * gather_rows of the CUDA backend against the CPU backend, then their bandwidth.
  *
- * Tolerances: embed, add and gather_rows move or add fp32 values and must match exactly; the
+ * Tolerances: embed, add, add_bias and gather_rows move or add fp32 values (a bias: the same
+ * bf16/f16 bits widened on both sides) and must match exactly; the
  * weights are given to both backends as the same bf16/f16 bits, so the embedding table is the
  * same on both sides. rmsnorm sums squares in fp32 on the GPU (double on the CPU): relative
  * error a few fp32 ulps -> atol 1e-5, rtol 1e-5. swiglu uses expf on both sides (CUDA's is
@@ -118,6 +119,23 @@ static void run_config(const struct ew_config *cf)
         if (cf->bench) {
             const float ms = bench_ms([&] { gpu.ops->add(gpu.ctx, og, ug, n); });
             printf("    bench add %zu: %.4f ms, %.1f GB/s\n", n, ms, n * 12.0 / (ms * 1e6));
+        }
+
+        /* add_bias: the bias is a weight (bf16/f16 bits, the same on both sides) */
+        {
+            std::vector<float> bias(cf->dim);
+            ck_fill(bias.data(), bias.size(), -1.f, 1.f);
+            std::vector<uint16_t> bb = ck_bits(bias.data(), bias.size(), cf->dt);
+            bk_buf *bc = ck_weight(&cpu, bb.data(), cf->dt, bias.size()), *bg = ck_weight(&gpu, bb.data(), cf->dt, bias.size());
+            cpu.ops->add_bias(cpu.ctx, gc, bc, cf->n_rows, cf->dim);
+            gpu.ops->add_bias(gpu.ctx, gg, bg, cf->n_rows, cf->dim);
+            rc = ck_read(&cpu, gc, n);
+            rg = ck_read(&gpu, gg, n);
+            snprintf(what, sizeof what, "add_bias %dx%d", cf->n_rows, cf->dim);
+            r = check_compare(what, rg.data(), rc.data(), n, 0.f, 0.f);
+            TEST_CONDF(r.mismatches == 0 && r.nonfinite_ref == 0, "%s", what);
+            cpu.ops->buf_free(cpu.ctx, bc);
+            gpu.ops->buf_free(gpu.ctx, bg);
         }
 
         /* gather_rows of the swiglu output */

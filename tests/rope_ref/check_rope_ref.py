@@ -213,7 +213,7 @@ def checks_models(w, prompts):
           float(np.max(np.abs(one_shot(string, prompts[128]) - chunked(string, prompts[128], 100)))), 1e-10)
 
     # two passes + LSE merge vs one softmax over all keys, q2 for the far ones
-    def attend_union(self, q, K, V, pos, q2=None):
+    def attend_union(self, q, K, V, pos, q2=None, window=0):
         S_ = K.shape[0]
         grp = M.NH // M.NKV
         dist = pos[:, None] - np.arange(S_)[None, :]
@@ -234,9 +234,9 @@ def checks_models(w, prompts):
     # the STRING reference's own prefill boundary (distance S counted in both passes): size only
     orig_attend = M.Model.attend
 
-    def attend_ref_prefill(self, q, K, V, pos, q2=None):
+    def attend_ref_prefill(self, q, K, V, pos, q2=None, window=0):
         if q2 is None or q.shape[0] == 1:
-            return orig_attend(self, q, K, V, pos, q2)
+            return orig_attend(self, q, K, V, pos, q2, window)
         S_ = K.shape[0]
         grp = M.NH // M.NKV
         dist = pos[:, None] - np.arange(S_)[None, :]
@@ -310,12 +310,82 @@ def checks_yarn_golden():
     check("STRING af^2 vs §11 1.1434339663", abs(M.STRING_AF ** 2 - 1.1434339663), 1e-9)
 
 
+# ----------------------------------------------------------------------------- biases, sliding windows
+
+def checks_arch(w, prompts):
+    """The extensions make_arch_fixtures.py relies on: transformers' window semantics per config,
+    the window mask against a per-row loop, chunking independence, biases."""
+    base = {"num_hidden_layers": 4}
+    cases = [
+        ("mistral, sliding_window 4096", dict(model_type="mistral", sliding_window=4096), [4096] * 4),
+        ("mistral, key absent: MistralConfig's default 4096", dict(model_type="mistral"), [4096] * 4),
+        ("mistral, null", dict(model_type="mistral", sliding_window=None), [0] * 4),
+        ("qwen2, use_sliding_window false", dict(model_type="qwen2", sliding_window=64, max_window_layers=1), [0] * 4),
+        ("qwen2, max_window_layers 1", dict(model_type="qwen2", use_sliding_window=True, sliding_window=64,
+                                            max_window_layers=1), [0, 64, 64, 64]),
+        ("qwen2, max_window_layers default 28", dict(model_type="qwen2", use_sliding_window=True,
+                                                     sliding_window=64), [0] * 4),
+        ("qwen2, layer_types", dict(model_type="qwen2", use_sliding_window=True, sliding_window=64,
+                                    layer_types=["sliding_attention", "full_attention"] * 2), [64, 0, 64, 0]),
+        ("llama: none", dict(model_type="llama", sliding_window=64), [0] * 4),
+    ]
+    bad = [name for name, over, want in cases if M.layer_windows(dict(base, **over)) != want]
+    check("layer_windows: transformers' config semantics (%d cases; wrong: %s)" % (len(cases), bad or "none"),
+          len(bad), 0, "%d")
+
+    # the window mask of Model.attend vs a per-row softmax over keys p - W + 1 .. p
+    rng = np.random.default_rng(5)
+    cfg = M.config_for(dict(model_type="mistral", sliding_window=7))
+    m = M.Model(w, cfg)
+    T, S, W = 9, 30, 7
+    q = rng.standard_normal((T, M.NH, M.HD))
+    K, V = rng.standard_normal((S, M.NKV, M.HD)), rng.standard_normal((S, M.NKV, M.HD))
+    pos = np.arange(S - T, S)
+    got = m.attend(q, K, V, pos, None, W)
+    want = np.empty_like(got)
+    for t in range(T):
+        js = np.arange(max(0, pos[t] - W + 1), pos[t] + 1)
+        for hh in range(M.NH):
+            kv = hh // (M.NH // M.NKV)
+            sc = K[js, kv, :] @ q[t, hh] / math.sqrt(M.HD)
+            pr = np.exp(sc - sc.max())
+            want[t, hh] = (pr / pr.sum()) @ V[js, kv, :]
+    check("window mask: Model.attend vs a per-row softmax over the last W keys", float(np.max(np.abs(got - want))),
+          1e-12)
+
+    # a window no shorter than the sequence is full attention; a window is chunking-independent
+    mw = M.Model(w, M.config_for(dict(model_type="mistral", sliding_window=40)))
+    mbig = M.Model(w, M.config_for(dict(model_type="mistral", sliding_window=100000)))
+    mfull = M.Model(w, M.config_for(dict(model_type="mistral", sliding_window=None)))
+    check("mistral, window >= length, rand_128: == full attention",
+          float(np.max(np.abs(run(mbig, prompts[128]) - run(mfull, prompts[128])))), 1e-12)
+    check("mistral window 40: prompt 128 in one forward vs 100 + 28 single steps",
+          float(np.max(np.abs(one_shot(mw, prompts[128]) - chunked(mw, prompts[128], 100)))), 1e-10)
+    info("mistral window 40 vs full attention, rand_128: max |dlogprob|",
+         float(np.max(np.abs(run(mw, prompts[128]) - run(mfull, prompts[128])))))
+
+    # biases: zero biases change nothing, random ones change the output
+    wb = dict(w)
+    for l in range(M.NL):
+        for proj, n in (("q", M.NH * M.HD), ("k", M.NKV * M.HD), ("v", M.NKV * M.HD)):
+            wb["model.layers.%d.self_attn.%s_proj.bias" % (l, proj)] = np.zeros(n, np.float32)
+    cfg_d = M.config_for({})
+    check("zero q/k/v biases == no biases, rand_58",
+          float(np.max(np.abs(run(M.Model(wb, cfg_d), prompts[58]) - run(M.Model(w, cfg_d), prompts[58])))), 0.0)
+    for k in list(wb):
+        if k.endswith(".bias"):
+            wb[k] = (rng.standard_normal(wb[k].shape) * 0.5).astype(np.float32)
+    differ = float(np.max(np.abs(run(M.Model(wb, cfg_d), prompts[58]) - run(M.Model(w, cfg_d), prompts[58]))))
+    check("random q/k/v biases change the output, rand_58 (must differ)", -differ, -1e-3, "%.3e")
+
+
 def main():
     w = M.make_weights()
     prompts = M.make_prompts({n for _, lens in M.METHODS.values() for n in lens})
     checks_yarn_golden()
     checks_clex_ode()
     checks_models(w, prompts)
+    checks_arch(w, prompts)
     checks_fixtures()
     print("check_rope_ref: %d passed, %d failed" % (passed, failed))
     return 1 if failed else 0

@@ -38,6 +38,11 @@ the forward, so length-dependent methods behave as in their references:
 Angles are float32(p) * float32(inv_freq) multiplied in fp32; cos/sin are then taken in float64 and
 multiplied by the attention factor.
 
+The Model class also serves tests/rope_ref/make_arch_fixtures.py (Mistral, Qwen2, LLaMA with
+biases): shapes come from the config, a projection's bias is added when the weights have one
+(`<proj>.bias`), and a layer with a sliding window W (layer_windows(): transformers' config
+semantics) masks keys j <= p - W.
+
 Prompts: lengths 20, 58, 128, 500, 512 are drawn in that order from default_rng(PROMPT_SEED) (the
 original fixture set); any other length n from default_rng([PROMPT_SEED, n]), so adding a length
 never changes an existing prompt. tests/rope_ref/check_rope_ref.py runs the self-consistency checks.
@@ -372,7 +377,7 @@ def rotate(x, positions, inv, att):
     ang = (f32(positions)[:, None] * inv[None, :]).astype(np.float32)  # fp32 multiply
     c = np.cos(ang.astype(np.float64)) * att
     s = np.sin(ang.astype(np.float64)) * att
-    h = HD // 2
+    h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
     c, s = c[:, None, :], s[:, None, :]
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
@@ -459,6 +464,26 @@ def masked_softmax(sc, keep):
     return pr, lse
 
 
+def layer_windows(cfg):
+    """Sliding window of each layer (0 = full attention), as transformers' config classes decide:
+    MistralConfig: every layer, sliding_window (4096 when the key is absent, none when null);
+    Qwen2Config: sliding_window (default 4096) only when use_sliding_window, in the layers that
+    layer_types calls "sliding_attention", or without layer_types those with index >=
+    max_window_layers (default 28); LLaMA: none."""
+    n = cfg["num_hidden_layers"]
+    mt = cfg.get("model_type", "llama")
+    w = cfg["sliding_window"] if "sliding_window" in cfg else 4096  # absent: the classes' default
+    if mt == "mistral":
+        return [w or 0] * n
+    if mt == "qwen2":
+        if not cfg.get("use_sliding_window", False) or not w:
+            return [0] * n
+        types = cfg.get("layer_types") or ["sliding_attention" if i >= cfg.get("max_window_layers", 28)
+                                           else "full_attention" for i in range(n)]
+        return [w if t == "sliding_attention" else 0 for t in types]
+    return [0] * n
+
+
 class Model:
     def __init__(self, w, cfg, freqs=None):
         self.w = {k: v.astype(np.float64) for k, v in w.items()}
@@ -467,23 +492,36 @@ class Model:
         self.freqs = freqs  # clex: [max_t, d/2]
         self.pre_rope_k = rope_kind(cfg) == "clex"
         self.string = cfg.get("string_config")
+        self.nl, self.nh = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+        self.nkv = cfg.get("num_key_value_heads") or self.nh
+        self.hd = cfg.get("head_dim") or cfg["hidden_size"] // self.nh
+        assert self.hd == HD, "rope_params computes head_dim %d frequencies" % HD
+        self.windows = layer_windows(cfg)
+
+    def bias(self, name):
+        return self.w.get(name, 0.0)
 
     def rms(self, x, g):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * g
 
     def reset(self):
-        self.kc = [np.zeros((0, NKV, HD)) for _ in range(NL)]
-        self.vc = [np.zeros((0, NKV, HD)) for _ in range(NL)]
+        self.kc = [np.zeros((0, self.nkv, self.hd)) for _ in range(self.nl)]
+        self.vc = [np.zeros((0, self.nkv, self.hd)) for _ in range(self.nl)]
         self.n = 0
 
-    def attend(self, q, K, V, pos, q2=None):
-        """q [T, NH, HD] (rotated), K/V [S, NKV, HD]; q2: STRING's shifted query (then two passes)."""
+    def attend(self, q, K, V, pos, q2=None, window=0):
+        """q [T, NH, HD] (rotated), K/V [S, NKV, HD]; q2: STRING's shifted query (then two passes);
+        window W > 0: the query at p sees keys p - W < j <= p only."""
+        NH, HD = self.nh, self.hd
         T = q.shape[0]
         S = K.shape[0]
-        grp = NH // NKV
+        grp = NH // self.nkv
         out = np.empty((T, NH, HD))
+        outside = np.zeros((T, S), dtype=bool)
+        if window:
+            outside = np.arange(S)[None, :] <= pos[:, None] - window
         if q2 is None:
-            mask = np.arange(S)[None, :] > pos[:, None]
+            mask = (np.arange(S)[None, :] > pos[:, None]) | outside
             for hh in range(NH):
                 kv = hh // grp
                 sc = (q[:, hh, :] @ K[:, kv, :].T) / math.sqrt(HD)
@@ -495,8 +533,8 @@ class Model:
             return out
         dist = pos[:, None] - np.arange(S)[None, :]
         shift = self.string["shifted_offset"]
-        local = (dist >= 0) & (dist < shift)  # pass 1 (q1): 0 <= p - j < S
-        far = dist >= shift  # pass 2 (q2): p - j >= S
+        local = (dist >= 0) & (dist < shift) & ~outside  # pass 1 (q1): 0 <= p - j < S
+        far = (dist >= shift) & ~outside  # pass 2 (q2): p - j >= S
         for hh in range(NH):
             kv = hh // grp
             p1, lse1 = masked_softmax((q[:, hh, :] @ K[:, kv, :].T) / math.sqrt(HD), local)
@@ -514,13 +552,14 @@ class Model:
         L = int(pos[-1]) + 1
         inv, att = rope_params(self.cfg, L, self.freqs)
         qs = q_scale(self.cfg, pos, L)
+        NH, NKV, HD, b = self.nh, self.nkv, self.hd, self.bias
         x = w["model.embed_tokens.weight"][np.asarray(ids)]
-        for l in range(NL):
+        for l in range(self.nl):
             p = "model.layers.%d." % l
             h = self.rms(x, w[p + "input_layernorm.weight"])
-            q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, NH, HD)
-            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, NKV, HD)
-            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, NKV, HD)
+            q = (h @ w[p + "self_attn.q_proj.weight"].T + b(p + "self_attn.q_proj.bias")).reshape(T, NH, HD)
+            k = (h @ w[p + "self_attn.k_proj.weight"].T + b(p + "self_attn.k_proj.bias")).reshape(T, NKV, HD)
+            v = (h @ w[p + "self_attn.v_proj.weight"].T + b(p + "self_attn.v_proj.bias")).reshape(T, NKV, HD)
             af = att * STRING_AF if self.string else att  # STRING's factor on cos and sin of q and k
             q2 = None
             if self.string:
@@ -535,15 +574,16 @@ class Model:
             K, V = self.kc[l], self.vc[l]
             if self.pre_rope_k:  # CLEX: every cached key re-rotated with this forward's theta(t)
                 K = rotate(K, np.arange(K.shape[0]), inv, att)
-            out = self.attend(q, K, V, pos, q2)
-            x = x + out.reshape(T, NH * HD) @ w[p + "self_attn.o_proj.weight"].T
+            out = self.attend(q, K, V, pos, q2, self.windows[l])
+            x = x + out.reshape(T, NH * HD) @ w[p + "self_attn.o_proj.weight"].T + b(p + "self_attn.o_proj.bias")
             h = self.rms(x, w[p + "post_attention_layernorm.weight"])
-            g = h @ w[p + "mlp.gate_proj.weight"].T
-            u = h @ w[p + "mlp.up_proj.weight"].T
-            x = x + ((g / (1 + np.exp(-g))) * u) @ w[p + "mlp.down_proj.weight"].T
+            g = h @ w[p + "mlp.gate_proj.weight"].T + b(p + "mlp.gate_proj.bias")
+            u = h @ w[p + "mlp.up_proj.weight"].T + b(p + "mlp.up_proj.bias")
+            x = x + ((g / (1 + np.exp(-g))) * u) @ w[p + "mlp.down_proj.weight"].T + b(p + "mlp.down_proj.bias")
         self.n += T
         last = self.rms(x[-1], w["model.norm.weight"])
-        logits = w["lm_head.weight"] @ last
+        head = w["lm_head.weight"] if "lm_head.weight" in w else w["model.embed_tokens.weight"]  # tied
+        logits = head @ last
         m = logits.max()
         return logits - m - math.log(np.exp(logits - m).sum())
 
