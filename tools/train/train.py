@@ -547,7 +547,7 @@ def lr_at(step, total, peak, warm):
 
 def run_stage(args, stage, model, smp, inv, af, steps, peak_lr, probes):
     ckpt = os.path.join(args.out, f"ckpt-stage{stage}.pt")
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=args.wd)
     start, curve = 0, []
     if os.path.exists(ckpt):
         st = torch.load(ckpt, map_location=inv.device)
@@ -616,15 +616,16 @@ def main():
     p.add_argument("--lc", type=int, default=256, help="training window L_c")
     p.add_argument("--factor", type=int, default=64, help="YaRN factor s; L_t = s * L_c")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--stage1-steps", type=int, default=1300)
-    p.add_argument("--stage2-steps", type=int, default=120)
-    p.add_argument("--lr1", type=float, default=2e-3)
+    p.add_argument("--stage1-steps", type=int, default=1000)
+    p.add_argument("--stage2-steps", type=int, default=400)
+    p.add_argument("--lr1", type=float, default=1e-3)
     p.add_argument("--lr2", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--passkey-frac", type=float, default=0.6, help="share of passkey samples")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--wd", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--passkey-frac", type=float, default=0.75, help="share of passkey samples")
     p.add_argument("--plain-frac", type=float, default=0.25, help="stage 2: share of unshifted samples")
     p.add_argument("--answer-weight", type=float, default=5.0, help="loss weight of a passkey answer's tokens")
-    p.add_argument("--phases", default="150:0.8:30:0,200:0.6:30:0.3,250:0.5:30:0.5:128:4",
+    p.add_argument("--phases", default="0:1.0:5:0:128:16,300:0.75:5:0",
                    help="comma-separated STEP:PASSKEY_FRAC:ANSWER_WEIGHT:COPY_FRAC[:LEN:BATCH], each "
                         "from its stage-1 step on (COPY_FRAC: share of induction drills; LEN <= L_c "
                         "and BATCH: the rows); stage 2 keeps the last shares without drills, at "
@@ -687,7 +688,7 @@ def main():
     log(f"model: {n_params} parameters, {cfg}")
     info = {"script": "tools/train/train.py", "seed": args.seed, "L_c": args.lc, "device": args.device,
             "batch": args.batch, "passkey_frac": args.passkey_frac,
-            "answer_weight": args.answer_weight, "phases": [list(ph) for ph in args.phases],
+            "answer_weight": args.answer_weight, "lr1": args.lr1, "lr2": args.lr2, "weight_decay": args.wd, "phases": [list(ph) for ph in args.phases],
             "host": host,
             "torch": torch.__version__, "threads": args.threads}
 
