@@ -4,7 +4,9 @@
  *              (non-streaming) request loop
  *   openai.c   cJSON <-> C structs: request parsing/validation (struct oai_request), error and
  *              response rendering; a growable string buffer
- *   chat.c     chat templates (llama-2 [INST], ChatML, plain) -> prompt text
+ *   chat.c     chat templates: the checkpoint's Jinja template or a built-in one (llama-2
+ *              [INST], ChatML, plain) -> prompt text -> token ids
+ *   jinja.c    the Jinja2 subset Hugging Face chat templates are written in
  *   sse.c      the job: a set of choices (one engine stream each), events -> text with stop
  *              strings, logprobs; the SSE content-reader callback
  *   metrics.c  counters and histograms, Prometheus text
@@ -211,6 +213,51 @@ int chat_render(enum chat_template t, const struct chat_message *m, int n, int a
 /* Encode a rendered chat prompt: markers that are pieces of the vocabulary become their ids, the
  * text between them is encoded without BOS. Returns the count or -1 with e. */
 int chat_encode(const tokenizer_t *tok, const char *text, int32_t **ids, struct oai_error *e);
+
+/* ---------------------------------------------------------------------------------------------
+ * Jinja chat templates (jinja.c)
+ *
+ * A compiled template is read-only: any number of threads may render it at once. Renders are
+ * bounded by struct jinja_limits; every limit is an error, never a truncated output. Both entry
+ * points take arbitrary bytes and return -1 with a message naming the construct (and, at load
+ * time, the line) on any failure; they never crash (fuzz targets). */
+
+typedef struct jinja_tmpl jinja_tmpl_t;
+
+struct jinja_limits {
+    size_t max_output;        /* bytes of rendered text (and of any intermediate string) */
+    size_t max_memory;        /* arena bytes of one render */
+    long long max_steps;      /* evaluation steps */
+    long long max_iterations; /* loop iterations, all loops together */
+    int max_depth;            /* macro call nesting */
+};
+struct jinja_limits jinja_default_limits(void);
+
+/* Compile len bytes of template source (jinja2 with transformers' settings: trim_blocks,
+ * lstrip_blocks). Unknown tags, filters and tests are errors here. */
+int jinja_compile(jinja_tmpl_t **out, const char *src, size_t len, char *err);
+void jinja_free(jinja_tmpl_t *t); /* NULL-safe */
+
+/* Render with the members of a JSON object (vars, len bytes) as the variables. now: the clock
+ * of strftime_now() in seconds since the epoch (0: the current time). lim NULL: defaults. On
+ * success *out is malloc'd (NUL-terminated, *out_len bytes). */
+int jinja_render_json(const jinja_tmpl_t *t, const char *vars, size_t len, long long now,
+                      const struct jinja_limits *lim, char **out, size_t *out_len, char *err);
+
+struct chat_template_args {
+    const char *bos_token, *eos_token, *unk_token, *pad_token; /* NULL: not defined */
+    int add_generation_prompt, continue_final_message;         /* the request's (vLLM) */
+    long long now;                                             /* 0: the current time */
+    const struct jinja_limits *lim;                            /* NULL: defaults */
+};
+
+/* Render a chat request as vLLM does: body is the request's JSON object; its "messages" become
+ * `messages` (content parts joined with "\n", tool-call arguments parsed from JSON strings,
+ * vLLM's keys kept), "tools" and "documents" (None when absent), "chat_template_kwargs" extra
+ * variables (which may override add_generation_prompt, tools and continue_final_message), then
+ * transformers' continue_final_message cut. raise_exception() messages are quoted in err. */
+int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
+                         const struct chat_template_args *a, char **out, size_t *out_len, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * metrics (metrics.c) */
