@@ -295,7 +295,8 @@ static int parse_prompt(const cJSON *root, int vocab_size, struct oai_request *r
     return 0;
 }
 
-/* content: a string, or a list of {"type":"text","text":...} parts (concatenated). */
+/* content: a string, or a list of {"type":"text","text":...} parts (joined with "\n", as vLLM's
+ * parse_chat_messages joins them). */
 static int parse_content(const cJSON *c, int i, char **out, struct oai_error *e)
 {
     if (!c) {
@@ -327,9 +328,33 @@ static int parse_content(const cJSON *c, int i, char **out, struct oai_error *e)
             sb_free(&b);
             return -1;
         }
+        if (part != c->child) sb_puts(&b, "\n");
         sb_puts(&b, text->valuestring);
     }
     *out = b.p;
+    return 0;
+}
+
+/* An assistant message's tool_calls: [{"id"?, "type"?, "function": {"name": str, "arguments": str |
+ * object}}] (what a chat template reads; the body itself goes to the template). */
+static int check_tool_calls(const cJSON *tc, int i, struct oai_error *e)
+{
+    if (!cJSON_IsArray(tc))
+        return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls must be a list, got %s", i, json_type_name(tc));
+    int k = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, tc) {
+        const cJSON *fn = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        const cJSON *args = cJSON_IsObject(fn) ? field(fn, "arguments") : NULL;
+        if (!cJSON_IsString(name))
+            return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls[%d] needs \"function\": {\"name\": "
+                           "string, \"arguments\": string}", i, k);
+        if (args && !cJSON_IsString(args) && !cJSON_IsObject(args))
+            return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls[%d].function.arguments must be a "
+                           "JSON string (or an object), got %s", i, k, json_type_name(args));
+        k++;
+    }
     return 0;
 }
 
@@ -359,11 +384,25 @@ static int parse_messages(const cJSON *root, struct oai_request *r, struct oai_e
         if (!strcmp(rs, "system") || !strcmp(rs, "developer")) r->msgs[i].role = CHAT_SYSTEM;
         else if (!strcmp(rs, "user")) r->msgs[i].role = CHAT_USER;
         else if (!strcmp(rs, "assistant")) r->msgs[i].role = CHAT_ASSISTANT;
+        else if (!strcmp(rs, "tool")) r->msgs[i].role = CHAT_TOOL;
         else
             return oai_err(e, 400, "messages", NULL,
-                           "messages[%d].role '%.32s' is not supported (system, user, assistant)",
-                           i, rs);
+                           "messages[%d].role '%.32s' is not supported (system, developer, user, "
+                           "assistant, tool)", i, rs);
         r->n_msgs = i + 1; /* so that oai_request_free frees what is filled */
+        const cJSON *tc = field(it, "tool_calls");
+        if (tc && (r->msgs[i].role != CHAT_ASSISTANT || check_tool_calls(tc, i, e))) {
+            if (r->msgs[i].role != CHAT_ASSISTANT)
+                oai_err(e, 400, "messages", NULL, "messages[%d]: only assistant messages carry tool_calls", i);
+            return -1;
+        }
+        static const char *const str_fields[] = {"tool_call_id", "name", "reasoning"};
+        for (int k = 0; k < 3; k++) {
+            const cJSON *v = field(it, str_fields[k]);
+            if (v && !cJSON_IsString(v))
+                return oai_err(e, 400, "messages", NULL, "messages[%d].%s must be a string, got %s", i,
+                               str_fields[k], json_type_name(v));
+        }
         if (parse_content(field(it, "content"), i, &r->msgs[i].content, e)) return -1;
         i++;
     }
@@ -473,6 +512,11 @@ static int parse_sampling(const cJSON *root, enum oai_kind kind, int vocab_size,
 {
     struct sampling_params *sp = &r->sp;
     long long v;
+    static const struct { const char *name; unsigned bit; } given[] = {
+        {"temperature", OAI_GIVEN_TEMPERATURE}, {"top_p", OAI_GIVEN_TOP_P}, {"top_k", OAI_GIVEN_TOP_K},
+        {"min_p", OAI_GIVEN_MIN_P}, {"repetition_penalty", OAI_GIVEN_REPETITION_PENALTY}};
+    for (size_t i = 0; i < sizeof given / sizeof *given; i++)
+        if (field(root, given[i].name)) r->given |= given[i].bit;
     if (get_num(root, "temperature", 0, 2, &sp->temperature, e)) return -1;
     if (get_num(root, "top_p", 0, 1, &sp->top_p, e)) return -1;
     if (field(root, "top_p") && sp->top_p <= 0)
@@ -557,6 +601,73 @@ static int parse_common(const cJSON *root, enum oai_kind kind, int vocab_size, i
     return 0;
 }
 
+/* The chat-template fields (vLLM's): add_generation_prompt, continue_final_message, tools and
+ * tool_choice, chat_template_kwargs, documents, chat_template (a template name). The template
+ * reads tools, kwargs and documents from the body itself; here they are only type-checked. */
+static int parse_template_fields(const cJSON *root, struct oai_request *r, struct oai_error *e)
+{
+    r->add_generation_prompt = 1;
+    if (get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e) ||
+        get_bool(root, "continue_final_message", &r->continue_final_message, e))
+        return -1;
+    if (r->add_generation_prompt && r->continue_final_message)
+        return oai_err(e, 400, "continue_final_message", NULL,
+                       "Cannot set both `continue_final_message` and `add_generation_prompt` to True.");
+    const cJSON *ct = field(root, "chat_template");
+    if (ct) {
+        if (!cJSON_IsString(ct))
+            return oai_err(e, 400, "chat_template", NULL, "'chat_template' must be a string, got %s", json_type_name(ct));
+        r->chat_template = xstrdup(ct->valuestring);
+    }
+    const cJSON *kw = field(root, "chat_template_kwargs");
+    if (kw && !cJSON_IsObject(kw))
+        return oai_err(e, 400, "chat_template_kwargs", NULL, "'chat_template_kwargs' must be an object, got %s",
+                       json_type_name(kw));
+    const cJSON *docs = field(root, "documents"), *it;
+    if (docs) {
+        if (!cJSON_IsArray(docs))
+            return oai_err(e, 400, "documents", NULL, "'documents' must be a list of objects, got %s", json_type_name(docs));
+        cJSON_ArrayForEach(it, docs)
+            if (!cJSON_IsObject(it)) return oai_err(e, 400, "documents", NULL, "'documents' must be a list of objects");
+    }
+    r->has_template_kwargs = (kw && cJSON_GetArraySize(kw) > 0) || docs;
+    const cJSON *tools = field(root, "tools");
+    if (tools) {
+        if (!cJSON_IsArray(tools))
+            return oai_err(e, 400, "tools", NULL, "'tools' must be a list, got %s", json_type_name(tools));
+        int k = 0;
+        cJSON_ArrayForEach(it, tools) {
+            const cJSON *type = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "type") : NULL;
+            const cJSON *fn = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "function") : NULL;
+            const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+            if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
+                return oai_err(e, 400, "tools", NULL, "tools[%d] must be {\"type\": \"function\", \"function\": "
+                               "{\"name\": string, ...}}", k);
+            k++;
+        }
+        r->has_tools = k > 0;
+    }
+    /* vLLM's rule: tools without tool_choice mean "auto", and "auto" (or "required", or a named
+     * function) needs a tool-call parser turning the model's text into tool_calls. ropeserve has
+     * none, so only "none" is honoured: the tools are rendered into the prompt and the answer
+     * comes back as text. */
+    const cJSON *tc = field(root, "tool_choice");
+    if (tc && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"))) {
+        if (!cJSON_IsString(tc) && !cJSON_IsObject(tc))
+            return oai_err(e, 400, "tool_choice", NULL, "'tool_choice' must be a string or an object, got %s",
+                           json_type_name(tc));
+        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tool_choice' %s%s%s needs a tool-call parser, "
+                       "which ropeserve does not have; send \"tool_choice\": \"none\" to render the tools into the "
+                       "prompt and get the model's text back", cJSON_IsString(tc) ? "\"" : "",
+                       cJSON_IsString(tc) ? tc->valuestring : "(a named function)", cJSON_IsString(tc) ? "\"" : "");
+    }
+    if (r->has_tools && !tc)
+        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tools' without 'tool_choice' means "
+                       "\"auto\", which needs a tool-call parser ropeserve does not have; send \"tool_choice\": "
+                       "\"none\" to render the tools into the prompt and get the model's text back");
+    return 0;
+}
+
 /* The request body as a JSON object, or NULL with a 400 in e (invalid UTF-8, not JSON, not an
  * object). The caller frees it with cJSON_Delete. */
 static cJSON *parse_body(const char *body, size_t len, struct oai_error *e)
@@ -629,12 +740,10 @@ int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int voca
             goto done;
         }
         r->logprobs = want ? (int)k : -1;
-        const cJSON *tools = field(root, "tools");
-        if (tools && cJSON_GetArraySize(tools) > 0) {
-            oai_err(e, 400, "tools", "unsupported_parameter", "'tools' (function calling) is not "
-                    "supported by this server");
-            goto done;
-        }
+        if (parse_template_fields(root, r, e)) goto done;
+        r->add_special_tokens = 0; /* vLLM's chat default: the template writes BOS itself */
+        if (field(root, "add_special_tokens")) r->given |= OAI_GIVEN_ADD_SPECIAL_TOKENS;
+        if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
         const cJSON *rf = field(root, "response_format");
         if (rf) {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(rf, "type");
@@ -663,10 +772,11 @@ int oai_parse_tokenize(const char *body, size_t len, struct oai_request *r, stru
     cJSON *root = parse_body(body, len, e);
     if (!root) return -1;
     int rc = -1;
+    if (field(root, "add_special_tokens")) r->given |= OAI_GIVEN_ADD_SPECIAL_TOKENS;
     if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
     if (field(root, "messages")) {
         r->kind = OAI_CHAT;
-        if (parse_messages(root, r, e)) goto done;
+        if (parse_messages(root, r, e) || parse_template_fields(root, r, e)) goto done;
     } else {
         const cJSON *p = field(root, "prompt");
         if (!cJSON_IsString(p)) {
@@ -722,6 +832,8 @@ void oai_request_free(struct oai_request *r)
     free(r->msgs);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->sp.stop_ids);
+    free(r->chat_template);
+    r->chat_template = NULL;
     r->model = NULL;
     r->prompts = NULL;
     r->msgs = NULL;

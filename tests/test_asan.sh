@@ -1,11 +1,13 @@
 #!/bin/sh
 # The engine tests again under AddressSanitizer + UBSan (+ LeakSanitizer), on the tiny fixture
-# model and a short stress run: any leak, invalid access or undefined behaviour fails.
+# model and a short stress run, and the chat-template interpreter's tests (its mutation fuzz over
+# the real templates included): any leak, invalid access or undefined behaviour fails.
 cd "$(dirname "$0")/.." || exit 1
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 pass=0; fail=0
-for t in "build/asan/test_engine" "build/asan/test_batching --model tests/fixtures/models/llama-gqa-none --short"; do
+for t in "build/asan/test_engine" "build/asan/test_batching --model tests/fixtures/models/llama-gqa-none --short" \
+         "build/asan/test_jinja"; do
     if $t > build/asan.log 2>&1; then
         pass=$((pass + 1))
     else

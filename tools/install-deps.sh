@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages ropeserve builds and tests with, when any is missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
-PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libopenblas-dev python3 python3-numpy curl jq valgrind"
+PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libsentencepiece-dev sentencepiece libopenblas-dev python3 python3-numpy python3-jinja2 curl jq valgrind"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
