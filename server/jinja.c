@@ -4020,15 +4020,17 @@ static int py_parse_int(const char *s, size_t n, int base, int64_t *out)
     while (e > b && isspace((unsigned char)s[e - 1])) e--;
     int neg = 0;
     if (b < e && (s[b] == '+' || s[b] == '-')) neg = s[b++] == '-';
-    if (base == 0) {
-        base = 10;
-        if (e - b > 2 && s[b] == '0' && strchr("xXoObB", s[b + 1])) {
-            char c = (char)(s[b + 1] | 32);
-            base = c == 'x' ? 16 : c == 'o' ? 8 : 2;
+    /* a 0x / 0o / 0b prefix: base 0 takes it as the base, base 16 / 8 / 2 allow their own */
+    if (e - b > 2 && s[b] == '0' && s[b + 1] && strchr("xXoObB", s[b + 1])) {
+        char c = (char)(s[b + 1] | 32);
+        int pb = c == 'x' ? 16 : c == 'o' ? 8 : 2;
+        if (base == 0 || base == pb) {
+            base = pb;
             b += 2;
             if (b < e && s[b] == '_') b++;
         }
     }
+    if (base == 0) base = 10;
     if (b == e) return 0;
     uint64_t v = 0;
     for (size_t i = b; i < e; i++) {
@@ -4818,7 +4820,80 @@ static void exec(struct rs *r, const struct node *n, struct scope *sc)
 struct jinja_tmpl {
     struct arena a;
     struct node *root;
+    int content_list; /* iterates a message's content: vLLM passes content as a list of parts */
 };
+
+/* vLLM's _detect_content_format ("auto"): the template takes content as a list of parts when
+ * it has a `for ... in M['content']` (or M.content, through filters and slices) where M is the
+ * variable of a `for M in X` loop and X is `messages` or a variable assigned from it. Like
+ * vLLM, variables are followed by name, not by scope. */
+static int elems_access(const struct node *n, const char *var, const char *key)
+{
+    while (n && (n->k == N_FILTER || n->k == N_TEST || n->k == N_SLICE)) n = n->a;
+    if (!n) return 0;
+    if (!key) return n->k == N_NAME && !strcmp(n->name, var);
+    if (n->k == N_GETATTR) return n->a->k == N_NAME && !strcmp(n->a->name, var) && !strcmp(n->name, key);
+    return n->k == N_GETITEM && n->a->k == N_NAME && !strcmp(n->a->name, var) && n->b->k == N_CONST &&
+           n->b->cv.t == JT_STR && !strcmp(n->b->cv.u.s->p, key);
+}
+
+struct node_set {
+    const struct node **v;
+    int n, cap;
+};
+
+static void collect(struct arena *a, const struct node *n, enum nk kind, struct node_set *out, int depth)
+{
+    if (!n || depth > JINJA_MAX_NEST * 4) return;
+    if (n->k == kind) {
+        if (out->n == out->cap) {
+            int cap = out->cap ? out->cap * 2 : 16;
+            const struct node **nv = aalloc(a, sizeof *nv * (size_t)cap);
+            if (out->n) memcpy(nv, out->v, sizeof *nv * (size_t)out->n);
+            out->v = nv;
+            out->cap = cap;
+        }
+        out->v[out->n++] = n;
+    }
+    const struct node *kids[5] = {n->a, n->b, n->c, n->d, n->e};
+    for (int i = 0; i < 5; i++) collect(a, kids[i], kind, out, depth + 1);
+    for (int i = 0; i < n->nv; i++) collect(a, n->v[i], kind, out, depth + 1);
+    for (int i = 0; i < n->nw; i++) collect(a, n->w[i], kind, out, depth + 1);
+}
+
+static int detect_content_list(struct arena *a, const struct node *root)
+{
+    struct node_set sets = {0}, fors = {0};
+    collect(a, root, S_SET, &sets, 0);
+    collect(a, root, S_FOR, &fors, 0);
+    /* names holding the message list: messages, and what is assigned from them (BFS) */
+    const char **mv = aalloc(a, sizeof *mv * (size_t)(sets.n + 1));
+    int nm = 0, head = 0;
+    mv[nm++] = "messages";
+    while (head < nm) {
+        const char *cur_name = mv[head++];
+        for (int i = 0; i < sets.n; i++) {
+            const struct node *st = sets.v[i];
+            if (st->a->k != N_NAME || !elems_access(st->b, cur_name, NULL)) continue;
+            int seen = 0;
+            for (int k = 0; k < nm; k++) seen |= !strcmp(mv[k], st->a->name);
+            if (!seen) mv[nm++] = st->a->name;
+        }
+    }
+    /* loop variables over them: the message variables */
+    const char **msg = aalloc(a, sizeof *msg * (size_t)(fors.n + 1));
+    int nmsg = 0;
+    for (int i = 0; i < fors.n; i++)
+        for (int k = 0; k < nm; k++)
+            if (elems_access(fors.v[i]->b, mv[k], NULL)) {
+                if (fors.v[i]->a->k == N_NAME) msg[nmsg++] = fors.v[i]->a->name;
+                break;
+            }
+    for (int i = 0; i < fors.n; i++)
+        for (int k = 0; k < nmsg; k++)
+            if (elems_access(fors.v[i]->b, msg[k], "content")) return 1;
+    return 0;
+}
 
 int jinja_compile(jinja_tmpl_t **out, const char *src, size_t len, char *err)
 {
@@ -4853,6 +4928,7 @@ int jinja_compile(jinja_tmpl_t **out, const char *src, size_t len, char *err)
     lex(&L);
     struct parser P = {.t = L.toks, .a = &t->a, .je = je};
     t->root = parse_body(&P, NULL);
+    t->content_list = detect_content_list(&t->a, t->root);
     t->a.je = NULL;
     free(je);
     *out = t;
@@ -4941,6 +5017,35 @@ static struct jv loads_or_empty(struct rs *r, const struct jv *s)
     return json_parse(&r->a, &je2, s->u.s->p, s->u.s->len);
 }
 
+static struct jv content_text(struct rs *r, const struct jv *c, size_t mi);
+
+/* The message's content as vLLM gives it to a template that iterates it ("openai" format): a
+ * list of {"type": "text", "text": ...} parts, one per text part (a string is one part). */
+static struct jv content_parts(struct rs *r, const struct jv *c, size_t mi)
+{
+    struct jv *items = NULL;
+    size_t n = 0, cap = 0;
+    size_t cnt = (c && is_seq(c)) ? c->u.l->n : (c && c->t == JT_STR ? 1 : 0);
+    for (size_t i = 0; i < cnt; i++) {
+        const struct jv *p = c->t == JT_STR ? c : &c->u.l->v[i];
+        struct jv one = jv_list_n(&r->a, 1, 0);
+        one.u.l->v[0] = *p;
+        struct jv text = content_text(r, &one, mi);
+        if (p->t == JT_DICT) {
+            struct jv *ty = dict_find_str(p->u.d, "type");
+            const char *tn = (ty && ty->t == JT_STR) ? ty->u.s->p : "";
+            const char *key = !strcmp(tn, "refusal") ? "refusal" : !strcmp(tn, "thinking") ? "thinking" : "text";
+            struct jv *t = dict_find_str(p->u.d, key);
+            if (!t || t->t == JT_NONE) continue; /* skipped, as vLLM skips it */
+        }
+        struct jv part = jv_dict(&r->a, 0);
+        dict_set(&r->a, part.u.d, jv_str(&r->a, "type"), jv_str(&r->a, "text"));
+        dict_set(&r->a, part.u.d, jv_str(&r->a, "text"), text);
+        push_item(r, &items, &n, &cap, part);
+    }
+    return list_from(r, items, n, 0);
+}
+
 static struct jv content_text(struct rs *r, const struct jv *c, size_t mi)
 {
     if (!c || c->t == JT_NONE) return str_of(r, "", 0);
@@ -4972,7 +5077,7 @@ static struct jv content_text(struct rs *r, const struct jv *c, size_t mi)
     return str_of(r, b.p, b.len);
 }
 
-static struct jv chat_messages(struct rs *r, const struct jv *msgs)
+static struct jv chat_messages(struct rs *r, const struct jv *msgs, int parts)
 {
     if (!msgs || !is_seq(msgs)) rfail(r, "'messages' must be a list");
     struct jv out = jv_list_n(&r->a, msgs->u.l->n, 0);
@@ -4983,8 +5088,12 @@ static struct jv chat_messages(struct rs *r, const struct jv *msgs)
         if (!role || role->t != JT_STR) rfail(r, "messages[%zu].role must be a string", i);
         struct jv nm = jv_dict(&r->a, 0);
         dict_set(&r->a, nm.u.d, jv_str(&r->a, "role"), *role);
-        dict_set(&r->a, nm.u.d, jv_str(&r->a, "content"), content_text(r, dict_find_str(m->u.d, "content"), i));
+        const struct jv *c = dict_find_str(m->u.d, "content");
         const char *rs = role->u.s->p;
+        /* vLLM gives a tool message's text parts as one string even in the list format */
+        dict_set(&r->a, nm.u.d, jv_str(&r->a, "content"),
+                 parts && strcmp(rs, "tool") ? content_parts(r, c && c->t != JT_NONE ? c : NULL, i)
+                                             : content_text(r, c, i));
         if (!strcmp(rs, "assistant")) {
             struct jv *tc = req_field(m->u.d, "tool_calls");
             if (tc) {
@@ -5059,7 +5168,7 @@ int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
                                 {"unk_token", ca->unk_token}, {"pad_token", ca->pad_token}};
     for (int i = 0; i < 4; i++)
         if (special[i][1]) dict_set(&r->a, vars.u.d, jv_str(&r->a, special[i][0]), jv_str(&r->a, special[i][1]));
-    struct jv msgs = chat_messages(r, dict_find_str(req.u.d, "messages"));
+    struct jv msgs = chat_messages(r, dict_find_str(req.u.d, "messages"), t->content_list);
     dict_set(&r->a, vars.u.d, jv_str(&r->a, "messages"), msgs);
     struct jv *tools = req_field(req.u.d, "tools"), *docs = req_field(req.u.d, "documents");
     dict_set(&r->a, vars.u.d, jv_str(&r->a, "tools"), tools ? *tools : JV_NONE_V);
@@ -5094,8 +5203,16 @@ int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
     render_root(r, t, &b);
     if (cont) { /* transformers' continue_final_message: cut after the final message's content */
         if (msgs.u.l->n == 0) rfail(r, "continue_final_message needs at least one message");
-        const struct jv *last = &msgs.u.l->v[msgs.u.l->n - 1];
-        const struct jstr *fm = dict_find_str(last->u.d, "content")->u.s;
+        const struct jv *last = &msgs.u.l->v[msgs.u.l->n - 1], *fc = dict_find_str(last->u.d, "content");
+        if (is_seq(fc)) { /* transformers: the last part with a "text" */
+            const struct jv *txt = NULL;
+            for (size_t i = fc->u.l->n; i > 0 && !txt; i--)
+                if (fc->u.l->v[i - 1].t == JT_DICT) txt = dict_find_str(fc->u.l->v[i - 1].u.d, "text");
+            if (!txt || txt->t != JT_STR)
+                rfail(r, "continue_final_message is set but we could not find any text to continue in the final message!");
+            fc = txt;
+        }
+        const struct jstr *fm = fc->u.s;
         size_t sb, se;
         strip_range(fm->p, fm->len, &sb, &se);
         const char *hit = NULL;

@@ -108,7 +108,44 @@ def ref_render(template, variables):
         return "error", "%s: %s" % (type(e).__name__, e)
 
 
-def vllm_conversation(messages):
+def _var_or_elems(node, varname, key=None):
+    """vLLM's _is_var_or_elems_access."""
+    if isinstance(node, nodes.Filter):
+        return node.node is not None and _var_or_elems(node.node, varname, key)
+    if isinstance(node, nodes.Test):
+        return _var_or_elems(node.node, varname, key)
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+        return _var_or_elems(node.node, varname, key)
+    if key:
+        return ((isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == varname
+                 and isinstance(node.arg, nodes.Const) and node.arg.value == key)
+                or (isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == varname
+                    and node.attr == key))
+    return isinstance(node, nodes.Name) and node.name == varname
+
+
+def vllm_content_format(template):
+    """vLLM's _detect_content_format: "openai" when the template loops over a message's content."""
+    root = ENV.parse(template)
+    names, queue = ["messages"], ["messages"]
+    while queue:
+        v = queue.pop(0)
+        for a in root.find_all(nodes.Assign):
+            if _var_or_elems(a.node, v) and isinstance(a.target, nodes.Name):
+                if a.target.name not in names:
+                    names.append(a.target.name)
+                    queue.append(a.target.name)
+    msg_vars = []
+    for loop in root.find_all(nodes.For):
+        if any(_var_or_elems(loop.iter, v) for v in names) and isinstance(loop.target, nodes.Name):
+            msg_vars.append(loop.target.name)
+    for loop in root.find_all(nodes.For):
+        if any(_var_or_elems(loop.iter, v, "content") for v in msg_vars):
+            return "openai"
+    return "string"
+
+
+def vllm_conversation(messages, fmt="string"):
     """vLLM's parse_chat_messages + _postprocess_messages for text-only messages."""
     conv = []
     for m in messages:
@@ -127,7 +164,10 @@ def vllm_conversation(messages):
                        "thinking": "thinking"}[p["type"]]
                 if p.get(key) is not None:
                     parts.append(p[key])
-        msg = {"role": role, "content": "\n".join(parts)}
+        if fmt == "openai" and role != "tool":
+            msg = {"role": role, "content": [{"type": "text", "text": x} for x in parts]}
+        else:
+            msg = {"role": role, "content": "\n".join(parts)}
         if role == "assistant":
             if m.get("tool_calls") is not None:
                 msg["tool_calls"] = json.loads(json.dumps(m["tool_calls"]))
@@ -160,7 +200,7 @@ def vllm_conversation(messages):
 
 def ref_chat(template, body, special, agp, cont):
     """vLLM -> transformers.apply_chat_template(tokenize=False) on an OpenAI request body."""
-    conv = vllm_conversation(body["messages"])
+    conv = vllm_conversation(body["messages"], vllm_content_format(template))
     kwargs = dict(body.get("chat_template_kwargs") or {})
     cont = kwargs.pop("continue_final_message", cont)
     agp = kwargs.pop("add_generation_prompt", agp)
@@ -173,6 +213,8 @@ def ref_chat(template, body, special, agp, cont):
     if st not in ("ok",) or not cont:
         return st, text
     final = conv[-1]["content"]
+    if isinstance(final, list):
+        final = [b for b in final if "text" in b][-1]["text"]
     if final.strip() not in text:
         return "error", "continue_final_message is set but the final message does not appear in the chat"
     loc = text.rindex(final.strip())
@@ -227,6 +269,124 @@ CONVERSATIONS = {
     "thinking": THINK,
     "reasoning_content": REASONING,
 }
+
+
+# Synthetic templates: one construct family each (whitespace control, operators, literals, slices,
+# every supported filter, test and method, scoping, macros, call blocks, undefined values), so
+# the features the real templates above do not reach are compared too.
+FEATURES = [
+ # whitespace control
+ "  {% if true %}\n  x\n  {% endif %}\n  {{ 1 }}  \n{# c #}\nend\n",
+ "a\n  {%- if true %}\n  b\n  {%+ if true %}c{% endif %}\n{% endif -%}\n  d",
+ "{% for i in [1,2] %}\n  {{ i }}\n{% endfor %}\n",
+ "a {{- ' b ' -}} c {#- x -#} d {%- raw -%}  {{ raw }}  {%- endraw -%} e",
+ "{% raw %}{% if %}{{ x }}{% endraw %}\n",
+ "\t{% if 1 %}\ttab\n\t{% endif %}\n",
+ "x\r\ny\rz\n\n",
+ "{# multi\nline #}\n  {# c #}  \nq",
+ # literals and operators
+ "{{ 1 + 2 * 3 - 4 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % -3 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 10 / 4 }}",
+ "{{ 0.1 + 0.2 }} {{ 1e3 }} {{ 1.5e-10 }} {{ 123456789.0 }} {{ 1e22 }} {{ 3.0 * 2 }} {{ 1_000 }} {{ 0x1F }} {{ 0b101 }} {{ 0o17 }}",
+ "{{ 'a' ~ 1 ~ none ~ true ~ 2.5 ~ [1] ~ {'a': 1} }}",
+ "{{ 'ab' * 3 }}{{ [1, 2] * 2 }}{{ 3 * 'x' }}{{ [1] + [2] }}{{ (1, 2) + (3,) }}",
+ "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' < 'b' }} {{ [1, 2] < [1, 3] }} {{ 1 == 1.0 }} {{ true == 1 }} {{ none == none }}",
+ "{{ 'b' in 'abc' }} {{ 'x' not in 'abc' }} {{ 1 in [1, 2] }} {{ 'k' in {'k': 1} }} {{ 1 in {1: 2} }}",
+ "{{ not true }} {{ not 0 }} {{ true and 'x' }} {{ false or 'y' }} {{ 0 or '' or 'z' }} {{ '' and 'q' }} {{ none or 3 }}",
+ "{{ 'yes' if 1 else 'no' }} {{ 'a' if 0 }}|{{ 'b' if none else 'c' if false else 'd' }}",
+ "{{ -(3) }} {{ +4 }} {{ - -5 }} {{ -1.5 }} {{ (1, 2) }} {{ () }} {{ (1,) }} {{ [] }} {{ {} }}",
+ "{{ 'it\\'s' }} {{ \"say \\\"hi\\\"\" }} {{ 'tab\\there' }} {{ 'nl\\nx' }} {{ '\\u00e9\\U0001F600' }} {{ '\\x41' }} {{ 'back\\\\slash' }} {{ '\\q' }}",
+ "{{ 'adj' 'acent' \"strings\" }}",
+ # subscripts and slices
+ "{% set l = [1, 2, 3, 4, 5] %}{{ l[0] }} {{ l[-1] }} {{ l[1:3] }} {{ l[::2] }} {{ l[::-1] }} {{ l[-2:] }} {{ l[:-2] }} {{ l[10:] }} {{ l[3:1:-1] }} {{ l[5] }}|",
+ "{% set s = 'h\u00e9llo w\u00f6rld' %}{{ s[1] }} {{ s[-1] }} {{ s[2:5] }} {{ s[::-1] }} {{ s[::3] }} {{ s|length }}",
+ "{% set d = {'a': 1, 'b': {'c': [10, 20]}} %}{{ d.a }} {{ d['b']['c'][1] }} {{ d.b.c.0 }} {{ d.missing }}|{{ d['missing'] is defined }}",
+ "{{ [1, 2][true] }} {{ 'abc'[1:] }} {{ 'abc'[:0] }}",
+ # filters
+ "{{ '  x  '|trim }}|{{ 'xxaxx'|trim('x') }}|{{ 'Hello World'|lower }}|{{ 'hello world'|upper }}|{{ 'hELLO wORLD'|capitalize }}|{{ \"they're bill's (friends) [x] <y> a-b\"|title }}",
+ "{{ [3, 1, 2]|sort }} {{ ['b', 'A', 'c']|sort }} {{ ['b', 'A', 'c']|sort(case_sensitive=true) }} {{ [3, 1, 2]|sort(reverse=true) }} {{ [{'n': 2}, {'n': 1}]|sort(attribute='n') }}",
+ "{{ [1, 2, 3]|join }} {{ [1, 2, 3]|join(', ') }} {{ [{'a': 'x'}, {'a': 'y'}]|join('-', attribute='a') }} {{ 'abc'|join('.') }}",
+ "{{ [1, 2, 3]|first }} {{ [1, 2, 3]|last }} {{ 'abc'|first }} {{ 'abc'|last }} {{ []|first }}|{{ {'a': 1, 'b': 2}|first }}",
+ "{{ 'abc'|list }} {{ {'a': 1}|list }} {{ (1, 2)|list }} {{ range(3)|list }}",
+ "{{ [1, 2, 3]|length }} {{ 'h\u00e9'|length }} {{ {'a': 1}|length }} {{ ''|count }}",
+ "{{ x|default('d') }} {{ none|default('d') }} {{ ''|default('d') }} {{ ''|default('d', true) }} {{ 0|d(5, boolean=true) }} {{ x|default }}|",
+ "{{ '42'|int }} {{ '4.7'|int }} {{ 4.7|int }} {{ 'x'|int }} {{ 'x'|int(7) }} {{ '0x1f'|int(0, 16) }} {{ ' 12 '|int }} {{ true|int }} {{ none|int }} {{ '1_000'|int }}",
+ "{{ '4.5'|float }} {{ 3|float }} {{ 'x'|float }} {{ 'inf'|float }} {{ ' 1e3 '|float }}",
+ "{{ 3|string }} {{ none|string }} {{ [1, 'a']|string }} {{ true|string ~ '!' }}",
+ "{{ 'aXbXc'|replace('X', '-') }} {{ 'aXbXc'|replace('X', '-', 1) }} {{ 'abc'|replace('', '.') }}",
+ "{{ 'line1\\nline2\\n\\nline4'|indent }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'a\\n\\nb'|indent(width=1, blank=true) }}|{{ 'x\\ny'|indent('> ') }}",
+ "{{ {'b': 1, 'A': 2, 'c': 0}|dictsort }} {{ {'b': 1, 'A': 2}|dictsort(true) }} {{ {'b': 1, 'a': 2}|dictsort(by='value') }} {{ {'b': 1, 'a': 2}|dictsort(reverse=true) }}",
+ "{{ {'a': 1, 'b': [2]}|items|list }}{% for k, v in {'x': 1}|items %}{{ k }}{{ v }}{% endfor %}",
+ "{{ [{'a': 1, 'b': 0}, {'a': 0}, {'b': 1}]|selectattr('a')|list }} {{ [{'a': 1}, {'b': 2}]|selectattr('a', 'defined')|list }} {{ [{'r': 'u'}, {'r': 'a'}]|selectattr('r', 'equalto', 'u')|list }} {{ [{'r': 'u'}, {'r': 'a'}]|rejectattr('r', '==', 'u')|list }}",
+ "{{ [1, 2, 3, 4]|select('odd')|list }} {{ [1, 2, 3, 4]|reject('even')|list }} {{ [0, 1, '', 'x', none]|select|list }} {{ [1, 5, 10]|select('>', 3)|list }} {{ [1, 2]|select('in', [2, 3])|list }}",
+ "{{ [{'a': 1}, {'a': 2}]|map(attribute='a')|list }} {{ ['a', 'b']|map('upper')|list }} {{ [1, 2]|map('string')|join('+') }} {{ [{'a': 1}, {}]|map(attribute='a', default=0)|list }} {{ [' a ']|map('trim')|list }}",
+ "{{ [{'a': {'b': 1}}]|map(attribute='a.b')|list }} {{ [[1, 2]]|map(attribute='1')|list }}",
+ "{{ [1, 2, 3]|sum }} {{ [{'v': 1.5}, {'v': 2}]|sum(attribute='v') }} {{ [1]|sum(start=10) }} {{ [3, 1, 2]|max }} {{ ['b', 'A']|min }} {{ ['b', 'A']|max(case_sensitive=true) }} {{ [{'n': 3}, {'n': 1}]|min(attribute='n') }}",
+ "{{ [1, 1, 2, 'a', 'A']|unique|list }} {{ ['a', 'A']|unique(case_sensitive=true)|list }} {{ [3, 1, 2]|reverse|list }} {{ 'abc'|reverse }}",
+ "{{ -3|abs }} {{ -2.5|abs }} {{ 2.5|round }} {{ 3.5|round }} {{ 2.675|round(2) }} {{ 1234.5|round(-2) }} {{ 7|round }} {{ 2.1|round(0, 'ceil') }} {{ 2.9|round(method='floor') }}",
+ "{{ '<a href=\"x\">&</a>'|e }} {{ '<b>'|escape|escape }} {{ ('<b>'|safe) + '<i>' }} {{ ('<b>'|safe) ~ '<i>' }} {{ 'x'|safe is escaped }}",
+ "{{ 'hello big world'|wordcount }} {{ 'x'|center(5) }}|{{ 'ab'|center(7) }}|",
+ "{{ {'a': [1, 2.0, none, true], 'b': '\u00e9\"\\n'}|tojson }} {{ [1, {'x': []}]|tojson(indent=2) }} {{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }} {{ 'x'|tojson(ensure_ascii=true) }} {{ '\u00e9'|tojson(ensure_ascii=true) }}",
+ "{{ {'a': 1}|tojson(separators=(',', ':')) }} {{ {'a': [1]}|tojson(indent='\\t') }} {{ 1e16|tojson }} {{ 0.1|tojson }} {{ {1: 'x', true: 'y', none: 'z'}|tojson }}",
+ "{{ 'x' | attr('upper') is callable }} {{ {'a': 1}|attr('a') }}|{{ range(3)|length }}",
+ # tests
+ "{{ x is defined }} {{ x is undefined }} {{ none is none }} {{ 1 is number }} {{ 1.5 is float }} {{ 1 is integer }} {{ true is boolean }} {{ true is number }} {{ 'a' is string }} {{ {} is mapping }} {{ [] is sequence }} {{ 'a' is iterable }} {{ 1 is iterable }} {{ x is iterable }}",
+ "{{ 3 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 9 is divisibleby(4) }} {{ 'a' is in 'abc' }} {{ 2 is in [1, 2] }} {{ 1 is eq 1 }} {{ 1 is ne 2 }} {{ 2 is gt 1 }} {{ 2 is ge 2 }} {{ 1 is lt 2 }} {{ 1 is le 0 }} {{ 1 is sameas 1 }} {{ none is sameas none }} {{ true is true }} {{ 0 is false }} {{ 'ABC' is upper }} {{ 'abc' is lower }} {{ 'upper' is filter }} {{ 'odd' is test }}",
+ "{{ x is not defined and y is not none }} {{ not x is defined }} {{ (1 is number) == true }}",
+ # methods
+ "{{ ' a b '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '  a'.lstrip() }}|{{ 'a  '.rstrip() }}|{{ '\\n\\nx\\n'.strip('\\n') }}|{{ '\u3000\u00a0x\u2003'.strip() }}|",
+ "{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a b c'.rsplit(' ', 1) }} {{ 'abc'.split('b') }} {{ ''.split() }} {{ ''.split(',') }} {{ '  a b  c '.split(none, 1) }} {{ '  a b  c '.rsplit(none, 1) }}",
+ "{{ 'a\\nb\\r\\nc\\rd'.splitlines() }} {{ 'a\\nb\\n'.splitlines(true) }} {{ ''.splitlines() }}",
+ "{{ 'hello'.startswith('he') }} {{ 'hello'.endswith(('x', 'lo')) }} {{ 'hello'.startswith('l', 2) }} {{ 'hello'.upper() }} {{ 'HeLLo'.lower() }} {{ 'hello world'.title() }} {{ \"they're\".title() }} {{ 'hELLO'.capitalize() }} {{ 'AbC'.swapcase() }}",
+ "{{ 'a-b-c'.replace('-', '+') }} {{ 'a-b-c'.replace('-', '', 1) }} {{ 'hello'.find('l') }} {{ 'hello'.rfind('l') }} {{ 'hello'.find('z') }} {{ 'hello'.index('e') }} {{ 'hello'.count('l') }} {{ 'h\u00e9llo'.find('l') }}",
+ "{{ '-'.join(['a', 'b']) }} {{ ''.join('xyz') }} {{ '123'.isdigit() }} {{ 'ab'.isalpha() }} {{ 'a1'.isalnum() }} {{ ' \\n'.isspace() }} {{ 'AB'.isupper() }} {{ 'ab1'.islower() }} {{ ''.isdigit() }}",
+ "{{ 'a=b=c'.partition('=') }} {{ 'a=b=c'.rpartition('=') }} {{ 'abc'.partition('x') }} {{ 'prefix_x'.removeprefix('prefix_') }} {{ 'x.txt'.removesuffix('.txt') }} {{ '7'.zfill(3) }} {{ '-7'.zfill(4) }} {{ 'a'.ljust(3, '*') }} {{ 'a'.rjust(3) }} {{ 'a'.center(4, '-') }}",
+ "{% set d = {'b': 1, 'a': 2} %}{{ d.keys()|list }} {{ d.values()|list }} {{ d.items()|list }} {{ d.get('a') }} {{ d.get('z') }} {{ d.get('z', 'dflt') }} {{ d.copy() }}",
+ "{% set l = [1, 2, 2, 3] %}{{ l.count(2) }} {{ l.index(3) }} {{ (1, 2).count(1) }}",
+ # statements
+ "{% for x in [1, 2, 3] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}{{ loop.depth }};{% endfor %}",
+ "{% for x in [] %}a{% else %}empty{% endfor %}{% for x in [1, 2, 3, 4] if x is even %}{{ x }}/{{ loop.length }}{% else %}none{% endfor %}{% for x in [1] if x > 5 %}{% else %}filtered-out{% endfor %}",
+ "{% for a, b in [[1, 2], (3, 4)] %}{{ a }}{{ b }}{% endfor %}{% for (a, b) in {'x': 1}.items() %}{{ a }}={{ b }}{% endfor %}{% for k in {'p': 1, 'q': 2} %}{{ k }}{% endfor %}{% for c in 'ab' %}{{ c }}{% endfor %}",
+ "{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 5 %}{% break %}{% endif %}{{ x }}{% endfor %}",
+ "{% for x in [1, 2, 3] %}{{ loop.cycle('a', 'b') }}{{ loop.changed(x // 2) }}{% endfor %}",
+ "{% for i in range(2) %}{% for j in range(2) %}{{ loop.index }}{{ i }}{{ j }},{% endfor %}{{ loop.index }};{% endfor %}",
+ "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + 10 %}{{ x }},{% endfor %}{{ x }}",
+ "{% set x = 1 %}{% if true %}{% set x = 2 %}{% endif %}{{ x }}{% set a, b = 1, 2 %}{{ a }}{{ b }}{% set t = 1, %}{{ t }}",
+ "{% set ns = namespace(a=1, b=[]) %}{% for i in range(3) %}{% set ns.a = ns.a * 2 %}{% set ns.b = ns.b + [i] %}{% endfor %}{{ ns.a }} {{ ns.b }} {{ ns }}",
+ "{% set ns = namespace() %}{% set ns.x = 'v' %}{{ ns.x }}{{ ns.y }}|{% set d = dict(a=1, b=2) %}{{ d }}{{ dict({'z': 1}, y=2) }}",
+ "{% set v %}  block {{ 1 + 1 }}\n{% endset %}[{{ v }}]{% set u | upper %}abc{% endset %}{{ u }}",
+ "{% filter upper %}abc {{ 'd' }}{% endfilter %}{% filter trim | title %}  x y  {% endfilter %}",
+ "{% with a = 1, b = 2 %}{{ a + b }}{% endwith %}{{ a }}|{% with %}{% set q = 1 %}{% endwith %}{{ q }}|",
+ "{% macro m(a, b='B', c=none) %}[{{ a }}{{ b }}{{ c }}]{% endmacro %}{{ m(1) }}{{ m(1, 2) }}{{ m(1, c=3) }}{{ m(a=4) }}{{ m() }}",
+ "{% macro v(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ v(1, 2, 3, k=4) }}",
+ "{% macro outer() %}<{{ caller() }}>{% endmacro %}{% call outer() %}inner {{ 1 }}{% endcall %}{% macro lst(items) %}{% for i in items %}{{ caller(i) }}{% endfor %}{% endmacro %}{% call(x) lst([1, 2]) %}({{ x }}){% endcall %}",
+ "{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(3) }}",
+ "{% macro g() %}{{ y }}{% endmacro %}{% set y = 'late' %}{{ g() }}",
+ "{% if false %}a{% elif none %}b{% elif 0 %}c{% else %}d{% endif %}{% if [] %}e{% elif {} %}f{% elif 'x' %}g{% endif %}",
+ "{% generation %}gen {{ 1 }}{% endgeneration %}",
+ # undefined behaviours that render
+ "[{{ undefined_name }}][{{ undefined_name|default('d') }}][{{ undefined_name|length }}][{{ undefined_name|list }}][{{ undefined_name ~ 'x' }}][{% for x in undefined_name %}{{ x }}{% endfor %}][{{ undefined_name is none }}]",
+ "{{ none.attr }}|{{ (none.attr) is defined }}|{{ 1.x }}|{{ 'a'.nope }}|{{ [1].nope }}",
+ "{{ range(5) }} {{ range(1, 10, 3)|list }} {{ range(5, 0, -2)|list }} {{ 3 in range(5) }} {{ range(3)[1] }}",
+ "{{ strftime_now('%Y-%m-%d %H:%M %A %B %j %%') }}",
+ "{{ x }}|{{ y.z }}|{{ items|map(attribute='n')|join(',') }}|{{ messages[0]['content'] }}",
+ "{{ {1: 'a'}[1.0] }} {{ {true: 'b'}[1] }} {{ {1: 'x', 1.0: 'y'} }} {{ {'a': 1} == {'a': 1.0} }} {{ [1, [2]] == [1, [2.0]] }} {{ (1, 2) == (1, 2) }}",
+ "{{ '}}' }} {{ \"{%\" }} {# {% if %} #}{{ {'a': {'b': 1}} }}}",
+ "{{ -0.0 }} {{ 1e-7 }} {{ 1e16 }} {{ 12345678901234567.0 }} {{ 0.5e-4 }} {{ 100000000000000000000.0 }} {{ 1/3 }} {{ 2/3*3 }} {{ 9007199254740993 }}",
+ "{{ [1, '2']|map('int')|list }} {{ ['a', 'b']|map('replace', 'a', 'x')|list }} {{ [' x ', 'y ']|map('trim')|join('|') }}",
+ "{% set t = (1, 2) %}{{ t }} {{ t[0] }} {{ t|list }} {{ t + (3,) }} {{ t * 2 }} {{ t|length }}",
+ "{% for m in messages %}{% set role = m.role|upper %}{{ role }}{% endfor %}{{ role }}|",
+ "{%- for m in messages -%}\n  {{- m.role -}}\n  :{{ m.content }}\n{%- endfor %}\n",
+ "a\n{% for i in [1, 2] -%}\n  {{ i }}\n{%- endfor %}\nb",
+]
+FEATURE_VARS = {"x": None, "y": {"z": [1.0, 2, "\u00e9"]}, "items": [{"n": 1}, {"n": 2.5}], "messages": [{"role": "user", "content": "hi"}]}
+# ... and ones that must fail in both (the message may be worded differently, except a
+# raise_exception message, which must be the template's).
+FEATURE_ERRORS = [
+ "{{ 1 / 0 }}", "{{ 'a' + 1 }}", "{{ [1] + (2,) }}", "{{ undefined_name.attr }}", "{{ undefined_name + 1 }}",
+ "{% for a, b in [[1, 2, 3]] %}{% endfor %}", "{{ {}.pop('x') }}", "{{ x.y.z }}", "{{ 1 < 'a' }}", "{{ 'a' in 1 }}",
+ "{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", "{% macro m(a) %}{% endmacro %}{{ m(b=1) }}", "{{ range(1000000) }}",
+ "{{ raise_exception('custom message') }}", "{{ [1]|tojson|tojson|int + 'x' }}", "{{ {[1]: 2} }}", "{{ none|length }}",
+]
 
 
 def manifest():
@@ -319,6 +479,10 @@ def main():
     cases = []
     for t in templates:
         cases += cases_for(*t)
+    for i, src in enumerate(FEATURES):
+        cases.append(("vars", "feature %d: %s" % (i, src[:70]), src, FEATURE_VARS, None))
+    for i, src in enumerate(FEATURE_ERRORS):
+        cases.append(("vars", "must fail %d: %s" % (i, src[:70]), src, FEATURE_VARS, "fail"))
     lines = []
     for mode, label, src, v, args in cases:
         if mode == "vars":
@@ -340,6 +504,8 @@ def main():
     for (mode, label, src, v, args), g in zip(cases, got):
         if mode == "vars":
             st, want = ref_render(src, v)
+            if args == "fail" and st == "ok":
+                st, want = "bad", "jinja2 rendered %r, the case expects an error" % want
         else:
             special = {k: args[k] for k in ("bos_token", "eos_token") if args.get(k) is not None}
             st, want = ref_chat(src, v, special, args["add_generation_prompt"], args["continue_final_message"])

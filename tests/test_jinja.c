@@ -285,6 +285,16 @@ static void test_chat_vars(void)
     TEST_COND("non-text part refused",
               chat(dump, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}}]}]}",
                    1, 0, "!part type 'image_url' is not supported"));
+    /* vLLM's content-format detection: a template looping over a message's content gets parts */
+    TEST_COND("content as parts for a template that iterates it",
+              chat("{% set loop_messages = messages[1:] %}{% for m in loop_messages %}{% for b in m['content'] %}"
+                   "{{ b.type }}:{{ b.text }}|{% endfor %}{% endfor %}",
+                   "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":[{\"type\":"
+                   "\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]},{\"role\":\"assistant\",\"content\":\"c\"}]}",
+                   1, 0, "text:a|text:b|text:c|"));
+    TEST_COND("content as a string otherwise",
+              chat("{% for m in messages %}{{ m.content is string }}{% endfor %}",
+                   "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}]}]}", 1, 0, "True"));
     TEST_COND("bos/eos passed", chat("{{ bos_token }}{{ eos_token }}{{ unk_token is defined }}", "{\"messages\":[]}", 1, 0,
                                      "<s></s>False"));
 }
