@@ -303,8 +303,9 @@ struct chat_template_args {
 };
 
 /* Render a chat request as vLLM does: body is the request's JSON object; its "messages" become
- * `messages` (content parts joined with "\n", tool-call arguments parsed from JSON strings,
- * vLLM's keys kept), "tools" and "documents" (None when absent), "chat_template_kwargs" extra
+ * `messages` (content parts joined with "\n", or a list of text parts when the template loops
+ * over a message's content - vLLM's content-format detection -, tool-call arguments parsed from
+ * JSON strings, vLLM's keys kept), "tools" and "documents" (None when absent), "chat_template_kwargs" extra
  * variables (which may override add_generation_prompt, tools and continue_final_message), then
  * transformers' continue_final_message cut. raise_exception() messages are quoted in err. */
 int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
