@@ -322,10 +322,13 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
             }
             const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "add_bos_token");
             if (cJSON_IsBool(bos)) ct->add_bos = cJSON_IsTrue(bos);
-            ct->bos_token = token_text(cJSON_GetObjectItemCaseSensitive(root, "bos_token"));
-            ct->eos_token = token_text(cJSON_GetObjectItemCaseSensitive(root, "eos_token"));
-            ct->unk_token = token_text(cJSON_GetObjectItemCaseSensitive(root, "unk_token"));
-            ct->pad_token = token_text(cJSON_GetObjectItemCaseSensitive(root, "pad_token"));
+            char **toks[4] = {&ct->bos_token, &ct->eos_token, &ct->unk_token, &ct->pad_token};
+            static const char *const keys[4] = {"bos_token", "eos_token", "unk_token", "pad_token"};
+            for (int i = 0; i < 4; i++) {
+                const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
+                *toks[i] = token_text(v);
+                if (v) ct->tokens_set |= 1u << i; /* null counts: Qwen's bos_token null means none */
+            }
             const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens_decoder"), *it;
             cJSON_ArrayForEach(it, added) {
                 char *c = token_text(it);
@@ -337,6 +340,30 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
             int rc = add_from_json(ct, cJSON_GetObjectItemCaseSensitive(root, "chat_template"), path, err);
             cJSON_Delete(root);
             if (rc) goto fail;
+        }
+        /* special_tokens_map.json's tokens win, as transformers loads it after tokenizer_config.json */
+        snprintf(path, sizeof path, "%s/special_tokens_map.json", model_dir);
+        if (is_file(path)) {
+            size_t len;
+            char *text = read_all(path, &len, err);
+            if (!text) goto fail;
+            cJSON *root = cJSON_ParseWithLength(text, len);
+            free(text);
+            if (!cJSON_IsObject(root)) {
+                cJSON_Delete(root);
+                set_err(err, -1, "%s: not a JSON object", path);
+                goto fail;
+            }
+            char **toks[4] = {&ct->bos_token, &ct->eos_token, &ct->unk_token, &ct->pad_token};
+            static const char *const keys[4] = {"bos_token", "eos_token", "unk_token", "pad_token"};
+            for (int i = 0; i < 4; i++) {
+                char *t = token_text(cJSON_GetObjectItemCaseSensitive(root, keys[i]));
+                if (!t) continue;
+                free(*toks[i]);
+                *toks[i] = t;
+                ct->tokens_set |= 1u << i;
+            }
+            cJSON_Delete(root);
         }
         /* transformers >= 4.43 may keep the template in its own file, which then wins */
         snprintf(path, sizeof path, "%s/chat_template.jinja", model_dir);
@@ -530,6 +557,14 @@ static int by_length_desc(const void *a, const void *b)
 
 void chat_templates_set_tokenizer(struct chat_templates *ct, const tokenizer_t *tok)
 {
+    /* tokens neither config names (not even as null): the tokenizer's own, as a slow LLaMA
+     * tokenizer defaults to "<s>" / "</s>" / "<unk>" */
+    char **toks[4] = {&ct->bos_token, &ct->eos_token, &ct->unk_token, &ct->pad_token};
+    int ids[4] = {tokenizer_bos_id(tok), tokenizer_eos_id(tok), tokenizer_unk_id(tok), tokenizer_pad_id(tok)};
+    for (int i = 0; i < 4; i++) {
+        const char *piece = ids[i] >= 0 ? tokenizer_id_to_piece(tok, ids[i]) : NULL;
+        if (!(ct->tokens_set & (1u << i)) && !*toks[i] && piece) *toks[i] = xstrdup(piece);
+    }
     static const char *const builtin_markers[] = {"<s>", "</s>", "<|im_start|>", "<|im_end|>"};
     for (size_t i = 0; i < sizeof builtin_markers / sizeof *builtin_markers; i++) add_marker(ct, tok, builtin_markers[i]);
     int n = tokenizer_vocab_size(tok);
@@ -539,8 +574,7 @@ void chat_templates_set_tokenizer(struct chat_templates *ct, const tokenizer_t *
             if (p && strlen(p) > 1) add_marker(ct, tok, p);
         }
     for (int i = 0; i < ct->n_added; i++) add_marker(ct, tok, ct->added[i]);
-    const char *toks[] = {ct->bos_token, ct->eos_token, ct->unk_token, ct->pad_token};
-    for (int i = 0; i < 4; i++) add_marker(ct, tok, toks[i]);
+    for (int i = 0; i < 4; i++) add_marker(ct, tok, *toks[i]);
     /* longest first: where two markers start at the same place the longer one wins */
     char **m = xmalloc(sizeof *m * (size_t)(ct->n_markers + 1));
     memcpy(m, ct->markers, sizeof *m * (size_t)ct->n_markers);

@@ -240,6 +240,7 @@ struct chat_templates {
     jinja_tmpl_t *named[CHAT_MAX_NAMED]; /* NULL when it did not compile: */
     char *named_err[CHAT_MAX_NAMED];     /* ... the error, given to requests that select it */
     char *bos_token, *eos_token, *unk_token, *pad_token; /* the template's variables (NULL: unset) */
+    unsigned tokens_set;                 /* bit i: the config named token i (bos, eos, unk, pad) */
     int add_bos;                         /* tokenizer_config.json add_bos_token (-1: absent) */
     char **added;                        /* added_tokens_decoder contents */
     int n_added;

@@ -47,19 +47,25 @@ def check(name, cond, detail=""):
         print("FAIL: %s %s" % (name, detail))
 
 
-def make_model(tmp, name, tokenizer_config=None, generation_config=None, config_patch=None):
+def make_model(tmp, name, tokenizer_config=None, generation_config=None, config_patch=None, special_tokens_map=None,
+               drop=()):
     """A copy of the fixture checkpoint (weights and tokenizer linked) with its configs replaced."""
     d = os.path.join(tmp, name)
     os.makedirs(d)
     for f in os.listdir(FIX):
-        if f in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        if f in ("config.json", "generation_config.json", "tokenizer_config.json") or \
+                (f == "special_tokens_map.json" and special_tokens_map is not None):
             continue
         os.symlink(os.path.abspath(os.path.join(FIX, f)), os.path.join(d, f))
+    if special_tokens_map is not None:
+        json.dump(special_tokens_map, open(os.path.join(d, "special_tokens_map.json"), "w"))
     cfg = json.load(open(os.path.join(FIX, "config.json")))
     cfg.update(config_patch or {})
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     tc = json.load(open(os.path.join(FIX, "tokenizer_config.json")))
     tc.update(tokenizer_config or {})
+    for k in drop:
+        tc.pop(k, None)
     json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"))
     if generation_config is not None:
         json.dump(generation_config, open(os.path.join(d, "generation_config.json"), "w"))
@@ -120,6 +126,23 @@ def call(url, path, body=None):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def marker_ids(url, text):
+    """The ids chat_encode gives text: "<s>" / "</s>" as BOS / EOS, the pieces between them
+    encoded one by one without BOS (as the server's own /tokenize encodes them)."""
+    ids, rest = [], text
+    while rest:
+        cuts = [(rest.find(m), m, i) for m, i in (("<s>", 1), ("</s>", 2)) if rest.find(m) >= 0]
+        at, mk, mid = min(cuts) if cuts else (len(rest), "", None)
+        if at:
+            st, r = call(url, "/tokenize", {"prompt": rest[:at], "add_special_tokens": False})
+            ids += r["tokens"]
+        if mid is None:
+            break
+        ids.append(mid)
+        rest = rest[at + len(mk):]
+    return ids
 
 
 def test_eos(tmp):
@@ -324,6 +347,21 @@ def test_templates(tmp):
     url, p = start(broken, "--chat-template", "llama-2")
     check("templates: --chat-template llama-2 serves such a checkpoint", url is not None, p)
     if url:
+        stop(p)
+    # special tokens: special_tokens_map.json wins; a token no config names is the tokenizer's; null is none
+    tb = "[{{ bos_token }}|{{ eos_token }}|{{ bos_token is defined }}]{{ messages[0].content }}"
+    cases = [("map wins", {"chat_template": tb, "bos_token": "<unk>"}, {"bos_token": "<s>", "eos_token": "</s>"}, (), "[<s>|</s>|True]x"),
+             ("tokenizer's when unnamed", {"chat_template": tb}, {}, ("bos_token", "eos_token"), "[<s>|</s>|True]x"),
+             ("null is none", {"chat_template": tb, "bos_token": None}, {"eos_token": "</s>"}, (), "[|</s>|False]x")]
+    for name, tcfg, smap, drop, want in cases:
+        mm = make_model(tmp, "tok-" + name.replace(" ", "-").replace("'", ""), tokenizer_config=tcfg,
+                        special_tokens_map=smap, drop=drop)
+        url, p = start(mm)
+        if not url:
+            check("special tokens: %s: starts" % name, False, p)
+            continue
+        st, r = call(url, "/tokenize", {"messages": [{"role": "user", "content": "x"}]})
+        check("special tokens: %s" % name, st == 200 and r["tokens"] == marker_ids(url, want), (r, want))
         stop(p)
     url, log = start(m, "--chat-template", "no-such-template")
     check("templates: an unknown --chat-template names the choices", url is None and "default, tool_use" in log, log)
