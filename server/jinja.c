@@ -879,6 +879,13 @@ static unsigned jp_hex4(struct jparse *p)
 static struct jv jp_string(struct jparse *p)
 {
     p->s++; /* opening quote */
+    const char *q = p->s;
+    while (q < p->e && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+    if (q < p->e && *q == '"') { /* no escapes: one copy (the text was checked as UTF-8 already) */
+        struct jv v = jv_strn(p->a, p->s, (size_t)(q - p->s));
+        p->s = q + 1;
+        return v;
+    }
     struct abuf b = {0};
     ab_put(p->a, &b, "", 0);
     const char *run = p->s;
@@ -923,7 +930,6 @@ static struct jv jp_string(struct jparse *p)
     }
     ab_put(p->a, &b, run, (size_t)(p->s - run));
     p->s++;
-    if (!utf8_valid(b.p, b.len)) jp_fail(p, "string is not valid UTF-8");
     struct jv v = {.t = JT_STR};
     struct jstr *js = aalloc(p->a, sizeof *js + b.len + 1);
     js->len = b.len;
@@ -1041,6 +1047,8 @@ static struct jv jp_value(struct jparse *p)
 /* Parse JSON text (exactly one value) into a value in arena a; errors jump to je. */
 static struct jv json_parse(struct arena *a, struct jerr *je, const char *s, size_t n)
 {
+    /* valid UTF-8 in, valid UTF-8 out: \u escapes only make whole characters (no lone surrogates) */
+    if (!utf8_valid(s, n)) jfail(je, "invalid JSON: not valid UTF-8");
     struct jparse p = {s, s + n, a, je, 0};
     struct jv v = jp_value(&p);
     jp_ws(&p);
@@ -3195,16 +3203,28 @@ static int memchr_u32(const uint32_t *set, size_t n, uint32_t c);
 
 static struct jv s_strip(struct rs *r, const struct jv *s, const struct jv *chars, int left, int right)
 {
-    size_t nc = 0, m;
+    size_t nc = 0;
     uint32_t *set = chars ? cps_of(r, chars->u.s->p, chars->u.s->len, &nc, NULL) : NULL;
-    size_t *off;
-    uint32_t *c = cps_of(r, s->u.s->p, s->u.s->len, &m, &off);
-    size_t b = 0, e = m;
+    const char *p = s->u.s->p;
+    size_t b = 0, e = s->u.s->len;
+    uint32_t c;
 #define STRIPPABLE(cp) (set ? memchr_u32(set, nc, cp) : py_isspace(cp))
-    while (left && b < e && STRIPPABLE(c[b])) b++;
-    while (right && e > b && STRIPPABLE(c[e - 1])) e--;
+    /* only the ends are decoded: a long message costs what its edges cost */
+    while (left && b < e) {
+        int k = u8_dec(p + b, e - b, &c);
+        if (!STRIPPABLE(c)) break;
+        b += (size_t)k;
+    }
+    while (right && e > b) {
+        size_t st = e - 1;
+        while (st > b && ((unsigned char)p[st] & 0xC0) == 0x80) st--;
+        u8_dec(p + st, e - st, &c);
+        if (!STRIPPABLE(c)) break;
+        e = st;
+    }
 #undef STRIPPABLE
-    return str_of(r, s->u.s->p + off[b], off[e] - off[b]);
+    if (b == 0 && e == s->u.s->len) return *s;
+    return str_of(r, p + b, e - b);
 }
 
 static int memchr_u32(const uint32_t *set, size_t n, uint32_t c)

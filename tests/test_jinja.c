@@ -99,6 +99,10 @@ static void test_render_errors(void)
     TEST_COND("range too big (sandbox)", fails("{{ range(100001) | length }}", NULL, "Range too big"));
     TEST_COND("vars must be an object", fails("x", "[1]", "JSON object"));
     TEST_COND("vars JSON error", fails("x", "{\"a\":", "invalid JSON"));
+    TEST_COND("vars not UTF-8", fails("x", "{\"a\":\"\xff\"}", "not valid UTF-8"));
+    TEST_COND("vars control character", fails("x", "{\"a\":\"\x01\"}", "control character"));
+    TEST_COND("vars lone surrogate", fails("x", "{\"a\":\"\\ud800\"}", "lone surrogate"));
+    TEST_COND("vars escapes decoded", renders("{{ a }}", "{\"a\":\"\\u00e9\\ud83d\\ude00\\n\\\"\\/\"}", "\xc3\xa9\xf0\x9f\x98\x80\n\"/"));
     TEST_COND("lipsum refused", fails("{{ lipsum() }}", NULL, "'lipsum' is not supported"));
     TEST_COND("printing a macro", fails("{% macro m() %}{% endmacro %}{{ m }}", NULL, "cannot print"));
 }
