@@ -208,6 +208,7 @@ static void add_named(struct chat_templates *ct, const char *name, const char *s
     char err[ERR_LEN];
     int i = ct->n_named++;
     ct->names[i] = xstrdup(name);
+    ct->named_from[i] = xstrdup(where);
     if (jinja_compile(&ct->named[i], src, strlen(src), err)) {
         ct->named[i] = NULL;
         char msg[ERR_LEN + 160];
@@ -383,6 +384,8 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
                     sb_printf(&msg, "%s: %s", path, cerr);
                     ct->named_err[d] = msg.p;
                 }
+                free(ct->named_from[d]);
+                ct->named_from[d] = xstrdup(path);
             } else {
                 add_named(ct, "default", src, path);
             }
@@ -398,7 +401,7 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
                 goto fail;
             }
             ct->selected = k;
-            describe(ct, "'%s' from %s/tokenizer_config.json (--chat-template)", flag, model_dir ? model_dir : ".");
+            describe(ct, "'%s' from %s (--chat-template)", flag, ct->named_from[k]);
         } else if (b >= 0) {
             ct->builtin = b;
             ct->selected = -1;
@@ -435,7 +438,7 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
                     "another template)", ct->named_err[ct->selected]);
             goto fail;
         }
-        describe(ct, "'%s' from %s", ct->names[ct->selected], model_dir);
+        describe(ct, "'%s' from %s", ct->names[ct->selected], ct->named_from[ct->selected]);
     } else {
         ct->use_builtin = 1;
         describe(ct, "built-in plain (no chat_template in %s/tokenizer_config.json)%s", model_dir ? model_dir : ".", "");
@@ -452,6 +455,7 @@ void chat_templates_free(struct chat_templates *ct)
     jinja_free(ct->jinja);
     for (int i = 0; i < ct->n_named; i++) {
         free(ct->names[i]);
+        free(ct->named_from[i]);
         jinja_free(ct->named[i]);
         free(ct->named_err[i]);
     }

@@ -239,6 +239,7 @@ struct chat_templates {
     char *names[CHAT_MAX_NAMED];         /* tokenizer_config.json's names ("default", "tool_use") */
     jinja_tmpl_t *named[CHAT_MAX_NAMED]; /* NULL when it did not compile: */
     char *named_err[CHAT_MAX_NAMED];     /* ... the error, given to requests that select it */
+    char *named_from[CHAT_MAX_NAMED];    /* the file each came from */
     char *bos_token, *eos_token, *unk_token, *pad_token; /* the template's variables (NULL: unset) */
     unsigned tokens_set;                 /* bit i: the config named token i (bos, eos, unk, pad) */
     int add_bos;                         /* tokenizer_config.json add_bos_token (-1: absent) */

@@ -338,6 +338,17 @@ def test_templates(tmp):
         st, r = call(url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1})
         check("templates: a built-in still renders plain turns", st == 200, r)
         stop(p)
+    cj = make_model(tmp, "chat-template-jinja", tokenizer_config={"chat_template": T_DEFAULT})
+    open(os.path.join(cj, "chat_template.jinja"), "w").write(T_TOOLS)
+    url, p = start(cj)
+    if url:
+        st, r = call(url, "/tokenize", {"messages": msgs})
+        st2, mr = call(url, "/v1/models")
+        check("templates: chat_template.jinja beside the config wins", st == 200 and
+              r["tokens"] == expect(T_TOOLS, {"messages": msgs}) and "chat_template.jinja" in mr["data"][0]["chat_template"], (r, mr))
+        stop(p)
+    else:
+        check("templates: chat_template.jinja starts", False, p)
     broken = make_model(tmp, "broken", tokenizer_config={
         "chat_template": "{% for m in messages %}{{ m.content | groupby('x') }}{% endfor %}"})
     t0 = time.time()
