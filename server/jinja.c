@@ -5161,6 +5161,37 @@ static struct jv chat_messages(struct rs *r, const struct jv *msgs, int parts)
     return out;
 }
 
+/* vLLM's tool_dicts: each tool is its pydantic model dumped (ChatCompletionToolsParam with
+ * FunctionDefinition, extra keys allowed): declared fields first in their order, a missing one
+ * as None ("description": null), then the extra keys as given. */
+static struct jv vllm_tools(struct rs *r, const struct jv *tools)
+{
+    if (!is_seq(tools)) return *tools;
+    struct jv out = jv_list_n(&r->a, tools->u.l->n, 0);
+    static const char *const tool_keys[] = {"type", "function"}, *const fn_keys[] = {"name", "description", "parameters"};
+    for (size_t i = 0; i < tools->u.l->n; i++) {
+        const struct jv *t = &tools->u.l->v[i];
+        if (t->t != JT_DICT) rfail(r, "tools[%zu] must be an object", i);
+        struct jv nt = jv_dict(&r->a, 0), nf = jv_dict(&r->a, 0);
+        struct jv *fn = dict_find_str(t->u.d, "function"), *ty = dict_find_str(t->u.d, "type");
+        if (!fn || fn->t != JT_DICT) rfail(r, "tools[%zu].function must be an object", i);
+        for (int k = 0; k < 3; k++) {
+            struct jv *v = dict_find_str(fn->u.d, fn_keys[k]);
+            dict_set(&r->a, nf.u.d, jv_str(&r->a, fn_keys[k]), v ? *v : JV_NONE_V);
+        }
+        for (size_t k = 0; k < fn->u.d->n; k++) dict_set(&r->a, nf.u.d, fn->u.d->kv[k].k, fn->u.d->kv[k].v);
+        dict_set(&r->a, nt.u.d, jv_str(&r->a, tool_keys[0]), ty ? *ty : jv_str(&r->a, "function"));
+        dict_set(&r->a, nt.u.d, jv_str(&r->a, tool_keys[1]), nf);
+        for (size_t k = 0; k < t->u.d->n; k++) {
+            const struct jv *key = &t->u.d->kv[k].k;
+            if (key->t == JT_STR && (!strcmp(key->u.s->p, "type") || !strcmp(key->u.s->p, "function"))) continue;
+            dict_set(&r->a, nt.u.d, *key, t->u.d->kv[k].v);
+        }
+        out.u.l->v[i] = nt;
+    }
+    return out;
+}
+
 /* str.strip() as byte offsets. */
 static void strip_range(const char *s, size_t n, size_t *b, size_t *e)
 {
@@ -5191,7 +5222,7 @@ int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
     struct jv msgs = chat_messages(r, dict_find_str(req.u.d, "messages"), t->content_list);
     dict_set(&r->a, vars.u.d, jv_str(&r->a, "messages"), msgs);
     struct jv *tools = req_field(req.u.d, "tools"), *docs = req_field(req.u.d, "documents");
-    dict_set(&r->a, vars.u.d, jv_str(&r->a, "tools"), tools ? *tools : JV_NONE_V);
+    dict_set(&r->a, vars.u.d, jv_str(&r->a, "tools"), tools ? vllm_tools(r, tools) : JV_NONE_V);
     dict_set(&r->a, vars.u.d, jv_str(&r->a, "documents"), docs ? *docs : JV_NONE_V);
     int agp = ca->add_generation_prompt != 0, cont = ca->continue_final_message != 0;
     if (agp && cont)

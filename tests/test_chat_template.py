@@ -198,6 +198,23 @@ def vllm_conversation(messages, fmt="string"):
     return conv
 
 
+def vllm_tools(tools):
+    """vLLM's [tool.model_dump() for tool in request.tools]: ChatCompletionToolsParam(type, function:
+    FunctionDefinition(name, description=None, parameters=None)), extra keys allowed and kept after
+    the declared ones."""
+    if tools is None:
+        return None
+    out = []
+    for t in tools:
+        fn = t["function"]
+        nf = {"name": fn["name"], "description": fn.get("description"), "parameters": fn.get("parameters")}
+        nf.update(fn)
+        nt = {"type": t.get("type", "function"), "function": nf}
+        nt.update({k: v for k, v in t.items() if k not in ("type", "function")})
+        out.append(nt)
+    return out
+
+
 def ref_chat(template, body, special, agp, cont):
     """vLLM -> transformers.apply_chat_template(tokenize=False) on an OpenAI request body."""
     conv = vllm_conversation(body["messages"], vllm_content_format(template))
@@ -207,7 +224,8 @@ def ref_chat(template, body, special, agp, cont):
     if agp and cont:
         return "error", "continue_final_message and add_generation_prompt are not compatible"
     variables = dict(special)
-    variables.update(messages=conv, tools=body.get("tools"), documents=body.get("documents"), add_generation_prompt=agp)
+    variables.update(messages=conv, tools=vllm_tools(body.get("tools")), documents=body.get("documents"),
+                     add_generation_prompt=agp)
     variables.update(kwargs)
     st, text = ref_render(template, variables)
     if st not in ("ok",) or not cont:
@@ -461,6 +479,9 @@ def cases_for(name, src, bos, eos):
                 {"id": "call12345", "type": "function",
                  "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"days\": 2.0}"}}]},
             {"role": "tool", "tool_call_id": "call12345", "content": "sunny"}], "tools": TOOLS}, True, False),
+        ("tools without description (vLLM dumps it as null), extra keys kept",
+         {"messages": [U1], "tools": [{"type": "function", "function": {"name": "now", "strict": True}, "x-extra": 1}],
+          "tool_choice": "none"}, True, False),
         ("chat_template_kwargs", {"messages": [U1], "chat_template_kwargs": {"enable_thinking": False,
                                                                             "date_string": "02 Feb 2025"}}, True, False),
     ]

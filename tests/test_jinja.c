@@ -262,7 +262,10 @@ static void test_chat_vars(void)
     TEST_COND("reasoning -> reasoning_content",
               chat(dump, "{\"messages\":[{\"role\":\"assistant\",\"content\":\"a\",\"reasoning\":\"r\"}]}", 0, 0,
                    "[{\"role\": \"assistant\", \"content\": \"a\", \"reasoning\": \"r\", \"reasoning_content\": \"r\"}]|None|False"));
-    TEST_COND("tools passed", chat("{{ tools | length }}", "{\"messages\":[],\"tools\":[{\"type\":\"function\"}]}", 1, 0, "1"));
+    TEST_COND("tools passed as vLLM dumps them",
+              chat("{{ tools | tojson }}", "{\"messages\":[],\"tools\":[{\"function\":{\"name\":\"f\",\"strict\":true},\"x\":1}]}",
+                   1, 0, "[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"description\": null, "
+                         "\"parameters\": null, \"strict\": true}, \"x\": 1}]"));
     TEST_COND("kwargs become variables and override",
               chat("{{ enable_thinking }}{{ add_generation_prompt }}",
                    "{\"messages\":[],\"chat_template_kwargs\":{\"enable_thinking\":false,\"add_generation_prompt\":false}}",
