@@ -640,7 +640,7 @@ static int parse_template_fields(const cJSON *root, struct oai_request *r, struc
             const cJSON *type = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "type") : NULL;
             const cJSON *fn = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "function") : NULL;
             const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
-            if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
+            if ((type && (!cJSON_IsString(type) || strcmp(type->valuestring, "function"))) || !cJSON_IsString(name))
                 return oai_err(e, 400, "tools", NULL, "tools[%d] must be {\"type\": \"function\", \"function\": "
                                "{\"name\": string, ...}}", k);
             k++;
