@@ -23,7 +23,8 @@
 struct engine {
     struct engine_params p;
     model_t *model;
-    int vocab, eos_id, max_model_len, n_blocks;
+    int vocab, max_model_len, n_blocks;
+    int eos_ids[MODEL_MAX_EOS], n_eos; /* every id that ends a request (config, generation_config, tokenizer) */
     struct scheduler sched;
     struct runner runner;
     struct sched_plan plan;
@@ -144,16 +145,19 @@ static void finish_cancelled(engine_t *e, struct sequence **list)
 static int is_stop_token(const engine_t *e, const struct sequence *seq, int32_t tok)
 {
     if (seq->n_generated < seq->sp.min_tokens) return 0;
-    if (!seq->sp.ignore_eos && tok == e->eos_id) return 1;
+    for (int i = 0; i < e->n_eos && !seq->sp.ignore_eos; i++)
+        if (tok == e->eos_ids[i]) return 1;
     for (int i = 0; i < seq->sp.n_stop_ids; i++)
         if (seq->sp.stop_ids[i] == tok) return 1;
     return 0;
 }
 
-/* The stop id that ended seq (vLLM's stop_reason), -1 for EOS. */
+/* The stop id that ended seq (vLLM's stop_reason), -1 for EOS (any of the EOS ids). */
 static int32_t stop_token_of(const engine_t *e, const struct sequence *seq, int32_t tok)
 {
-    return !seq->sp.ignore_eos && tok == e->eos_id ? -1 : tok;
+    for (int i = 0; i < e->n_eos && !seq->sp.ignore_eos; i++)
+        if (tok == e->eos_ids[i]) return -1;
+    return tok;
 }
 
 /* After a chunk of the prompt: tokens of the prompt in the cache now, of how many. */
@@ -332,7 +336,8 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     e->p = *p;
     e->model = m;
     e->vocab = c->vocab_size;
-    e->eos_id = c->eos_id;
+    e->n_eos = c->n_eos;
+    memcpy(e->eos_ids, c->eos_ids, sizeof e->eos_ids);
     e->max_model_len = max_len;
     e->n_blocks = (int)n_blocks;
     e->rng_state = p->seed;
@@ -457,7 +462,8 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
     if (s_shift == 0) s_local = 0;
 
     struct sequence *seq = seq_new(req, 0, e->max_model_len);
-    seq->eos_id = e->eos_id;
+    seq->eos_ids = e->eos_ids;
+    seq->n_eos = e->n_eos;
     seq->rope_factor = factor;
     seq->string_shift = s_shift;
     seq->string_local = s_local;

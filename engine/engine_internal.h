@@ -73,7 +73,9 @@ struct sequence {
     uint64_t cache_salt;       /* mixed into every block hash (salt_of) */
     int report_progress;       /* ENGINE_EV_PROGRESS after each prompt chunk */
     int n_cached;              /* prompt tokens taken from the prefix cache at (re)admission */
-    int32_t eos_id;            /* masked with stop_ids while n_generated < sp.min_tokens */
+    const int *eos_ids;        /* (n_eos) the engine's EOS ids (it outlives every sequence); masked
+                                  with stop_ids while n_generated < sp.min_tokens */
+    int n_eos;
     struct engine_stream *stream;
     double t_arrival, t_first;
     double t_admitted;         /* first admission (0: never), for progress events */

@@ -122,7 +122,8 @@ int32_t sampler_sample(struct sequence *seq, const float *logits, int vocab, str
     }
 
     if (seq->n_generated < sp->min_tokens) {
-        if (seq->eos_id >= 0 && seq->eos_id < vocab) x[seq->eos_id] = -INFINITY;
+        for (int i = 0; i < seq->n_eos; i++)
+            if (seq->eos_ids[i] >= 0 && seq->eos_ids[i] < vocab) x[seq->eos_ids[i]] = -INFINITY;
         for (int i = 0; i < sp->n_stop_ids; i++)
             if (sp->stop_ids[i] >= 0 && sp->stop_ids[i] < vocab) x[sp->stop_ids[i]] = -INFINITY;
     }

@@ -37,7 +37,8 @@ struct sequence *seq_new(const struct engine_request *req, uint64_t id, int max_
     s->priority = req->priority;
     s->cache_salt = req->cache_salt;
     s->report_progress = req->report_progress;
-    s->eos_id = -1;
+    s->eos_ids = NULL;
+    s->n_eos = 0;
     s->t_arrival = now_s();
     return s;
 }

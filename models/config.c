@@ -176,7 +176,7 @@ static int opt_bool(const struct jctx *x, const cJSON *obj, const char *key, int
     return v ? as_bool(x, key, v, out) : 0;
 }
 
-/* A token id: an integer, or (eos) a list whose first element is taken; null/absent -> -1.
+/* A token id: an integer, or a list whose first element is taken; null/absent -> -1.
  * Negative ids mean "none", as some configs write -1. */
 static int token_id(const struct jctx *x, const cJSON *obj, const char *key, int *out)
 {
@@ -193,6 +193,26 @@ static int token_id(const struct jctx *x, const cJSON *obj, const char *key, int
     if (!is_integral(v) || v->valuedouble > INT_MAX || v->valuedouble < INT_MIN)
         return field_err(x, key, "an integer, a list of integers or null", v);
     *out = v->valuedouble < 0 ? -1 : (int)v->valuedouble;
+    return 0;
+}
+
+/* eos_token_id: an integer or a list of them (every one ends generation); null/absent -> none.
+ * Negative ids ("none") are skipped. */
+static int token_ids(const struct jctx *x, const cJSON *obj, const char *key, int *ids, int *n)
+{
+    *n = 0;
+    const cJSON *v = item(obj, key);
+    if (!v) return 0;
+    const cJSON *e, *one = cJSON_IsArray(v) ? NULL : v;
+    if (!one && cJSON_GetArraySize(v) > MODEL_MAX_EOS)
+        return field_err(x, key, "an integer or a list of at most 16 integers", v);
+    for (e = one ? one : v->child; e; e = one ? NULL : e->next) {
+        if (!is_integral(e) || e->valuedouble > INT_MAX || e->valuedouble < INT_MIN)
+            return field_err(x, key, "an integer, a list of integers or null", v);
+        int id = (int)e->valuedouble, dup = 0;
+        for (int i = 0; i < *n; i++) dup |= ids[i] == id;
+        if (id >= 0 && !dup) ids[(*n)++] = id;
+    }
     return 0;
 }
 
@@ -691,9 +711,10 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
 
     if (opt_bool(&x, root, "tie_word_embeddings", &c->tie_word_embeddings)) return -1;
     if (token_id(&x, root, "bos_token_id", &c->bos_id) ||
-        token_id(&x, root, "eos_token_id", &c->eos_id) ||
+        token_ids(&x, root, "eos_token_id", c->eos_ids, &c->n_eos) ||
         token_id(&x, root, "pad_token_id", &c->pad_id))
         return -1;
+    c->eos_id = c->n_eos ? c->eos_ids[0] : -1;
     if (opt_bool(&x, root, "log_scale", &c->log_scale)) return -1;
 
     if ((v = item(root, "string_config"))) {
@@ -798,4 +819,96 @@ void model_config_free(struct model_config *c)
     rope_scaling_free(&c->rope);
     free(c->layer_window);
     c->layer_window = NULL;
+}
+
+int model_config_add_eos(struct model_config *c, int id)
+{
+    if (id < 0) return 0;
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == id) return 0;
+    if (c->n_eos == MODEL_MAX_EOS) return -1;
+    c->eos_ids[c->n_eos++] = id;
+    c->eos_id = c->eos_ids[0];
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// generation_config.json
+
+/* One sampling default: present, not null and not transformers' default value (to_diff_dict). */
+static int gen_num(const struct jctx *x, const cJSON *root, const char *key, double lo, double hi,
+                   int lo_open, int has_dflt, double dflt, int *has, double *out)
+{
+    const cJSON *v = item(root, key);
+    *has = 0;
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi ||
+        (lo_open && v->valuedouble == lo)) {
+        char want[96];
+        snprintf(want, sizeof want, "a number in %s%g, %g]", lo_open ? "(" : "[", lo, hi);
+        return field_err(x, key, want, v);
+    }
+    if (has_dflt && v->valuedouble == dflt) return 0;
+    *has = 1;
+    *out = v->valuedouble;
+    return 0;
+}
+
+int model_generation_config_load(struct generation_config *g, const char *dir, char *err)
+{
+    memset(g, 0, sizeof *g);
+    char *path = path_join(dir, "generation_config.json");
+    FILE *probe = fopen(path, "rb");
+    if (probe) {
+        fclose(probe);
+        g->present = 1;
+    } else {
+        free(path);
+        path = path_join(dir, "config.json"); /* GenerationConfig.from_model_config */
+        if (!(probe = fopen(path, "rb"))) {
+            free(path);
+            return 0;
+        }
+        fclose(probe);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    cJSON *root = NULL;
+    int rc = -1;
+    double d;
+    if (read_text(path, &text, &len, err) || !(root = parse_json(path, text, len, err))) goto done;
+    if (!cJSON_IsObject(root)) {
+        set_err(err, -1, "%s: expected a JSON object at the top level", path);
+        goto done;
+    }
+    struct jctx x = {path, "", err};
+    if (token_ids(&x, root, "eos_token_id", g->eos_ids, &g->n_eos) ||
+        gen_num(&x, root, "temperature", 0, 1e6, 0, 1, 1.0, &g->has_temperature, &g->temperature) ||
+        gen_num(&x, root, "top_p", 0, 1, 1, 1, 1.0, &g->has_top_p, &g->top_p) ||
+        gen_num(&x, root, "min_p", 0, 1, 0, 0, 0, &g->has_min_p, &g->min_p) ||
+        gen_num(&x, root, "repetition_penalty", 0, 1e6, 1, 1, 1.0, &g->has_repetition_penalty, &g->repetition_penalty))
+        goto done;
+    if (gen_num(&x, root, "top_k", -1, INT_MAX, 0, 1, 50, &g->has_top_k, &d)) goto done;
+    if (g->has_top_k) {
+        if (d != floor(d)) {
+            field_err(&x, "top_k", "an integer >= -1", item(root, "top_k"));
+            goto done;
+        }
+        g->top_k = (int)d;
+    }
+    if (gen_num(&x, root, "max_new_tokens", 1, INT_MAX, 0, 0, 0, &g->has_max_new_tokens, &d)) goto done;
+    if (g->has_max_new_tokens) {
+        if (d != floor(d)) {
+            field_err(&x, "max_new_tokens", "an integer >= 1", item(root, "max_new_tokens"));
+            goto done;
+        }
+        g->max_new_tokens = (int)d;
+    }
+    rc = 0;
+done:
+    if (rc) memset(g, 0, sizeof *g);
+    cJSON_Delete(root);
+    free(text);
+    free(path);
+    return rc;
 }

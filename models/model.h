@@ -20,6 +20,8 @@
 /* ---------------------------------------------------------------------------------------------
  * config.json */
 
+#define MODEL_MAX_EOS 16  /* end-of-sequence ids a model may have (config + generation_config + tokenizer) */
+
 /* rope_scaling exactly as the config (or --rope-scaling-json, or CLI flags) gives it: raw keys,
  * no derived values. has_* flags say whether a key was present. REFERENCES-rope.md §9. */
 struct rope_scaling {
@@ -81,7 +83,9 @@ struct model_config {
     int *layer_window;           /* (n_layers) sliding window W of each layer, 0 = full causal
                                     attention: the query at position p sees the keys j with
                                     p - W < j <= p (HF Mistral/Qwen2). Owned. */
-    int bos_id, eos_id, pad_id;  /* -1 when absent */
+    int bos_id, eos_id, pad_id;  /* -1 when absent; eos_id is eos_ids[0] */
+    int eos_ids[MODEL_MAX_EOS];  /* eos_token_id: an int or a list; every one ends generation */
+    int n_eos;
     int log_scale;               /* top-level log_scale (CLEX/GeNE), default 0 */
     int string_shift, string_local; /* string_config {shifted_offset, local_value}; 0 = off */
     enum bk_dtype torch_dtype;   /* as stated by the config (informational) */
@@ -101,6 +105,34 @@ int model_config_layer_window(const struct model_config *c, int layer, int max_l
  * the largest of them when they differ, 0 when some layer attends to everything: the keys
  * below p - W + 1 are then needed by no layer, and the engine frees their blocks. */
 int model_config_window_all(const struct model_config *c, int max_len);
+
+/* Add id to c's EOS list (ignored when negative or already there). Returns -1 when the list is
+ * full. Keeps eos_id = eos_ids[0]. */
+int model_config_add_eos(struct model_config *c, int id);
+
+/* ---------------------------------------------------------------------------------------------
+ * generation_config.json: the EOS ids and the sampling defaults a checkpoint recommends.
+ *
+ * What vLLM takes (ModelConfig.try_get_generation_config + get_diff_sampling_param):
+ * GenerationConfig.from_pretrained(dir) - or, without generation_config.json, the generation
+ * keys of config.json (GenerationConfig.from_model_config) - then to_diff_dict(): a value equal
+ * to transformers' default (temperature 1.0, top_k 50, top_p 1.0, repetition_penalty 1.0) or
+ * null counts as absent. Of the sampling keys only temperature, top_p, top_k, min_p,
+ * repetition_penalty and max_new_tokens are used. */
+struct generation_config {
+    int present;                   /* generation_config.json was found */
+    int eos_ids[MODEL_MAX_EOS];    /* eos_token_id: an int or a list */
+    int n_eos;
+    int has_temperature, has_top_p, has_top_k, has_min_p, has_repetition_penalty, has_max_new_tokens;
+    double temperature, top_p, min_p, repetition_penalty;
+    int top_k, max_new_tokens;
+};
+
+/* Read DIR/generation_config.json (or, when it is absent, the same keys from DIR/config.json).
+ * Neither file: zeroed, 0. Errors name the file and the field (a value of the wrong type or out
+ * of range: temperature >= 0, 0 < top_p <= 1, top_k >= -1, 0 <= min_p <= 1,
+ * repetition_penalty > 0, max_new_tokens >= 1). */
+int model_generation_config_load(struct generation_config *g, const char *dir, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * RoPE (rope.c): the scaling method turned into per-pair inverse frequencies and an attention

@@ -174,16 +174,48 @@ static int model_ok(struct server *s, const struct oai_request *r, struct oai_er
                    r->model);
 }
 
+/* generation_config.json's sampling defaults for the fields a request left unset (vLLM:
+ * to_sampling_params takes default_sampling_params.get(field) when the request's is None). */
+static void apply_gen_defaults(const struct server *s, struct oai_request *r)
+{
+    const struct generation_config *g = &s->gen;
+    if (!s->gen_sampling) return;
+    if (g->has_temperature && !(r->given & OAI_GIVEN_TEMPERATURE)) r->sp.temperature = (float)g->temperature;
+    if (g->has_top_p && !(r->given & OAI_GIVEN_TOP_P)) r->sp.top_p = (float)g->top_p;
+    if (g->has_top_k && !(r->given & OAI_GIVEN_TOP_K)) r->sp.top_k = g->top_k > 0 ? g->top_k : 0;
+    if (g->has_min_p && !(r->given & OAI_GIVEN_MIN_P)) r->sp.min_p = (float)g->min_p;
+    if (g->has_repetition_penalty && !(r->given & OAI_GIVEN_REPETITION_PENALTY))
+        r->sp.repetition_penalty = (float)g->repetition_penalty;
+}
+
+/* A chat request -> prompt text -> ids, through the model's template (or a built-in one). */
+static int chat_ids(struct server *s, const struct oai_request *r, const char *body, size_t len, int add_bos,
+                    int32_t **ids, struct oai_error *e)
+{
+    char *text = NULL;
+    if (chat_apply(&s->ct, r, body, len, add_bos, &text, e)) return -1;
+    int n = chat_encode(&s->ct, s->tok, text, ids, e);
+    free(text);
+    /* vLLM: add_special_tokens=true adds BOS on top of what the template wrote */
+    if (n >= 0 && !s->ct.use_builtin && (r->given & OAI_GIVEN_ADD_SPECIAL_TOKENS) && r->add_special_tokens &&
+        tokenizer_bos_id(s->tok) >= 0) {
+        *ids = xrealloc(*ids, sizeof(int32_t) * (size_t)(n + 1));
+        memmove(*ids + 1, *ids, sizeof(int32_t) * (size_t)n);
+        (*ids)[0] = tokenizer_bos_id(s->tok);
+        n++;
+    }
+    return n;
+}
+
 /* Text prompts -> ids (BOS per tokenizer_config's add_bos_token); chat: template -> ids. */
-static int tokenize_prompts(struct server *s, struct oai_request *r, struct oai_error *e)
+static int tokenize_prompts(struct server *s, struct oai_request *r, const char *body, size_t len,
+                            struct oai_error *e)
 {
     char err[ERR_LEN];
+    apply_gen_defaults(s, r);
     if (r->kind == OAI_CHAT) {
-        char *text = NULL;
-        if (chat_render(s->tmpl, r->msgs, r->n_msgs, s->add_bos, &text, e)) return -1;
         int32_t *ids = NULL;
-        int n = chat_encode(s->tok, text, &ids, e);
-        free(text);
+        int n = chat_ids(s, r, body, len, s->add_bos, &ids, e);
         if (n < 0) return -1;
         r->prompts = xcalloc(1, sizeof *r->prompts);
         r->n_prompts = 1;
@@ -199,11 +231,20 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, struct oai_
             p->n_ids = n;
         }
     }
+    const struct generation_config *g = &s->gen;
     for (int i = 0; i < r->n_prompts; i++) {
         if (r->prompts[i].n_ids == 0)
             return oai_err(e, 400, r->kind == OAI_CHAT ? "messages" : "prompt", NULL,
                            "the prompt is empty (0 tokens)");
+        /* vLLM's get_max_tokens: generation_config's max_new_tokens is a chat request's default
+         * (completions default to 16), and a cap besides with --generation-config DIR */
+        if (s->gen_sampling && g->has_max_new_tokens && s->gen_cap_max_tokens && r->max_tokens_set &&
+            r->sp.max_tokens > g->max_new_tokens)
+            r->sp.max_tokens = g->max_new_tokens;
         if (oai_fit_prompt(r, &r->prompts[i], s->max_model_len, e)) return -1;
+        if (s->gen_sampling && g->has_max_new_tokens && !r->max_tokens_set && r->kind == OAI_CHAT &&
+            r->sp.max_tokens > g->max_new_tokens)
+            r->sp.max_tokens = g->max_new_tokens;
     }
     return 0;
 }
@@ -229,7 +270,8 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->t_start = now_s();
     if (oai_parse_request(kind, rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size,
                           s->p.max_n > 0 ? s->p.max_n : 16, &j->req, &e) ||
-        model_ok(s, &j->req, &e) || tokenize_prompts(s, &j->req, &e)) {
+        model_ok(s, &j->req, &e) ||
+        tokenize_prompts(s, &j->req, rc->body.p ? rc->body.p : "", rc->body.len, &e)) {
         job_free(j);
         return respond_error(s, conn, &e, NULL);
     }
@@ -333,6 +375,29 @@ static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum
     return o;
 }
 
+/* The effective generation defaults and EOS ids, for /v1/models. */
+static cJSON *gen_json(const struct server *s)
+{
+    const struct generation_config *g = &s->gen;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "source", s->gen_source);
+    cJSON *d = cJSON_AddObjectToObject(o, "defaults");
+    if (s->gen_sampling) {
+        if (g->has_temperature) cJSON_AddNumberToObject(d, "temperature", g->temperature);
+        if (g->has_top_p) cJSON_AddNumberToObject(d, "top_p", g->top_p);
+        if (g->has_top_k) cJSON_AddNumberToObject(d, "top_k", g->top_k);
+        if (g->has_min_p) cJSON_AddNumberToObject(d, "min_p", g->min_p);
+        if (g->has_repetition_penalty) cJSON_AddNumberToObject(d, "repetition_penalty", g->repetition_penalty);
+        if (g->has_max_new_tokens) cJSON_AddNumberToObject(d, "max_tokens", g->max_new_tokens);
+    }
+    const model_t *md = engine_model(s->eng);
+    cJSON *eos = cJSON_AddArrayToObject(o, "eos_token_ids");
+    if (md)
+        for (int i = 0; i < model_get_config(md)->n_eos; i++)
+            cJSON_AddItemToArray(eos, cJSON_CreateNumber(model_get_config(md)->eos_ids[i]));
+    return o;
+}
+
 static enum MHD_Result handle_models(struct server *s, struct MHD_Connection *conn)
 {
     cJSON *root = cJSON_CreateObject();
@@ -346,7 +411,12 @@ static enum MHD_Result handle_models(struct server *s, struct MHD_Connection *co
     cJSON_AddStringToObject(m, "root", s->model_dir ? s->model_dir : s->model_name);
     cJSON_AddNullToObject(m, "parent");
     cJSON_AddNumberToObject(m, "max_model_len", s->max_model_len);
-    cJSON_AddStringToObject(m, "chat_template", chat_template_name(s->tmpl));
+    cJSON_AddStringToObject(m, "chat_template", chat_templates_describe(&s->ct));
+    if (s->ct.n_named) {
+        cJSON *names = cJSON_AddArrayToObject(m, "chat_templates");
+        for (int i = 0; i < s->ct.n_named; i++) cJSON_AddItemToArray(names, cJSON_CreateString(s->ct.names[i]));
+    }
+    cJSON_AddItemToObject(m, "generation_config", gen_json(s));
     const model_t *md = engine_model(s->eng);
     const struct rope *r = md ? model_get_rope(md) : NULL;
     if (r) cJSON_AddItemToObject(m, "rope", rope_json(r, model_get_config(md), engine_get_rope_mode(s->eng)));
@@ -370,13 +440,7 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
     int n;
     char err[ERR_LEN];
     if (r.kind == OAI_CHAT) {
-        char *text = NULL;
-        if (chat_render(s->tmpl, r.msgs, r.n_msgs, s->add_bos && r.add_special_tokens, &text, &e)) {
-            oai_request_free(&r);
-            return respond_error(s, conn, &e, NULL);
-        }
-        n = chat_encode(s->tok, text, &ids, &e);
-        free(text);
+        n = chat_ids(s, &r, rc->body.p ? rc->body.p : "", rc->body.len, s->add_bos && r.add_special_tokens, &ids, &e);
     } else {
         const char *t = r.prompts[0].text;
         n = tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
@@ -637,11 +701,12 @@ int server_start(server_t **out, const struct server_params *p, char *err)
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->idle_cv, NULL);
     s->metrics = metrics_new();
-    s->tmpl = CHAT_TEMPLATE_PLAIN;
+    s->ct.use_builtin = 1;
+    s->ct.selected = -1;
     if (p->api_key && *p->api_key) s->api_key = xstrdup(p->api_key);
     else if (p->api_key_file && !(s->api_key = read_key_file(p->api_key_file, err))) goto fail;
-    if (p->chat_template && chat_template_from_name(p->chat_template) < 0) {
-        set_err(err, -1, "--chat-template %s: unknown (llama-2, chatml, plain)", p->chat_template);
+    if (p->generation_config && !*p->generation_config) {
+        set_err(err, -1, "--generation-config: expected auto, vllm or a directory");
         goto fail;
     }
     {
@@ -692,67 +757,47 @@ fail:
     return -1;
 }
 
-/* tokenizer_config.json: chat_template (a string, or a list of {name, template}) and
- * add_bos_token. A missing or unreadable file leaves the defaults. */
-static void read_tokenizer_config(struct server *s, const char *dir, const char **tmpl_src)
+int server_load_model_config(server_t *s, const char *model_dir, char *err)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    struct strbuf b = {0};
-    char buf[8192];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) sb_append(&b, buf, n);
-    fclose(f);
-    cJSON *root = b.p ? cJSON_ParseWithLength(b.p, b.len) : NULL;
-    sb_free(&b);
-    if (!root) {
-        LOG_W("%s: not valid JSON, ignored", path);
-        return;
-    }
-    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "add_bos_token");
-    if (cJSON_IsBool(bos)) s->add_bos = cJSON_IsTrue(bos);
-    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
-    const char *jinja = NULL;
-    if (cJSON_IsString(ct)) jinja = ct->valuestring;
-    else if (cJSON_IsArray(ct)) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, ct) {
-            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
-            const cJSON *tp = cJSON_GetObjectItemCaseSensitive(it, "template");
-            if (cJSON_IsString(tp) && (!jinja || (cJSON_IsString(nm) && !strcmp(nm->valuestring, "default"))))
-                jinja = tp->valuestring;
-        }
-    }
-    if (jinja) {
-        s->tmpl = chat_template_detect(jinja);
-        *tmpl_src = "tokenizer_config.json";
-    }
-    cJSON_Delete(root);
+    struct chat_templates ct;
+    if (chat_templates_load(&ct, model_dir, s->p.chat_template, err)) return -1;
+    chat_templates_free(&s->ct);
+    s->ct = ct;
+    /* --generation-config: auto (the model's), vllm (none: vLLM's neutral defaults), or a
+     * directory holding a generation_config.json (its max_new_tokens also caps requests) */
+    const char *mode = s->p.generation_config ? s->p.generation_config : "auto";
+    const char *dir = !strcmp(mode, "auto") || !strcmp(mode, "vllm") ? model_dir : mode;
+    s->gen_sampling = strcmp(mode, "vllm") != 0;
+    s->gen_cap_max_tokens = dir != model_dir;
+    memset(&s->gen, 0, sizeof s->gen);
+    if (dir && model_generation_config_load(&s->gen, dir, err)) return -1;
+    if (!s->gen_sampling)
+        snprintf(s->gen_source, sizeof s->gen_source, "--generation-config vllm (the model's sampling defaults unused)");
+    else if (!dir)
+        snprintf(s->gen_source, sizeof s->gen_source, "no model directory");
+    else
+        snprintf(s->gen_source, sizeof s->gen_source, "%s/%s", dir,
+                 s->gen.present ? "generation_config.json" : "config.json (no generation_config.json)");
+    s->config_loaded = 1;
+    return 0;
 }
 
 int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const char *model_dir,
                       char *err)
 {
     if (!s || !e || !tok) return set_err(err, -1, "server_set_engine: engine and tokenizer needed");
+    if (!s->config_loaded && server_load_model_config(s, model_dir, err)) return -1;
     s->tok = tok;
     s->max_model_len = engine_max_model_len(e);
     int tv = tokenizer_vocab_size(tok);
     const model_t *m = engine_model(e);
     int mv = m ? model_get_config(m)->vocab_size : tv;
     s->vocab_size = (mv > 0 && mv < tv) ? mv : tv;
-    s->add_bos = tokenizer_bos_id(tok) >= 0;
-    const char *tmpl_src = "default";
+    s->add_bos = tokenizer_bos_id(tok) >= 0 && s->ct.add_bos != 0;
+    chat_templates_set_tokenizer(&s->ct, tok);
     if (model_dir) {
         free(s->model_dir);
         s->model_dir = xstrdup(model_dir);
-        read_tokenizer_config(s, model_dir, &tmpl_src);
-        if (tokenizer_bos_id(tok) < 0) s->add_bos = 0;
-    }
-    if (s->p.chat_template) {
-        s->tmpl = (enum chat_template)chat_template_from_name(s->p.chat_template);
-        tmpl_src = "--chat-template";
     }
     free(s->model_name);
     if (s->p.served_model_name && *s->p.served_model_name) {
@@ -767,9 +812,26 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     } else {
         s->model_name = xstrdup("ropeserve");
     }
-    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s (%s), BOS %s%s",
-          s->model_name, s->max_model_len, s->vocab_size, chat_template_name(s->tmpl), tmpl_src,
-          s->add_bos ? "on" : "off", s->api_key ? ", API key required" : "");
+    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s, BOS %s%s", s->model_name,
+          s->max_model_len, s->vocab_size, chat_templates_describe(&s->ct), s->add_bos ? "on" : "off",
+          s->api_key ? ", API key required" : "");
+    for (int i = 0; i < s->ct.n_named; i++)
+        if (!s->ct.named[i]) LOG_W("%s (requests that select it get a 400)", s->ct.named_err[i]);
+    struct strbuf b = {0};
+    sb_append(&b, "", 0);
+    const struct generation_config *g = &s->gen;
+    if (s->gen_sampling) {
+        if (g->has_temperature) sb_printf(&b, " temperature %g", g->temperature);
+        if (g->has_top_p) sb_printf(&b, " top_p %g", g->top_p);
+        if (g->has_top_k) sb_printf(&b, " top_k %d", g->top_k);
+        if (g->has_min_p) sb_printf(&b, " min_p %g", g->min_p);
+        if (g->has_repetition_penalty) sb_printf(&b, " repetition_penalty %g", g->repetition_penalty);
+        if (g->has_max_new_tokens) sb_printf(&b, " max_tokens %d%s", g->max_new_tokens, s->gen_cap_max_tokens ? " (cap)" : "");
+    }
+    sb_puts(&b, "; EOS ids");
+    for (int i = 0; m && i < model_get_config(m)->n_eos; i++) sb_printf(&b, " %d", model_get_config(m)->eos_ids[i]);
+    LOG_I("generation defaults from %s:%s%s", s->gen_source, b.p[0] == ';' ? " none (requests set their own)" : "", b.p);
+    sb_free(&b);
     __atomic_store_n(&s->eng, e, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->state, SERVER_READY, __ATOMIC_SEQ_CST);
     return 0;
@@ -812,5 +874,6 @@ void server_stop(server_t *s)
     free(s->api_key);
     free(s->model_name);
     free(s->model_dir);
+    chat_templates_free(&s->ct);
     free(s);
 }

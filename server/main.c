@@ -89,7 +89,10 @@ static const struct flag flags[] = {
     {"--max-body-mb", "N", "largest request body (default 8)", C_SERVE},
     {"--request-timeout", "S", "cancel a request after S seconds (default: none)", C_SERVE},
     {"--served-model-name", "NAME", "model name in the API (default: the directory name)", C_SERVE},
-    {"--chat-template", "NAME", "llama-2, chatml or plain (default: from tokenizer_config.json)", C_SERVE},
+    {"--chat-template", "NAME|FILE", "chat template: one of the checkpoint's (tokenizer_config.json lists names), "
+     "llama-2, chatml, plain, a Jinja file or the template text (default: the checkpoint's)", C_SERVE},
+    {"--generation-config", "auto|vllm|DIR", "sampling defaults: the model's generation_config.json (auto), none "
+     "(vllm), or DIR's; requests override them; EOS ids are read in every mode (default auto)", C_RUN},
     {"--drain-timeout", "S", "on SIGTERM, wait this long for running requests (default 30)", C_SERVE},
     {"--prompt", "TEXT", "prompt text (BOS is added)", C_GEN},
     {"--prompt-ids", "1,2,3", "prompt token ids, used as given (no BOS added)", C_GEN},
@@ -221,6 +224,7 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--request-timeout")) o->sp.request_timeout_s = (int)parse_int(f, v, 0, 1 << 24);
     else if (IS("--served-model-name")) o->sp.served_model_name = v;
     else if (IS("--chat-template")) o->sp.chat_template = v;
+    else if (IS("--generation-config")) o->sp.generation_config = v;
     else if (IS("--drain-timeout")) o->drain_timeout = parse_num(f, v, 0, 1e6);
     else if (IS("--prompt")) o->prompt = v;
     else if (IS("--prompt-ids")) o->prompt_ids = v;
@@ -333,7 +337,15 @@ static void load_all(struct opts *o, struct loaded *L)
     if (tokenizer_vocab_size(L->tok) > L->cfg.vocab_size)
         die("%s: the tokenizer has %d tokens but config.json field 'vocab_size' is %d", o->model,
             tokenizer_vocab_size(L->tok), L->cfg.vocab_size);
-    if (L->cfg.eos_id < 0) L->cfg.eos_id = tokenizer_eos_id(L->tok);
+    /* every EOS id ends generation: config.json's, generation_config.json's (--generation-config
+     * DIR's when given) and the tokenizer's (vLLM stops on each of them) */
+    const char *gmode = o->sp.generation_config ? o->sp.generation_config : "auto";
+    const char *gdir = (!strcmp(gmode, "auto") || !strcmp(gmode, "vllm")) ? o->model : gmode;
+    struct generation_config gc;
+    if (model_generation_config_load(&gc, gdir, err) < 0) die("%s", err);
+    for (int i = 0; i < gc.n_eos; i++)
+        if (model_config_add_eos(&L->cfg, gc.eos_ids[i]) < 0) die("%s: more than %d EOS ids", gdir, MODEL_MAX_EOS);
+    if (model_config_add_eos(&L->cfg, tokenizer_eos_id(L->tok)) < 0) die("%s: more than %d EOS ids", o->model, MODEL_MAX_EOS);
     if (L->cfg.bos_id < 0) L->cfg.bos_id = tokenizer_bos_id(L->tok);
     if (backend_init(&L->be, &o->bp, err) < 0) die("%s", err);
     char desc[256];
@@ -580,6 +592,7 @@ static int cmd_serve(struct opts *o)
 
     server_t *srv;
     if (server_start(&srv, &o->sp, err) < 0) die("%s", err);
+    if (server_load_model_config(srv, o->model, err) < 0) die("%s", err);
     LOG_I("listening on http://%s:%d (loading the model; /health answers 503 until ready)", o->sp.host, o->sp.port);
     struct loaded L;
     memset(&L, 0, sizeof L);

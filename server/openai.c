@@ -446,7 +446,7 @@ static const struct field_rule fields[] = {
     {"prompt", K_CMPL | K_TOK, F_IMPL, W_ANY, NULL},
     {"messages", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
     {"tokens", K_DETOK, F_IMPL, W_ANY, NULL},
-    {"add_special_tokens", K_CMPL | K_TOK, F_IMPL, W_ANY, NULL},
+    {"add_special_tokens", K_GEN | K_TOK, F_IMPL, W_ANY, NULL},
     {"return_token_strs", K_TOK, F_IMPL, W_ANY, NULL},
     {"n", K_GEN, F_IMPL, W_ANY, NULL},
     {"best_of", K_CMPL, F_IMPL, W_ANY, NULL},
@@ -482,7 +482,12 @@ static const struct field_rule fields[] = {
     {"suffix", K_CMPL, F_IMPL, W_ANY, NULL},
     {"response_format", K_GEN, F_IMPL, W_ANY, NULL},
     {"tools", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
-    {"tool_choice", K_CHAT, F_IMPL, W_ANY, NULL},
+    {"tool_choice", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
+    {"chat_template", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
+    {"chat_template_kwargs", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
+    {"add_generation_prompt", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
+    {"continue_final_message", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
+    {"documents", K_CHAT | K_TOK, F_IMPL, W_ANY, NULL},
     {"function_call", K_CHAT, F_IMPL, W_ANY, NULL},
     {"modalities", K_CHAT, F_IMPL, W_ANY, NULL},
     {"service_tier", K_GEN, F_IMPL, W_ANY, NULL},
@@ -495,7 +500,7 @@ static const struct field_rule fields[] = {
     {"stream_interval", K_GEN, F_NOOP, W_INT, NULL},       /* chunking only: tokens go out as they come */
     {"sse_ping_interval", K_GEN, F_NOOP, W_NUM, NULL},     /* ": keep-alive" every 5 s regardless */
     {"prediction", K_CHAT, F_NOOP, W_OBJ, NULL},           /* a latency hint */
-    {"parallel_tool_calls", K_CHAT, F_NOOP, W_BOOL, NULL}, /* no tools */
+    {"parallel_tool_calls", K_CHAT, F_NOOP, W_BOOL, NULL}, /* tool_choice is always "none" */
     {"return_token_offsets", K_GEN, F_NOOP, W_BOOL, NULL}, /* vLLM: render endpoints only */
     {"return_mm_kwargs", K_GEN, F_NOOP, W_BOOL, NULL},     /* vLLM: render endpoints only */
     {"id_slot", K_GEN, F_NOOP, W_INT, NULL},               /* llama.cpp's slot: ours are all alike */
@@ -540,7 +545,7 @@ static const struct field_rule fields[] = {
     {"repetition_min_count", K_GEN, F_NEUTRAL, W_ZERO, NULL},
     {"thinking_token_budget", K_GEN, F_NEUTRAL, W_MINUS1, "no reasoning parser"},
     {"include_reasoning", K_CHAT, F_NEUTRAL, W_TRUE, "no reasoning parser"},
-    {"reasoning_effort", K_CHAT, F_NEUTRAL, W_NULL, "a chat-template argument"},
+    {"reasoning_effort", K_CHAT, F_NEUTRAL, W_NULL, "send it to the template in chat_template_kwargs"},
     {"watermarking", K_GEN, F_NEUTRAL, W_FALSE, NULL},
     {"mm_processor_kwargs", K_CHAT | K_TOK, F_NEUTRAL, W_EMPTY, "text only"},
     {"audio", K_CHAT, F_NEUTRAL, W_NULL, "text only"},
@@ -548,14 +553,7 @@ static const struct field_rule fields[] = {
     {"verbosity", K_CHAT, F_NEUTRAL, W_NULL, NULL},
     {"web_search_options", K_CHAT, F_NEUTRAL, W_NULL, "no web search"},
     {"functions", K_CHAT, F_NEUTRAL, W_EMPTY, "no function calling"},
-    /* chat-template fields: the fixed templates (chat.c) cannot honour them yet */
     {"echo", K_CHAT, F_NEUTRAL, W_FALSE, "chat echo"},
-    {"add_special_tokens", K_CHAT, F_NEUTRAL, W_FALSE, "the chat template places BOS"},
-    {"chat_template", K_CHAT | K_TOK, F_NEUTRAL, W_NULL, "no per-request template (see --chat-template)"},
-    {"chat_template_kwargs", K_CHAT | K_TOK, F_NEUTRAL, W_EMPTY, "fixed chat templates"},
-    {"add_generation_prompt", K_CHAT | K_TOK, F_NEUTRAL, W_TRUE, "fixed chat templates"},
-    {"continue_final_message", K_CHAT | K_TOK, F_NEUTRAL, W_FALSE, "fixed chat templates"},
-    {"documents", K_CHAT, F_NEUTRAL, W_EMPTY, "fixed chat templates"},
     /* llama.cpp's samplers and options */
     {"n_predict", K_GEN, F_NEUTRAL, W_NULL, "use max_tokens"},
     {"n_probs", K_GEN, F_NEUTRAL, W_ZERO, "use logprobs"},
@@ -775,7 +773,8 @@ static int parse_prompt(const cJSON *root, int vocab_size, struct oai_request *r
     return 0;
 }
 
-/* content: a string, or a list of {"type":"text","text":...} parts (concatenated). */
+/* content: a string, or a list of {"type":"text","text":...} parts (joined with "\n", as vLLM's
+ * parse_chat_messages joins them). */
 static int parse_content(const cJSON *c, int i, char **out, struct oai_error *e)
 {
     if (!c) {
@@ -807,29 +806,72 @@ static int parse_content(const cJSON *c, int i, char **out, struct oai_error *e)
             sb_free(&b);
             return -1;
         }
+        if (part != c->child) sb_puts(&b, "\n");
         sb_puts(&b, text->valuestring);
     }
     *out = b.p;
     return 0;
 }
 
-/* A message's own fields: role and content are read; the others the fixed templates cannot
- * show the model, so they are refused unless empty. */
-static int check_message_keys(const cJSON *msg, int i, struct oai_error *e)
+/* A message's own fields. role and content are read; name, tool_calls (assistant), tool_call_id
+ * (tool), reasoning (assistant), task and tools (developer) reach a Jinja chat template as vLLM
+ * gives them (jinja.c chat_messages); parse_messages checks their types and records the first
+ * one that is set (a built-in template cannot show it: chat_apply refuses it there). Fields no
+ * template is given (function_call, refusal, reasoning_content, audio, or a field of another
+ * role) are refused unless empty: the model would not see them. */
+static int check_message_keys(const cJSON *msg, int i, enum chat_role role, int developer,
+                              struct oai_request *r, struct oai_error *e)
 {
-    static const char *unshown[] = {"name", "tool_calls", "tool_call_id", "function_call", "refusal",
-                                    "reasoning_content", "reasoning", "audio"};
+    static const char *const unshown[] = {"function_call", "refusal", "reasoning_content", "audio"};
     const cJSON *k;
     cJSON_ArrayForEach(k, msg) {
-        if (!strcmp(k->string, "role") || !strcmp(k->string, "content")) continue;
-        int known = 0;
-        for (size_t u = 0; u < sizeof unshown / sizeof *unshown; u++) known |= !strcmp(k->string, unshown[u]);
+        const char *ks = k->string;
+        if (!strcmp(ks, "role") || !strcmp(ks, "content")) continue;
+        int shown = !strcmp(ks, "name") || !strcmp(ks, "task") ||
+                    (!strcmp(ks, "tool_calls") && role == CHAT_ASSISTANT) ||
+                    (!strcmp(ks, "reasoning") && role == CHAT_ASSISTANT) ||
+                    (!strcmp(ks, "tool_call_id") && role == CHAT_TOOL) ||
+                    (!strcmp(ks, "tools") && developer);
+        int known = shown || !strcmp(ks, "tool_calls") || !strcmp(ks, "reasoning") ||
+                    !strcmp(ks, "tool_call_id") || !strcmp(ks, "tools");
+        for (size_t u = 0; u < sizeof unshown / sizeof *unshown; u++) known |= !strcmp(ks, unshown[u]);
         if (!known)
             return oai_err(e, 400, "messages", "unknown_parameter", "messages[%d] has an unknown field "
-                           "'%.60s' (role, content)", i, k->string);
+                           "'%.60s' (role, content, name, tool_calls, tool_call_id, reasoning)", i, ks);
         if (cJSON_IsNull(k) || want_ok(k, W_EMPTY)) continue;
-        return oai_err(e, 400, "messages", "unsupported_parameter", "messages[%d].%s is not supported by the "
-                       "chat template (the model would not see it)", i, k->string);
+        if (!shown)
+            return oai_err(e, 400, "messages", "unsupported_parameter", "messages[%d].%s is not supported %s(the "
+                           "chat template would not see it)", i, ks,
+                           !strcmp(ks, "tool_calls") || !strcmp(ks, "reasoning") ? "on a non-assistant message "
+                           : !strcmp(ks, "tool_call_id") ? "on a non-tool message "
+                           : !strcmp(ks, "tools") ? "on a non-developer message " : "");
+        if (!r->template_only_field[0]) {
+            r->template_only_msg = i;
+            snprintf(r->template_only_field, sizeof r->template_only_field, "%s", ks);
+        }
+    }
+    return 0;
+}
+
+/* An assistant message's tool_calls: [{"id"?, "type"?, "function": {"name": str, "arguments": str |
+ * object}}] (what a chat template reads; the body itself goes to the template). */
+static int check_tool_calls(const cJSON *tc, int i, struct oai_error *e)
+{
+    if (!cJSON_IsArray(tc))
+        return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls must be a list, got %s", i, json_type_name(tc));
+    int k = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, tc) {
+        const cJSON *fn = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        const cJSON *args = cJSON_IsObject(fn) ? field(fn, "arguments") : NULL;
+        if (!cJSON_IsString(name))
+            return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls[%d] needs \"function\": {\"name\": "
+                           "string, \"arguments\": string}", i, k);
+        if (args && !cJSON_IsString(args) && !cJSON_IsObject(args))
+            return oai_err(e, 400, "messages", NULL, "messages[%d].tool_calls[%d].function.arguments must be a "
+                           "JSON string (or an object), got %s", i, k, json_type_name(args));
+        k++;
     }
     return 0;
 }
@@ -853,7 +895,6 @@ static int parse_messages(const cJSON *root, struct oai_request *r, struct oai_e
         if (!cJSON_IsObject(it))
             return oai_err(e, 400, "messages", NULL, "messages[%d] must be an object, got %s", i,
                            json_type_name(it));
-        if (check_message_keys(it, i, e)) return -1;
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
         if (!cJSON_IsString(role))
             return oai_err(e, 400, "messages", NULL, "messages[%d].role must be a string", i);
@@ -861,11 +902,22 @@ static int parse_messages(const cJSON *root, struct oai_request *r, struct oai_e
         if (!strcmp(rs, "system") || !strcmp(rs, "developer")) r->msgs[i].role = CHAT_SYSTEM;
         else if (!strcmp(rs, "user")) r->msgs[i].role = CHAT_USER;
         else if (!strcmp(rs, "assistant")) r->msgs[i].role = CHAT_ASSISTANT;
+        else if (!strcmp(rs, "tool")) r->msgs[i].role = CHAT_TOOL;
         else
             return oai_err(e, 400, "messages", NULL,
-                           "messages[%d].role '%.32s' is not supported (system, user, assistant)",
-                           i, rs);
+                           "messages[%d].role '%.32s' is not supported (system, developer, user, "
+                           "assistant, tool)", i, rs);
         r->n_msgs = i + 1; /* so that oai_request_free frees what is filled */
+        if (check_message_keys(it, i, r->msgs[i].role, !strcmp(rs, "developer"), r, e)) return -1;
+        const cJSON *tc = field(it, "tool_calls");
+        if (tc && r->msgs[i].role == CHAT_ASSISTANT && check_tool_calls(tc, i, e)) return -1;
+        static const char *const str_fields[] = {"tool_call_id", "name", "reasoning", "task"};
+        for (int k = 0; k < 4; k++) {
+            const cJSON *v = field(it, str_fields[k]);
+            if (v && !cJSON_IsString(v))
+                return oai_err(e, 400, "messages", NULL, "messages[%d].%s must be a string, got %s", i,
+                               str_fields[k], json_type_name(v));
+        }
         if (parse_content(field(it, "content"), i, &r->msgs[i].content, e)) return -1;
         i++;
     }
@@ -1002,6 +1054,11 @@ static int parse_sampling(const cJSON *root, const struct body_scan *bs, enum oa
 {
     struct sampling_params *sp = &r->sp;
     long long v;
+    static const struct { const char *name; unsigned bit; } given[] = {
+        {"temperature", OAI_GIVEN_TEMPERATURE}, {"top_p", OAI_GIVEN_TOP_P}, {"top_k", OAI_GIVEN_TOP_K},
+        {"min_p", OAI_GIVEN_MIN_P}, {"repetition_penalty", OAI_GIVEN_REPETITION_PENALTY}};
+    for (size_t i = 0; i < sizeof given / sizeof *given; i++)
+        if (field(root, given[i].name)) r->given |= given[i].bit;
     if (get_num(root, "temperature", 0, 2, &sp->temperature, e)) return -1;
     if (get_num(root, "top_p", 0, 1, &sp->top_p, e)) return -1;
     if (field(root, "top_p") && sp->top_p <= 0)
@@ -1197,20 +1254,78 @@ static int parse_common(const cJSON *root, const struct body_scan *bs, enum oai_
     return 0;
 }
 
-/* Chat fields about tools and output modalities: accepted only when they change nothing. */
+/* The chat-template fields (vLLM's): add_generation_prompt, continue_final_message, tools and
+ * tool_choice, chat_template_kwargs, documents, chat_template (a template name). The template
+ * reads tools, kwargs and documents from the body itself; here they are only type-checked.
+ * /tokenize (tokenize = 1) renders tools without a tool_choice: it generates nothing. */
+static int parse_template_fields(const cJSON *root, struct oai_request *r, int tokenize, struct oai_error *e)
+{
+    r->add_generation_prompt = 1;
+    if (get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e) ||
+        get_bool(root, "continue_final_message", &r->continue_final_message, e))
+        return -1;
+    if (r->add_generation_prompt && r->continue_final_message)
+        return oai_err(e, 400, "continue_final_message", NULL,
+                       "Cannot set both `continue_final_message` and `add_generation_prompt` to True.");
+    const cJSON *ct = field(root, "chat_template");
+    if (ct) {
+        if (!cJSON_IsString(ct))
+            return oai_err(e, 400, "chat_template", NULL, "'chat_template' must be a string, got %s", json_type_name(ct));
+        r->chat_template = xstrdup(ct->valuestring);
+    }
+    const cJSON *kw = field(root, "chat_template_kwargs");
+    if (kw && !cJSON_IsObject(kw))
+        return oai_err(e, 400, "chat_template_kwargs", NULL, "'chat_template_kwargs' must be an object, got %s",
+                       json_type_name(kw));
+    const cJSON *docs = field(root, "documents"), *it;
+    if (docs) {
+        if (!cJSON_IsArray(docs))
+            return oai_err(e, 400, "documents", NULL, "'documents' must be a list of objects, got %s", json_type_name(docs));
+        cJSON_ArrayForEach(it, docs)
+            if (!cJSON_IsObject(it)) return oai_err(e, 400, "documents", NULL, "'documents' must be a list of objects");
+    }
+    r->has_template_kwargs = (kw && cJSON_GetArraySize(kw) > 0) || docs;
+    const cJSON *tools = field(root, "tools");
+    if (tools) {
+        if (!cJSON_IsArray(tools))
+            return oai_err(e, 400, "tools", NULL, "'tools' must be a list, got %s", json_type_name(tools));
+        int k = 0;
+        cJSON_ArrayForEach(it, tools) {
+            const cJSON *type = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "type") : NULL;
+            const cJSON *fn = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "function") : NULL;
+            const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+            if ((type && (!cJSON_IsString(type) || strcmp(type->valuestring, "function"))) || !cJSON_IsString(name))
+                return oai_err(e, 400, "tools", NULL, "tools[%d] must be {\"type\": \"function\", \"function\": "
+                               "{\"name\": string, ...}}", k);
+            k++;
+        }
+        r->has_tools = k > 0;
+    }
+    /* vLLM's rule: tools without tool_choice mean "auto", and "auto" (or "required", or a named
+     * function) needs a tool-call parser turning the model's text into tool_calls. ropeserve has
+     * none, so only "none" is honoured: the tools are rendered into the prompt and the answer
+     * comes back as text. */
+    const cJSON *tc = field(root, "tool_choice");
+    if (tc && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"))) {
+        if (!cJSON_IsString(tc) && !cJSON_IsObject(tc))
+            return oai_err(e, 400, "tool_choice", NULL, "'tool_choice' must be a string or an object, got %s",
+                           json_type_name(tc));
+        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tool_choice' %s%s%s needs a tool-call parser, "
+                       "which ropeserve does not have; send \"tool_choice\": \"none\" to render the tools into the "
+                       "prompt and get the model's text back", cJSON_IsString(tc) ? "\"" : "",
+                       cJSON_IsString(tc) ? tc->valuestring : "(a named function)", cJSON_IsString(tc) ? "\"" : "");
+    }
+    if (r->has_tools && !tc && !tokenize)
+        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tools' without 'tool_choice' means "
+                       "\"auto\", which needs a tool-call parser ropeserve does not have; send \"tool_choice\": "
+                       "\"none\" to render the tools into the prompt and get the model's text back");
+    return 0;
+}
+
+/* Chat fields about function calling and output modalities: accepted only when they change
+ * nothing (tools and tool_choice are parse_template_fields'). */
 static int parse_chat_extras(const cJSON *root, struct oai_error *e)
 {
-    const cJSON *tools = field(root, "tools");
-    if (tools && !cJSON_IsArray(tools))
-        return oai_err(e, 400, "tools", NULL, "'tools' must be a list of tool definitions, got %s",
-                       json_type_name(tools));
-    if (tools && tools->child)
-        return oai_err(e, 400, "tools", "unsupported_parameter", "'tools' (function calling) is not "
-                       "supported by this server");
-    const cJSON *tc = field(root, "tool_choice");
-    if (tc && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")))
-        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tool_choice' other than \"none\" needs "
-                       "'tools', which this server does not support");
     const cJSON *fc = field(root, "function_call");
     if (fc && !(cJSON_IsString(fc) && !strcmp(fc->valuestring, "none")))
         return oai_err(e, 400, "function_call", "unsupported_parameter", "'function_call' other than \"none\" "
@@ -1312,7 +1427,10 @@ int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int voca
             goto done;
         }
         r->logprobs = want ? (int)k : -1;
-        if (parse_chat_extras(root, e)) goto done;
+        if (parse_chat_extras(root, e) || parse_template_fields(root, r, 0, e)) goto done;
+        r->add_special_tokens = 0; /* vLLM's chat default: the template writes BOS itself */
+        if (field(root, "add_special_tokens")) r->given |= OAI_GIVEN_ADD_SPECIAL_TOKENS;
+        if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
     }
     r->sp.n_logprobs = r->logprobs > 0 ? r->logprobs : 0;
     /* one path for prompt-token logprobs: echo + logprobs (completions) and prompt_logprobs;
@@ -1342,16 +1460,12 @@ int oai_parse_tokenize(const char *body, size_t len, struct oai_request *r, stru
         goto done;
     }
     if (model) r->model = xstrdup(model->valuestring);
+    if (field(root, "add_special_tokens")) r->given |= OAI_GIVEN_ADD_SPECIAL_TOKENS;
     if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
     if (field(root, "return_token_strs")) {
         int v = 0;
         if (get_bool(root, "return_token_strs", &v, e)) goto done;
         r->return_token_strs = v;
-    }
-    const cJSON *tools = field(root, "tools");
-    if (tools && (!cJSON_IsArray(tools) || tools->child)) {
-        oai_err(e, 400, "tools", "unsupported_parameter", "'tools' must be an empty list (no function calling)");
-        goto done;
     }
     if (field(root, "messages")) {
         if (field(root, "prompt")) {
@@ -1359,8 +1473,16 @@ int oai_parse_tokenize(const char *body, size_t len, struct oai_request *r, stru
             goto done;
         }
         r->kind = OAI_CHAT;
-        if (parse_messages(root, r, e)) goto done;
+        if (parse_messages(root, r, e) || parse_template_fields(root, r, 1, e)) goto done;
     } else {
+        static const char *const chat_only[] = {"add_generation_prompt", "continue_final_message", "chat_template",
+                                                "chat_template_kwargs", "documents", "tools", "tool_choice"};
+        for (size_t k = 0; k < sizeof chat_only / sizeof *chat_only; k++)
+            if (field(root, chat_only[k])) {
+                oai_err(e, 400, chat_only[k], NULL, "'%s' applies to 'messages' (a chat template), not to "
+                        "'prompt'", chat_only[k]);
+                goto done;
+            }
         const cJSON *p = field(root, "prompt");
         if (!cJSON_IsString(p)) {
             oai_err(e, 400, "prompt", NULL, "'prompt' must be a string (or send 'messages')");
@@ -1424,6 +1546,8 @@ void oai_request_free(struct oai_request *r)
     free(r->msgs);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->sp.stop_ids);
+    free(r->chat_template);
+    r->chat_template = NULL;
     r->model = NULL;
     r->prompts = NULL;
     r->msgs = NULL;

@@ -26,7 +26,11 @@ struct server_params {
     double max_body_mb;            /* default 8 */
     int request_timeout_s;         /* 0: none */
     const char *served_model_name; /* default: the model directory's basename */
-    const char *chat_template;     /* NULL: recognised from tokenizer_config.json */
+    const char *chat_template;     /* NULL: tokenizer_config.json's; else a template name of the
+                                      checkpoint, a built-in (llama-2, chatml, plain), a file or
+                                      the template text */
+    const char *generation_config; /* "auto" (NULL): the model's generation_config.json
+                                      defaults; "vllm": none; else a directory holding one */
     int max_n;                     /* most choices per request (n x prompts), default 16 */
     int n_threads;                 /* HTTP worker threads, default 16 */
 };
@@ -36,8 +40,13 @@ struct server_params server_default_params(void);
 typedef struct server server_t;
 
 int server_start(server_t **out, const struct server_params *p, char *err);
+/* Read model_dir's chat templates (tokenizer_config.json, chat_template.jinja, --chat-template)
+ * and generation defaults (generation_config.json) before the weights load, so that a template
+ * ropeserve cannot render fails at once. Errors name the file and the construct. */
+int server_load_model_config(server_t *s, const char *model_dir, char *err);
 /* Attach the loaded engine/tokenizer (borrowed: they outlive the server); model_dir is used for
- * tokenizer_config.json (chat template) and the default served model name. */
+ * the default served model name (and the model config, when server_load_model_config() has not
+ * run). */
 int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const char *model_dir, char *err);
 void server_drain(server_t *s);
 /* Returns 1 when idle, 0 when the timeout passed with requests still in flight. */

@@ -4,7 +4,9 @@
  *              (non-streaming) request loop
  *   openai.c   cJSON <-> C structs: request parsing/validation (struct oai_request), error and
  *              response rendering; a growable string buffer
- *   chat.c     chat templates (llama-2 [INST], ChatML, plain) -> prompt text
+ *   chat.c     chat templates: the checkpoint's Jinja template or a built-in one (llama-2
+ *              [INST], ChatML, plain) -> prompt text -> token ids
+ *   jinja.c    the Jinja2 subset Hugging Face chat templates are written in
  *   sse.c      the job: a set of choices (one engine stream each), events -> text with stop
  *              strings, logprobs; the SSE content-reader callback
  *   metrics.c  counters and histograms, Prometheus text
@@ -68,7 +70,7 @@ char *oai_error_json(const struct oai_error *e);
 
 enum oai_kind { OAI_COMPLETION = 0, OAI_CHAT };
 
-enum chat_role { CHAT_SYSTEM = 0, CHAT_USER, CHAT_ASSISTANT };
+enum chat_role { CHAT_SYSTEM = 0, CHAT_USER, CHAT_ASSISTANT, CHAT_TOOL };
 
 struct chat_message {
     enum chat_role role;
@@ -108,6 +110,22 @@ struct oai_request {
     uint64_t cache_salt;            /* 0: none */
     char request_id[32];            /* "": ours; else the response id is "cmpl-<request_id>" */
     int return_token_strs;          /* /tokenize: -1 absent, else 0/1 */
+    /* chat templates (vLLM's fields; the template itself reads tools/kwargs from the body) */
+    int add_generation_prompt;      /* default 1 */
+    int continue_final_message;     /* default 0 */
+    int has_tools;                  /* a non-empty "tools" list */
+    int has_template_kwargs;        /* "chat_template_kwargs" or "documents" given */
+    char *chat_template;            /* "chat_template": one of the model's template names; owned */
+    char template_only_field[16];   /* "": none; else the first message field only a Jinja template
+                                       shows (name, tool_calls, ...), in messages[template_only_msg] */
+    int template_only_msg;
+    unsigned given;                 /* OAI_GIVEN_*: sampling fields the request set itself */
+};
+
+/* Sampling fields a request set (the model's generation_config.json fills the others). */
+enum {
+    OAI_GIVEN_TEMPERATURE = 1, OAI_GIVEN_TOP_P = 2, OAI_GIVEN_TOP_K = 4, OAI_GIVEN_MIN_P = 8,
+    OAI_GIVEN_REPETITION_PENALTY = 16, OAI_GIVEN_ADD_SPECIAL_TOKENS = 32,
 };
 
 /* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds
@@ -223,16 +241,103 @@ enum chat_template {
 /* "llama-2"/"llama2", "chatml", "plain" -> template; -1 when unknown. */
 int chat_template_from_name(const char *name);
 const char *chat_template_name(enum chat_template t);
-/* Recognise a Jinja chat_template string from tokenizer_config.json. */
-enum chat_template chat_template_detect(const char *jinja);
-/* Render messages (ending with the assistant's turn opened) into a malloc'd string. BOS/EOS are
- * written as the literal markers "<s>" / "</s>" (ChatML: "<|im_start|>", "<|im_end|>");
- * chat_encode() turns markers into their control ids. Returns 0 or -1 with e (400, messages). */
+/* Render messages with a built-in template (ending with the assistant's turn opened) into a
+ * malloc'd string. BOS/EOS are written as the literal markers "<s>" / "</s>" (ChatML:
+ * "<|im_start|>", "<|im_end|>"); chat_encode() turns markers into their control ids. Returns 0
+ * or -1 with e (400, messages). */
 int chat_render(enum chat_template t, const struct chat_message *m, int n, int add_bos, char **out,
                 struct oai_error *e);
-/* Encode a rendered chat prompt: markers that are pieces of the vocabulary become their ids, the
- * text between them is encoded without BOS. Returns the count or -1 with e. */
-int chat_encode(const tokenizer_t *tok, const char *text, int32_t **ids, struct oai_error *e);
+
+typedef struct jinja_tmpl jinja_tmpl_t;
+
+#define CHAT_MAX_NAMED 16
+#define CHAT_MAX_ADDED 4096
+
+/* The chat templates a server renders with: the checkpoint's (tokenizer_config.json,
+ * chat_template.jinja) or --chat-template's, compiled at load; read-only afterwards. */
+struct chat_templates {
+    int use_builtin;                     /* render with builtin (no Jinja template) */
+    enum chat_template builtin;
+    jinja_tmpl_t *jinja;                 /* --chat-template FILE/TEXT, else NULL */
+    int selected;                        /* index into names of the default template (-1: none) */
+    int n_named;
+    char *names[CHAT_MAX_NAMED];         /* tokenizer_config.json's names ("default", "tool_use") */
+    jinja_tmpl_t *named[CHAT_MAX_NAMED]; /* NULL when it did not compile: */
+    char *named_err[CHAT_MAX_NAMED];     /* ... the error, given to requests that select it */
+    char *named_from[CHAT_MAX_NAMED];    /* the file each came from */
+    char *bos_token, *eos_token, *unk_token, *pad_token; /* the template's variables (NULL: unset) */
+    unsigned tokens_set;                 /* bit i: the config named token i (bos, eos, unk, pad) */
+    int add_bos;                         /* tokenizer_config.json add_bos_token (-1: absent) */
+    char **added;                        /* added_tokens_decoder contents */
+    int n_added;
+    char *source;                        /* for the start-up log and /v1/models */
+    char **markers;                      /* token texts chat_encode maps to ids itself (those the
+                                            tokenizer would not find), longest first */
+    int32_t *marker_ids;
+    int n_markers;
+    unsigned char first_byte[256];       /* 1 where some marker starts with that byte */
+};
+
+/* Load model_dir's templates and apply --chat-template (flag, may be NULL). Errors name the file
+ * and the construct (a default template that does not compile is a load error). */
+int chat_templates_load(struct chat_templates *ct, const char *model_dir, const char *flag, char *err);
+void chat_templates_free(struct chat_templates *ct);
+/* Collect the special-token texts of tok for chat_encode(). */
+void chat_templates_set_tokenizer(struct chat_templates *ct, const tokenizer_t *tok);
+const char *chat_templates_describe(const struct chat_templates *ct);
+/* A parsed chat request (r, with its JSON body) -> prompt text (malloc'd). add_bos: the built-in
+ * templates' BOS marker. Returns 0 or -1 with e (400 naming the field; a template's
+ * raise_exception message is quoted). */
+int chat_apply(const struct chat_templates *ct, const struct oai_request *r, const char *body, size_t len,
+               int add_bos, char **out, struct oai_error *e);
+/* Encode a rendered chat prompt without BOS: special-token texts become their ids (the
+ * tokenizer's own matching, plus ct's markers). Returns the count or -1 with e. */
+int chat_encode(const struct chat_templates *ct, const tokenizer_t *tok, const char *text, int32_t **ids,
+                struct oai_error *e);
+
+/* ---------------------------------------------------------------------------------------------
+ * Jinja chat templates (jinja.c)
+ *
+ * A compiled template is read-only: any number of threads may render it at once. Renders are
+ * bounded by struct jinja_limits; every limit is an error, never a truncated output. Both entry
+ * points take arbitrary bytes and return -1 with a message naming the construct (and, at load
+ * time, the line) on any failure; they never crash (fuzz targets). */
+
+struct jinja_limits {
+    size_t max_output;        /* bytes of rendered text (and of any intermediate string) */
+    size_t max_memory;        /* arena bytes of one render */
+    long long max_steps;      /* evaluation steps */
+    long long max_iterations; /* loop iterations, all loops together */
+    int max_depth;            /* macro call nesting */
+};
+struct jinja_limits jinja_default_limits(void);
+
+/* Compile len bytes of template source (jinja2 with transformers' settings: trim_blocks,
+ * lstrip_blocks). Unknown tags, filters and tests are errors here. */
+int jinja_compile(jinja_tmpl_t **out, const char *src, size_t len, char *err);
+void jinja_free(jinja_tmpl_t *t); /* NULL-safe */
+
+/* Render with the members of a JSON object (vars, len bytes) as the variables. now: the clock
+ * of strftime_now() in seconds since the epoch (0: the current time). lim NULL: defaults. On
+ * success *out is malloc'd (NUL-terminated, *out_len bytes). */
+int jinja_render_json(const jinja_tmpl_t *t, const char *vars, size_t len, long long now,
+                      const struct jinja_limits *lim, char **out, size_t *out_len, char *err);
+
+struct chat_template_args {
+    const char *bos_token, *eos_token, *unk_token, *pad_token; /* NULL: not defined */
+    int add_generation_prompt, continue_final_message;         /* the request's (vLLM) */
+    long long now;                                             /* 0: the current time */
+    const struct jinja_limits *lim;                            /* NULL: defaults */
+};
+
+/* Render a chat request as vLLM does: body is the request's JSON object; its "messages" become
+ * `messages` (content parts joined with "\n", or a list of text parts when the template loops
+ * over a message's content - vLLM's content-format detection -, tool-call arguments parsed from
+ * JSON strings, vLLM's keys kept), "tools" and "documents" (None when absent), "chat_template_kwargs" extra
+ * variables (which may override add_generation_prompt, tools and continue_final_message), then
+ * transformers' continue_final_message cut. raise_exception() messages are quoted in err. */
+int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
+                         const struct chat_template_args *a, char **out, size_t *out_len, char *err);
 
 /* ---------------------------------------------------------------------------------------------
  * metrics (metrics.c) */
@@ -265,7 +370,12 @@ struct server {
     engine_t *eng;
     const tokenizer_t *tok;
     int vocab_size, max_model_len, add_bos;
-    enum chat_template tmpl;
+    struct chat_templates ct;
+    struct generation_config gen;    /* the sampling defaults requests inherit (and EOS ids) */
+    int gen_sampling;                /* 0: --generation-config vllm */
+    int gen_cap_max_tokens;          /* --generation-config DIR: max_new_tokens caps every request */
+    char gen_source[600];            /* where they came from, for the log and /v1/models */
+    int config_loaded;               /* server_load_model_config() ran */
     char *model_name, *model_dir, *api_key;
     char id_prefix[16];              /* random per process */
     unsigned long long next_id;

