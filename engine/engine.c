@@ -473,7 +473,11 @@ int engine_submit(engine_t *e, const struct engine_request *req, engine_stream_t
         seq_free(seq);
         return set_err(err, ENGINE_E_DRAINING, "the server is shutting down");
     }
-    if (e->stats.num_waiting + e->n_inbox >= e->p.max_queue) {
+    /* --max-queue counts the requests that must wait: those the next step admits into a free
+     * slot (--max-num-seqs minus the running ones) are not queued */
+    int free_slots = e->p.max_num_seqs - e->stats.num_running;
+    if (free_slots < 0) free_slots = 0;
+    if (e->stats.num_waiting + e->n_inbox - free_slots >= e->p.max_queue) {
         pthread_mutex_unlock(&e->mu);
         seq_free(seq);
         return set_err(err, ENGINE_E_QUEUE_FULL, "too many requests waiting (%d); retry later", e->p.max_queue);

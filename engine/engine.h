@@ -134,7 +134,8 @@ struct engine_params {
     int max_model_len;        /* 0 = the RoPE method's default context */
     int max_batched_tokens;   /* token budget per step (chunked prefill), default 2048 */
     int max_num_seqs;         /* running sequences, default 64 */
-    int max_queue;            /* waiting requests before ENGINE_E_QUEUE_FULL, default 1024 */
+    int max_queue;            /* waiting requests (beyond the free --max-num-seqs slots) before
+                                 ENGINE_E_QUEUE_FULL, default 1024 */
     int enable_prefix_cache;  /* default 1 */
     uint64_t seed;            /* engine RNG seed for requests without one */
 };

@@ -467,6 +467,46 @@ static void test_stress(const char *dir, int n_total)
     rig_close(&r);
 }
 
+/* Issue 16: --max-queue counts only the requests that must wait. A burst of 120 into 64 free
+ * slots with --max-queue 8 admits at least 64 + 8 (the engine may start some in between, which
+ * only frees more room); the rest get ENGINE_E_QUEUE_FULL. */
+static void test_queue_counts_free_slots(const char *dir)
+{
+    struct engine_params ep = engine_default_params();
+    ep.max_num_seqs = 64;
+    ep.max_batched_tokens = 512;
+    ep.max_queue = 8;
+    struct rig r;
+    if (rig_open(&r, dir, ep, 4096) < 0) { TEST_COND("open model", 0); return; }
+    enum { N = 120 };
+    engine_stream_t *st[N];
+    int ok = 0, full = 0, other = 0;
+    int32_t prompt[4] = {1, 5, 6, 7};
+    for (int i = 0; i < N; i++) {
+        struct engine_request req;
+        memset(&req, 0, sizeof req);
+        req.prompt = prompt;
+        req.n_prompt = 4;
+        req.sp = sampling_default_params();
+        req.sp.max_tokens = 8;
+        char err[ERR_LEN];
+        st[i] = NULL;
+        int rc = engine_submit(r.e, &req, &st[i], err);
+        if (rc == ENGINE_OK) ok++;
+        else if (rc == ENGINE_E_QUEUE_FULL) full++;
+        else other++;
+    }
+    TEST_CONDF(ok >= 64 + 8, "a burst of %d into 64 free slots, --max-queue 8: %d admitted (>= 72), %d x 429", N, ok, full);
+    TEST_COND("the others refused as queue full", other == 0 && ok + full == N);
+    for (int i = 0; i < N; i++) {
+        if (!st[i]) continue;
+        struct engine_event ev;
+        while (engine_stream_next(st[i], &ev, -1) == 1 && ev.type != ENGINE_EV_DONE) {}
+        engine_stream_free(st[i]);
+    }
+    rig_close(&r);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = "build/demo-model";
@@ -479,6 +519,7 @@ int main(int argc, char **argv)
     test_batch_invariance(dir);
     test_prefix_cache(dir);
     test_request_extras(dir);
+    test_queue_counts_free_slots(dir);
     test_stress(dir, n);
     return test_report("test_batching");
 }
