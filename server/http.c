@@ -6,6 +6,16 @@
  * that thread and the engine thread only ever sees engine_submit()/engine_cancel(). Many
  * connections can wait at once; the engine queues them (--max-queue, then 429).
  *
+ * Slow and hostile clients (a thread each): --max-connections bounds the threads,
+ * --max-connections-per-ip what one address holds (libmicrohttpd closes the excess at accept),
+ * and the watch thread (conn_watch) closes, with a 408, every connection whose request head and
+ * body did not arrive within --request-read-timeout of its opening or its previous response:
+ * libmicrohttpd's own idle timeout restarts with every byte, so a client trickling a header
+ * line every few seconds would hold its thread for ever. A request line libmicrohttpd cannot
+ * parse: a 400 from libmicrohttpd (a bad version, ...) or, when it has no space at all, the
+ * connection closed at once (libmicrohttpd sends nothing then, and shuts the socket down before
+ * telling us); lines it skips as blank (leading NUL bytes) meet the read deadline.
+ *
  * Request lifecycle (libmicrohttpd's access-handler protocol, as in chunked_example.c):
  *   call 1       allocate struct req_ctx; refuse a declared Content-Length over the limit (413)
  *   call 2..k    append upload chunks (counting; over the limit -> discard, 413 at the end)
@@ -37,6 +47,9 @@ struct server_params server_default_params(void)
     p.max_body_mb = 8;
     p.max_n = 16;
     p.n_threads = 16;
+    p.max_connections = 1024;
+    p.max_connections_per_ip = 256;
+    p.read_timeout_s = 30;
     return p;
 }
 
@@ -51,6 +64,16 @@ struct req_ctx {
     struct strbuf body;
     int too_big;
     int responded; /* a response was queued early (413) */
+};
+
+/* One open connection, for the read deadline (conn_watch). Under srv->conn_mu. */
+struct conn_entry {
+    struct conn_entry *prev, *next;
+    int fd;
+    double t0;          /* the connection opened or its previous response went */
+    int reading;        /* 1 until the request is complete (dispatch); the deadline applies */
+    int line_seen;      /* libmicrohttpd parsed a request line since t0 */
+    int reaped;         /* closed by the watch (408) */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -107,13 +130,15 @@ static enum MHD_Result respond_json(struct server *s, struct MHD_Connection *con
     return respond(s, conn, status, body, "application/json");
 }
 
-static enum MHD_Result respond_error(struct server *s, struct MHD_Connection *conn,
-                                     const struct oai_error *e, const char *allow)
+/* close: the connection cannot carry another request (its framing is in doubt) */
+static enum MHD_Result respond_error_ex(struct server *s, struct MHD_Connection *conn,
+                                        const struct oai_error *e, const char *allow, int close)
 {
     char *body = oai_error_json(e);
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body,
                                                              MHD_RESPMEM_MUST_FREE);
     MHD_add_response_header(r, "Content-Type", "application/json");
+    if (close) MHD_add_response_header(r, "Connection", "close");
     if (e->retry_after_s > 0) {
         char v[16];
         snprintf(v, sizeof v, "%d", e->retry_after_s);
@@ -130,6 +155,179 @@ static enum MHD_Result respond_error(struct server *s, struct MHD_Connection *co
     else LOG_I("HTTP %d%s%.64s%s: %s", e->status, e->param[0] ? " (param '" : "", e->param,
                e->param[0] ? "')" : "", e->message);
     return ret;
+}
+
+static enum MHD_Result respond_error(struct server *s, struct MHD_Connection *conn,
+                                     const struct oai_error *e, const char *allow)
+{
+    return respond_error_ex(s, conn, e, allow, 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * connections: the read deadline, libmicrohttpd's log, header checks */
+
+static struct conn_entry *conn_entry_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void conn_set_reading(struct server *s, struct MHD_Connection *conn, int reading)
+{
+    struct conn_entry *ce = conn_entry_of(conn);
+    if (!ce) return;
+    pthread_mutex_lock(&s->conn_mu);
+    if (reading) {
+        ce->t0 = now_s();
+        ce->line_seen = 0;
+    }
+    ce->reading = reading;
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+static void send_raw(int fd, int status, const char *reason, const char *msg)
+{
+    char body[256], out[512];
+    int bl = snprintf(body, sizeof body, "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\","
+                      "\"param\":null,\"code\":%d}}", msg, status);
+    int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\n\r\n%s", status, reason, bl, body);
+    if (send(fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* the client is gone: fine */ }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct conn_entry *ce = xcalloc(1, sizeof *ce);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        ce->fd = ci ? ci->connect_fd : -1;
+        ce->t0 = now_s();
+        ce->reading = 1;
+        pthread_mutex_lock(&s->conn_mu);
+        ce->next = s->conns;
+        if (s->conns) s->conns->prev = ce;
+        s->conns = ce;
+        s->n_conns++;
+        pthread_mutex_unlock(&s->conn_mu);
+        *socket_context = ce;
+        return;
+    }
+    struct conn_entry *ce = *socket_context;
+    if (!ce) return;
+    pthread_mutex_lock(&s->conn_mu);
+    if (ce->prev) ce->prev->next = ce->next;
+    else s->conns = ce->next;
+    if (ce->next) ce->next->prev = ce->prev;
+    s->n_conns--;
+    pthread_mutex_unlock(&s->conn_mu);
+    free(ce);
+    *socket_context = NULL;
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct server *s = cls;
+    struct conn_entry *ce = conn_entry_of(conn);
+    if (ce) {
+        pthread_mutex_lock(&s->conn_mu);
+        ce->line_seen = 1;
+        pthread_mutex_unlock(&s->conn_mu);
+    }
+    return NULL; /* *con_cls starts NULL: on_request allocates its context */
+}
+
+/* Every 250 ms: close (408) the connections whose request did not arrive in time. */
+static void *conn_watch(void *arg)
+{
+    struct server *s = arg;
+    pthread_mutex_lock(&s->conn_mu);
+    while (!s->watch_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->conn_cv, &s->conn_mu, &ts);
+        if (s->watch_stop || s->p.read_timeout_s <= 0) continue;
+        double t = now_s();
+        int n = 0;
+        for (struct conn_entry *ce = s->conns; ce; ce = ce->next) {
+            if (!ce->reading || ce->reaped || ce->fd < 0 || t - ce->t0 < s->p.read_timeout_s) continue;
+            /* the entry leaves the list (on_connection) before libmicrohttpd closes the fd, and
+             * that takes conn_mu: the fd is still this connection's */
+            send_raw(ce->fd, 408, "Request Timeout", "the request did not arrive within --request-read-timeout");
+            shutdown(ce->fd, SHUT_RDWR);
+            ce->reaped = 1;
+            n++;
+        }
+        if (n) {
+            s->reaped += n;
+            LOG_D("closed %d connection(s) whose request did not arrive within %g s (%lld in all)", n,
+                  s->p.read_timeout_s, s->reaped);
+        }
+    }
+    pthread_mutex_unlock(&s->conn_mu);
+    return NULL;
+}
+
+/* libmicrohttpd's messages: a client that hangs up mid-response is routine (debug; our own
+ * line says which request), connection-limit refusals are summed (one line per 10 s), trouble
+ * of the server's own (threads, memory, sockets) is a warning. */
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    struct server *s = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    if (strstr(msg, "connection limit") || strstr(msg, "Connection limit") || strstr(msg, "per-IP") ||
+        strstr(msg, "too many") || strstr(msg, "Failed to create a thread")) {
+        pthread_mutex_lock(&s->conn_mu);
+        s->limit_hits++;
+        double t = now_s();
+        int say = t - s->limit_log_t >= 10;
+        long long hits = s->limit_hits;
+        if (say) {
+            s->limit_log_t = t;
+            s->limit_hits = 0;
+        }
+        pthread_mutex_unlock(&s->conn_mu);
+        if (say) LOG_W("HTTP: %lld connection(s) refused at accept (--max-connections %d, --max-connections-per-ip %d): %s",
+                       hits, s->p.max_connections, s->p.max_connections_per_ip, msg);
+        return;
+    }
+    /* the rest is per-connection news (a client hung up, a malformed request line, a reset):
+     * debug, except what says the server itself is short of something */
+    if (strstr(msg, "thread") || strstr(msg, "bind") || strstr(msg, "listen") || strstr(msg, "memory") ||
+        strstr(msg, "epoll"))
+        LOG_W("HTTP: %s", msg);
+    else
+        LOG_D("HTTP: %s", msg);
+}
+
+struct hdr_count {
+    int content_length, transfer_encoding;
+};
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct hdr_count *c = cls;
+    if (!strcasecmp(key, "Content-Length")) c->content_length++;
+    if (!strcasecmp(key, "Transfer-Encoding")) c->transfer_encoding++;
+    return MHD_YES;
+}
+
+/* Framing a proxy in front could read differently from us (request smuggling): more than one
+ * Content-Length, or Content-Length with Transfer-Encoding. NULL when fine. */
+static const char *framing_problem(struct MHD_Connection *conn)
+{
+    struct hdr_count c = {0, 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_header, &c);
+    if (c.content_length > 1) return "more than one Content-Length header";
+    if (c.content_length && c.transfer_encoding) return "both Content-Length and Transfer-Encoding";
+    if (c.transfer_encoding > 1) return "more than one Transfer-Encoding header";
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -309,19 +507,31 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     }
 
     /* non-streaming: wait here (this connection's own thread) */
+    int stopped = 0;
     while (!job_step(j, 100)) {
         if (job_client_gone(j)) {
             job_cancel(j, "abort");
             job_finish_log(j);
-            LOG_I("%s: client disconnected, cancelled", j->id);
+            LOG_D("%s: client disconnected, cancelled", j->id);
             job_free(j);
             return MHD_NO; /* close the connection; nobody reads a response */
         }
-        if (s->state == SERVER_STOPPING) job_cancel(j, "abort");
+        if (s->state == SERVER_STOPPING) {
+            job_cancel(j, "abort");
+            stopped = 1;
+        }
         if (j->deadline > 0 && now_s() > j->deadline) {
             LOG_W("%s: --request-timeout %d s passed, cancelled", j->id, s->p.request_timeout_s);
             job_cancel(j, "abort");
         }
+    }
+    if (stopped) { /* --drain-timeout passed (or a second SIGTERM): an answer, not a cut socket */
+        j->status = 503;
+        job_finish_log(j);
+        job_free(j);
+        oai_err(&e, 503, NULL, "server_shutdown", "the server shut down before the request finished "
+                "(--drain-timeout passed); it was cancelled");
+        return respond_error_ex(s, conn, &e, NULL, 1);
     }
     for (int i = 0; i < j->n_ch; i++) j->status = j->ch[i].err[0] ? 500 : j->status; /* for the log */
     job_finish_log(j);
@@ -510,14 +720,14 @@ struct route {
     const char *path;
     const char *method; /* GET routes also answer HEAD */
     enum route_id id;
-    int open;           /* no API key needed */
+    int open;           /* no API key needed: 1 always, 2 with --metrics-public */
 };
 
 static const struct route routes[] = {
     {"/health", "GET", R_HEALTH, 1},
     {"/v1/health", "GET", R_HEALTH, 1},
-    {"/metrics", "GET", R_METRICS, 1},
-    {"/version", "GET", R_VERSION, 1},
+    {"/metrics", "GET", R_METRICS, 2},
+    {"/version", "GET", R_VERSION, 0},
     {"/v1/models", "GET", R_MODELS, 0},
     {"/v1/completions", "POST", R_COMPLETIONS, 0},
     {"/v1/chat/completions", "POST", R_CHAT, 0},
@@ -561,7 +771,8 @@ static enum MHD_Result dispatch(struct server *s, struct MHD_Connection *conn, c
         oai_err(&e, 404, NULL, "not_found", "no route %.100s %.200s", method, url);
         return respond_error(s, conn, &e, NULL);
     }
-    if (!rt->open && !authorized(s, conn)) {
+    int open = rt->open == 1 || (rt->open == 2 && s->p.metrics_public);
+    if (!open && !authorized(s, conn)) {
         oai_err(&e, 401, NULL, "invalid_api_key", "Incorrect or missing API key (send "
                 "'Authorization: Bearer KEY').");
         return respond_error(s, conn, &e, NULL);
@@ -623,6 +834,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         pthread_mutex_lock(&s->mu);
         s->in_flight++;
         pthread_mutex_unlock(&s->mu);
+        const char *bad = framing_problem(conn);
+        if (bad) {
+            struct oai_error e;
+            oai_err(&e, 400, NULL, "bad_request", "ambiguous request framing: %s", bad);
+            rc->responded = 1;
+            conn_set_reading(s, conn, 0);
+            return respond_error_ex(s, conn, &e, NULL, 1);
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > limit) {
             /* refuse before reading (and before "100 Continue"); MHD closes the connection */
@@ -631,7 +850,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                     "the request body (%.20s bytes) is over --max-body-mb %g MB", cl,
                     s->p.max_body_mb);
             rc->responded = 1;
-            return respond_error(s, conn, &e, NULL);
+            conn_set_reading(s, conn, 0);
+            return respond_error_ex(s, conn, &e, NULL, 1);
         }
         return MHD_YES;
     }
@@ -649,6 +869,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (rc->responded) return MHD_YES;
     rc->responded = 1;
+    conn_set_reading(s, conn, 0); /* the request is in: no read deadline while it runs */
     return dispatch(s, conn, url, method, rc);
 }
 
@@ -657,6 +878,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     struct server *s = cls;
     struct req_ctx *rc = *con_cls;
+    conn_set_reading(s, conn, 1); /* the next request's deadline starts now */
     if (!rc) return;
     sb_free(&rc->body);
     free(rc);
@@ -697,9 +919,13 @@ int server_start(server_t **out, const struct server_params *p, char *err)
     if (!s->p.host) s->p.host = "127.0.0.1";
     if (s->p.max_body_mb <= 0) s->p.max_body_mb = 8;
     if (s->p.max_n <= 0) s->p.max_n = 16;
+    if (s->p.max_connections <= 0) s->p.max_connections = 1024;
+    if (s->p.max_connections_per_ip < 0) s->p.max_connections_per_ip = 0;
     s->state = SERVER_LOADING;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->idle_cv, NULL);
+    pthread_mutex_init(&s->conn_mu, NULL);
+    pthread_cond_init(&s->conn_cv, NULL);
     s->metrics = metrics_new();
     s->ct.use_builtin = 1;
     s->ct.selected = -1;
@@ -735,9 +961,13 @@ int server_start(server_t **out, const struct server_params *p, char *err)
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, /* first: all its lines */
                                  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                                 MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_connections_per_ip,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                                  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
@@ -750,6 +980,11 @@ int server_start(server_t **out, const struct server_params *p, char *err)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : p->port;
+    if (pthread_create(&s->watch, NULL, conn_watch, s) != 0) {
+        set_err(err, -1, "cannot start the connection watch thread");
+        goto fail;
+    }
+    s->watch_started = 1;
     *out = s;
     return 0;
 fail:
@@ -867,7 +1102,20 @@ void server_stop(server_t *s)
 {
     if (!s) return;
     __atomic_store_n(&s->state, SERVER_STOPPING, __ATOMIC_SEQ_CST);
+    /* the running requests see STOPPING within 100 ms and end properly (an error response; a
+     * stream's abort chunk and [DONE]) before the daemon closes their sockets */
+    if (s->daemon && !server_wait_idle(s, 5))
+        LOG_W("%d request(s) still open after 5 s: closing their connections", s->in_flight);
+    if (s->watch_started) {
+        pthread_mutex_lock(&s->conn_mu);
+        s->watch_stop = 1;
+        pthread_cond_broadcast(&s->conn_cv);
+        pthread_mutex_unlock(&s->conn_mu);
+        pthread_join(s->watch, NULL);
+    }
     if (s->daemon) MHD_stop_daemon(s->daemon); /* joins the connection threads */
+    pthread_cond_destroy(&s->conn_cv);
+    pthread_mutex_destroy(&s->conn_mu);
     metrics_free(s->metrics);
     pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->mu);

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,10 +85,16 @@ static const struct flag flags[] = {
     {"--string-local", "W", "STRING local_value W, 0 <= W < S (default: string_config's, else 128)", C_ALL},
     {"--host", "ADDR", "listen address (default 127.0.0.1)", C_SERVE},
     {"--port", "N", "listen port (default 8080)", C_SERVE},
-    {"--api-key", "KEY", "serve: require Authorization: Bearer KEY (/health stays open); eval --url: send it", C_SERVE | C_EVAL},
+    {"--api-key", "KEY", "serve: require Authorization: Bearer KEY (/health and /v1/health stay open); eval --url: send it", C_SERVE | C_EVAL},
     {"--api-key-file", "FILE", "read the API key from FILE", C_SERVE},
     {"--cors-origin", "ORIGIN", "send CORS headers for ORIGIN (* for any)", C_SERVE},
-    {"--max-body-mb", "N", "largest request body (default 8)", C_SERVE},
+    {"--max-body-mb", "N", "largest request body (default 8; 413 beyond, before anything is parsed)", C_SERVE},
+    {"--max-connections", "N", "open HTTP connections, one thread each (default 1024)", C_SERVE},
+    {"--max-connections-per-ip", "N", "open connections per client address (default 256; 0: no limit, e.g. "
+     "behind a reverse proxy)", C_SERVE},
+    {"--request-read-timeout", "S", "a request's head and body must arrive within S seconds of the connection "
+     "opening or the previous response, else 408 and close (default 30; 0: off)", C_SERVE},
+    {"--metrics-public", NULL, "serve /metrics without the API key (default: behind --api-key)", C_SERVE},
     {"--request-timeout", "S", "cancel a request after S seconds (default: none)", C_SERVE},
     {"--served-model-name", "NAME", "model name in the API (default: the directory name)", C_SERVE},
     {"--chat-template", "NAME|FILE", "chat template: one of the checkpoint's (tokenizer_config.json lists names), "
@@ -222,6 +230,10 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--cors-origin")) o->sp.cors_origin = v;
     else if (IS("--max-body-mb")) o->sp.max_body_mb = parse_num(f, v, 0.001, 4096);
     else if (IS("--request-timeout")) o->sp.request_timeout_s = (int)parse_int(f, v, 0, 1 << 24);
+    else if (IS("--max-connections")) o->sp.max_connections = (int)parse_int(f, v, 1, 1 << 20);
+    else if (IS("--max-connections-per-ip")) o->sp.max_connections_per_ip = (int)parse_int(f, v, 0, 1 << 20);
+    else if (IS("--request-read-timeout")) o->sp.read_timeout_s = parse_num(f, v, 0, 1e6);
+    else if (IS("--metrics-public")) o->sp.metrics_public = 1;
     else if (IS("--served-model-name")) o->sp.served_model_name = v;
     else if (IS("--chat-template")) o->sp.chat_template = v;
     else if (IS("--generation-config")) o->sp.generation_config = v;
@@ -579,16 +591,82 @@ static int cmd_eval(struct opts *o)
 /* ---------------------------------------------------------------------------------------------
  * serve */
 
-static int cmd_serve(struct opts *o)
+/* SIGTERM/SIGINT. Every thread this program starts blocks them, but a library constructor can
+ * start threads before main (OpenBLAS's pool) with an empty mask: a signal sent to the process
+ * may land there. So the signals have a handler (whatever thread runs it, it only writes the
+ * signal number into a pipe) and one thread reads the pipe: the first signal while loading exits
+ * at once (0, "bye"); after loading the first starts the drain, a second cuts it short. */
+static int sig_pipe[2] = {-1, -1};
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, last, ready;
+} sigs = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+
+static void on_signal(int sig)
 {
-    char err[ERR_LEN];
-    /* signals are taken by this thread only (sigwait); every thread created later inherits the mask */
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(sig_pipe[1], &b, 1) < 0) { /* the pipe is full: a signal is pending anyway */ }
+    errno = saved;
+}
+
+static const char *sig_name(int sig) { return sig == SIGTERM ? "SIGTERM" : "SIGINT"; }
+
+static void *signal_thread(void *arg)
+{
+    (void)arg;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL); /* some thread must take them (no OpenBLAS pool) */
+    for (;;) {
+        unsigned char b;
+        ssize_t r = read(sig_pipe[0], &b, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return NULL;
+        pthread_mutex_lock(&sigs.mu);
+        sigs.n++;
+        sigs.last = b;
+        int ready = sigs.ready, n = sigs.n;
+        pthread_cond_broadcast(&sigs.cv);
+        pthread_mutex_unlock(&sigs.mu);
+        if (!ready) {
+            LOG_I("%s while loading the model: exiting", sig_name(b));
+            LOG_I("bye");
+            _exit(0);
+        }
+        if (n == 2) LOG_W("second %s: ending the drain now", sig_name(b));
+    }
+}
+
+static void signals_init(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by every thread started from here */
     signal(SIGPIPE, SIG_IGN);
+    if (pipe(sig_pipe) < 0) die("pipe: %s", strerror(errno));
+    fcntl(sig_pipe[1], F_SETFL, fcntl(sig_pipe[1], F_GETFL) | O_NONBLOCK);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, signal_thread, NULL) != 0) die("cannot start the signal thread");
+    pthread_detach(th);
+}
+
+static int cmd_serve(struct opts *o)
+{
+    char err[ERR_LEN];
+    signals_init();
 
     server_t *srv;
     if (server_start(&srv, &o->sp, err) < 0) die("%s", err);
@@ -599,13 +677,28 @@ static int cmd_serve(struct opts *o)
     load_all(o, &L);
     if (server_set_engine(srv, L.engine, L.tok, o->model, err) < 0) die("%s", err);
     LOG_I("ready: max_model_len %d", engine_max_model_len(L.engine));
-    int sig;
-    sigwait(&set, &sig);
-    LOG_I("%s: draining (up to %.0fs for running requests)", sig == SIGTERM ? "SIGTERM" : "SIGINT", o->drain_timeout);
+    pthread_mutex_lock(&sigs.mu);
+    sigs.ready = 1;
+    while (sigs.n == 0) pthread_cond_wait(&sigs.cv, &sigs.mu);
+    int sig = sigs.last;
+    pthread_mutex_unlock(&sigs.mu);
+    LOG_I("%s: draining (up to %.0fs for running requests)", sig_name(sig), o->drain_timeout);
     server_drain(srv);
     engine_drain(L.engine);
-    if (!server_wait_idle(srv, o->drain_timeout)) LOG_W("drain timeout: cancelling the requests still running");
-    server_stop(srv);
+    double t_end = now_s() + o->drain_timeout;
+    for (;;) {
+        double left = t_end - now_s();
+        if (server_wait_idle(srv, left < 0.2 ? (left > 0 ? left : 0) : 0.2)) break;
+        pthread_mutex_lock(&sigs.mu);
+        int n = sigs.n;
+        pthread_mutex_unlock(&sigs.mu);
+        if (n >= 2) break; /* the signal thread said so */
+        if (now_s() >= t_end) {
+            LOG_W("drain timeout: cancelling the requests still running");
+            break;
+        }
+    }
+    server_stop(srv); /* each request still running gets its end (an error, or abort + [DONE]) */
     free_all(&L);
     LOG_I("bye");
     return 0;

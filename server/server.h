@@ -33,6 +33,12 @@ struct server_params {
                                       defaults; "vllm": none; else a directory holding one */
     int max_n;                     /* most choices per request (n x prompts), default 16 */
     int n_threads;                 /* HTTP worker threads, default 16 */
+    int max_connections;           /* open connections (one thread each), default 1024 */
+    int max_connections_per_ip;    /* per client address, default 256 (0: no limit) */
+    double read_timeout_s;         /* a request's head and body must arrive within this many
+                                      seconds of the connection opening or the previous
+                                      response (slow clients are closed with 408), default 30 */
+    int metrics_public;            /* /metrics answers without the API key */
 };
 
 struct server_params server_default_params(void);

@@ -383,6 +383,15 @@ struct server {
     pthread_cond_t idle_cv;
     int in_flight;
     struct metrics *metrics;
+    /* open connections and the read-deadline watch (http.c) */
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;
+    struct conn_entry *conns;
+    int n_conns, watch_started, watch_stop;
+    pthread_t watch;
+    double limit_log_t;              /* connection-limit log lines: one per 10 s with a count */
+    long long limit_hits;
+    long long reaped;                /* connections closed by the read deadline */
 };
 
 /* A choice: one engine request and its detokenized output. */
