@@ -386,12 +386,80 @@ static void apply_gen_defaults(const struct server *s, struct oai_request *r)
         r->sp.repetition_penalty = (float)g->repetition_penalty;
 }
 
-/* A chat request -> prompt text -> ids, through the model's template (or a built-in one). */
+/* Tokenizing costs CPU in proportion to the text (seconds for megabytes), so a prompt that
+ * cannot fit is refused before it is tokenized. A lower bound on its token count that needs no
+ * tokenizer: every printable ASCII byte survives normalization (NFKC keeps ASCII, whitespace
+ * rules touch only whitespace) and one token covers at most max_token_bytes of them, so
+ * tokens >= (printable ASCII bytes) / max_token_bytes. Bytes the tokenizer might fold into an
+ * unknown-token run are not counted (ascii_counts, checked at load). */
+static long long prompt_token_bound(const struct server *s, const char *text, size_t len)
+{
+    if (s->max_token_bytes <= 0) return 0;
+    long long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 128) n += s->ascii_counts[c];
+    }
+    return n / s->max_token_bytes;
+}
+
+/* Prompts bound above this many tokens are refused untokenized: max_model_len, or (a request that
+ * truncates, /tokenize) PROMPT_BOUND_FACTOR times it. */
+#define PROMPT_BOUND_FACTOR 4
+static int check_prompt_bound(const struct server *s, const char *text, size_t len, long long limit,
+                              const char *param, struct oai_error *e)
+{
+    long long b = prompt_token_bound(s, text, len);
+    if (b <= limit) return 0;
+    oai_err(e, 400, param, "context_length_exceeded", "This model's maximum context length is %d tokens. "
+            "However, your prompt has at least %lld tokens (%zu bytes; refused before tokenizing: at most %lld "
+            "tokens %s). Please reduce the length of the prompt.", s->max_model_len, b, len, limit,
+            limit > s->max_model_len ? "when truncating or counting" : "fit");
+    e->max_model_len = s->max_model_len;
+    return -1;
+}
+
+/* At load: the longest token's bytes and the ASCII bytes that always count. */
+static void prompt_bound_init(struct server *s)
+{
+    char buf[1024];
+    int longest = 1;
+    int nv = tokenizer_vocab_size(s->tok);
+    for (int id = 0; id < nv; id++) {
+        int n = token_text_cb((void *)s->tok, id, buf, sizeof buf);
+        if (n >= (int)sizeof buf) n = 1 << 20; /* cannot tell: no bound */
+        const char *piece = tokenizer_id_to_piece(s->tok, id);
+        int pl = piece ? (int)strlen(piece) : 0;
+        if (n > longest) longest = n;
+        if (pl > longest) longest = pl;
+    }
+    s->max_token_bytes = longest < (1 << 20) ? longest : 0;
+    int unk = tokenizer_unk_id(s->tok);
+    memset(s->ascii_counts, 0, sizeof s->ascii_counts);
+    for (int c = 0x21; c < 0x7f; c++) {
+        char t[2] = {(char)c, 0};
+        int32_t *ids = NULL;
+        char err[ERR_LEN];
+        int n = tokenizer_encode(s->tok, t, 1, 0, &ids, err);
+        int ok = n >= 1;
+        for (int i = 0; i < n; i++)
+            if (ids[i] == unk) ok = 0;
+        free(ids);
+        s->ascii_counts[c] = (unsigned char)ok;
+    }
+}
+
+/* A chat request -> prompt text -> ids, through the model's template (or a built-in one). limit:
+ * refuse untokenized a rendered prompt bound above this many tokens. */
 static int chat_ids(struct server *s, const struct oai_request *r, const char *body, size_t len, int add_bos,
-                    int32_t **ids, struct oai_error *e)
+                    long long limit, int32_t **ids, struct oai_error *e)
 {
     char *text = NULL;
     if (chat_apply(&s->ct, r, body, len, add_bos, &text, e)) return -1;
+    if (check_prompt_bound(s, text, strlen(text), limit, "messages", e)) {
+        free(text);
+        return -1;
+    }
     int n = chat_encode(&s->ct, s->tok, text, ids, e);
     free(text);
     /* vLLM: add_special_tokens=true adds BOS on top of what the template wrote */
@@ -411,9 +479,10 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, const char 
 {
     char err[ERR_LEN];
     apply_gen_defaults(s, r);
+    long long limit = (long long)s->max_model_len * (r->truncate ? PROMPT_BOUND_FACTOR : 1);
     if (r->kind == OAI_CHAT) {
         int32_t *ids = NULL;
-        int n = chat_ids(s, r, body, len, s->add_bos, &ids, e);
+        int n = chat_ids(s, r, body, len, s->add_bos, limit, &ids, e);
         if (n < 0) return -1;
         r->prompts = xcalloc(1, sizeof *r->prompts);
         r->n_prompts = 1;
@@ -423,6 +492,7 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, const char 
         for (int i = 0; i < r->n_prompts; i++) {
             struct oai_prompt *p = &r->prompts[i];
             if (!p->text) continue;
+            if (check_prompt_bound(s, p->text, strlen(p->text), limit, "prompt", e)) return -1;
             int n = tokenizer_encode(s->tok, p->text, strlen(p->text),
                                      s->add_bos && r->add_special_tokens, &p->ids, err);
             if (n < 0) return oai_err(e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
@@ -464,7 +534,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     memset(&e, 0, sizeof e);
     struct job *j = xcalloc(1, sizeof *j);
     j->srv = s;
-    j->sock = -1;
+    j->sock = conn_fd(conn);
     j->t_start = now_s();
     if (oai_parse_request(kind, rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size,
                           s->p.max_n > 0 ? s->p.max_n : 16, &j->req, &e) ||
@@ -472,6 +542,11 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
         tokenize_prompts(s, &j->req, rc->body.p ? rc->body.p : "", rc->body.len, &e)) {
         job_free(j);
         return respond_error(s, conn, &e, NULL);
+    }
+    if (job_client_gone(j)) { /* it left while its prompt was templated and tokenized */
+        LOG_D("client disconnected before its request was queued");
+        job_free(j);
+        return MHD_NO;
     }
     new_id(s, kind == OAI_CHAT ? "chatcmpl" : "cmpl", j->id, sizeof j->id);
     if (j->req.request_id[0]) /* vLLM: the client's id, under our prefix */
@@ -485,7 +560,6 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->rc.prompt_top_n = j->req.prompt_logprobs;
     j->rc.token_text = token_text_cb;
     j->rc.token_ctx = (void *)s->tok;
-    j->sock = conn_fd(conn);
     if (s->p.request_timeout_s > 0) j->deadline = j->t_start + s->p.request_timeout_s;
     if (job_submit(j, &e)) {
         job_free(j);
@@ -639,6 +713,7 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
 {
     struct oai_request r;
     struct oai_error e;
+    memset(&e, 0, sizeof e);
     if (oai_parse_tokenize(rc->body.p ? rc->body.p : "", rc->body.len, &r, &e))
         return respond_error(s, conn, &e, NULL);
     if (model_ok(s, &r, &e)) {
@@ -649,12 +724,15 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
     int32_t *ids = NULL;
     int n;
     char err[ERR_LEN];
+    long long limit = (long long)s->max_model_len * PROMPT_BOUND_FACTOR;
     if (r.kind == OAI_CHAT) {
-        n = chat_ids(s, &r, rc->body.p ? rc->body.p : "", rc->body.len, s->add_bos && r.add_special_tokens, &ids, &e);
+        n = chat_ids(s, &r, rc->body.p ? rc->body.p : "", rc->body.len, s->add_bos && r.add_special_tokens, limit,
+                     &ids, &e);
     } else {
         const char *t = r.prompts[0].text;
-        n = tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
-        if (n < 0) oai_err(&e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+        n = check_prompt_bound(s, t, strlen(t), limit, "prompt", &e) ? -1
+            : tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
+        if (n < 0 && e.status == 0) oai_err(&e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
     }
     oai_request_free(&r);
     if (n < 0) return respond_error(s, conn, &e, NULL);
@@ -1030,6 +1108,7 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     s->vocab_size = (mv > 0 && mv < tv) ? mv : tv;
     s->add_bos = tokenizer_bos_id(tok) >= 0 && s->ct.add_bos != 0;
     chat_templates_set_tokenizer(&s->ct, tok);
+    prompt_bound_init(s);
     if (model_dir) {
         free(s->model_dir);
         s->model_dir = xstrdup(model_dir);

@@ -370,6 +370,8 @@ struct server {
     engine_t *eng;
     const tokenizer_t *tok;
     int vocab_size, max_model_len, add_bos;
+    int max_token_bytes;             /* the most bytes one token covers (prompt_token_bound) */
+    unsigned char ascii_counts[128]; /* 1: the printable ASCII byte is always a token's own */
     struct chat_templates ct;
     struct generation_config gen;    /* the sampling defaults requests inherit (and EOS ids) */
     int gen_sampling;                /* 0: --generation-config vllm */
