@@ -122,6 +122,52 @@ print(json.dumps({"texts": texts, "finish": finish, "usage": usage, "valid": val
 '
 sse() { $PY -c "$SSE_PY" "$1"; }
 
+# Load-proof waiting: no fixed sleeps. HTTP_PY defines send(url, body) -> a socket with the request
+# written, metric(url, name) and until(cond, secs) (polls every 50 ms; generous limits, never a
+# timing assertion).
+HTTP_PY='
+import json, socket, sys, time, urllib.request
+def send(url, body, path="/v1/completions"):
+    host, port = url[7:].split(":")
+    b = json.dumps(body).encode()
+    s = socket.create_connection((host, int(port)), timeout=600)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(b)) + b)
+    return s
+def metric(url, name):
+    with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("ropeserve:" + name):
+                return float(line.split()[-1])
+    return 0.0
+def until(cond, secs=120):
+    t = time.time() + secs
+    while time.time() < t:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+def read_until(s, marker, out=None):
+    buf = b""
+    while marker not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    if out is not None:
+        out.write(buf)
+    return buf
+def dechunk(raw):
+    body, rest = raw.split(b"\r\n\r\n", 1)[1], b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size.split(b";")[0] or b"0", 16)
+        if n == 0:
+            break
+        rest += body[:n]
+        body = body[n + 2:]
+    return rest
+'
+
 start_server A || { echo "test_server: 0 passed, 1 failed"; exit 1; }
 A=$URL_A
 
@@ -353,10 +399,20 @@ check "16 concurrent clients, same greedy text ($same/16)" [ $same = 16 ]
 # client disconnects: the engine frees the request
 
 ABORT0=$(curl -s "$A/metrics" | grep 'finished_reason="abort"' | awk '{print $NF}')
-curl -sN --max-time 0.2 "$A/v1/completions" -d '{"prompt":"x","max_tokens":2040,"ignore_eos":true,"stream":true}' >/dev/null 2>&1
-curl -s --max-time 0.2 "$A/v1/completions" -d '{"prompt":"x","max_tokens":2040,"ignore_eos":true}' >/dev/null 2>&1
+# a stream that hangs up after its first chunk; then a non-streaming request that hangs up once
+# the server runs it (no fixed delays: a loaded machine only makes it slower)
+$PY -c "$HTTP_PY
+url = sys.argv[1]
+s = send(url, {'prompt': 'x', 'max_tokens': 2040, 'ignore_eos': True, 'stream': True})
+read_until(s, b'data: ')
+s.close()
+until(lambda: metric(url, 'num_requests_running') == 0)
+s = send(url, {'prompt': 'x', 'max_tokens': 2040, 'ignore_eos': True})
+until(lambda: metric(url, 'num_requests_running') >= 1)
+s.close()
+" "$A"
 i=0
-while [ $i -lt 50 ]; do
+while [ $i -lt 1200 ]; do
     r=$(metric "$A" num_requests_running)
     k=$(metric "$A" kv_cache_usage_perc)
     [ "$r" = 0 ] && [ "$k" = 0 ] && break
@@ -427,23 +483,25 @@ wait "$PID_B" 2>/dev/null
 
 start_server C --max-num-seqs 1 || bad "server C start"
 C=$URL_C
-t0=$($PY -c 'import time; print(time.time())')
-curl -s "$C/v1/completions" -d '{"prompt":"x","max_tokens":1900,"ignore_eos":true}' >/dev/null
-t1=$($PY -c 'import time; print(time.time())')
-NLONG=$($PY -c "import math; print(min(60, max(2, math.ceil(7.0 / max(0.05, $t1 - $t0)) + 1)))")
-i=0
-CP=""
-while [ $i -lt "$NLONG" ]; do
-    curl -s "$C/v1/completions" -d '{"prompt":"x","max_tokens":1900,"ignore_eos":true}' >/dev/null &
-    CP="$CP $!"
-    i=$((i + 1))
-done
-sleep 0.3
-curl -sN "$C/v1/completions" -d '{"prompt":"x","max_tokens":2,"stream":true}' >"$T/ka"
-for p in $CP; do wait $p; done
+# 40 long requests queue up; a stream queued behind them must get ": keep-alive" (sent after 5 s
+# of silence); then the long ones hang up (the server cancels them) and the stream completes.
+# Nothing depends on how fast the machine is: the queue is cut only after the comment arrived.
+$PY -c "$HTTP_PY
+url, out = sys.argv[1], open(sys.argv[2], 'wb')
+longs = [send(url, {'prompt': 'x', 'max_tokens': 1900, 'ignore_eos': True}) for _ in range(40)]
+until(lambda: metric(url, 'num_requests_waiting') >= 20, 300)
+s = send(url, {'prompt': 'x', 'max_tokens': 2, 'stream': True})
+head = read_until(s, b': keep-alive', out)
+for l in longs:
+    l.close()
+read_until(s, b'data: [DONE]', out)
+" "$C" "$T/ka.raw"
+$PY -c "$HTTP_PY
+open(sys.argv[2], 'wb').write(dechunk(open(sys.argv[1], 'rb').read()))
+" "$T/ka.raw" "$T/ka"
 KA=$(sse "$T/ka")
-check "C: keep-alive comment while queued behind $NLONG x $($PY -c "print('%.2f' % ($t1-$t0))") s" \
-    $PY -c 'import json,sys; a=json.loads(sys.argv[1]); sys.exit(0 if a["keepalive"]>=1 and a["done"] and a["valid"] else 1)' "$KA"
+check "C: keep-alive comment while queued behind 40 long requests ($KA)" \
+    $PY -c 'import json,sys; a=json.loads(sys.argv[1]); sys.exit(0 if a["keepalive"]>=1 and a["done"] else 1)' "$KA"
 kill -TERM "$PID_C" 2>/dev/null
 wait "$PID_C" 2>/dev/null
 
@@ -478,10 +536,19 @@ wait "$PID_D" 2>/dev/null
 
 curl -sN "$A/v1/completions" -d '{"prompt":"x","max_tokens":1800,"ignore_eos":true,"stream":true}' >"$T/drain" &
 DC=$!
-sleep 0.15
+# signal once the stream is running (its first chunk is out), then wait for the drain to show
+$PY -c "$HTTP_PY
+import os
+until(lambda: os.path.exists(sys.argv[1]) and b'data: ' in open(sys.argv[1], 'rb').read(), 300)
+" "$T/drain"
 kill -TERM "$PID_A"
-sleep 0.05
-code=$(req GET "$A/health")
+i=0
+while [ $i -lt 600 ]; do
+    code=$(req GET "$A/health")
+    [ "$code" = 503 ] && break
+    sleep 0.05
+    i=$((i + 1))
+done
 check "draining: /health 503" [ "$code" = 503 ]
 code=$(req POST "$A/v1/completions" '{"prompt":"x","max_tokens":1}')
 expect_err 503 service_unavailable_error "" "draining: new request 503"
