@@ -7,6 +7,8 @@
 #                   "N passed, N failed"
 #   make test-cuda  kernel checkers + end-to-end parity on a GPU (skips without one)
 #   make bench      throughput figures (never part of the tests)
+#   make fuzz       the libFuzzer targets (tests/fuzz/) for FUZZ_SECONDS each (default 60)
+#   make soak       mixed hostile traffic against the server (tools/soak.py; SOAK_ARGS="--slow 10000")
 #   CUDA=1 / CUDA=0 force the CUDA backend on / off; V=1 prints whole compiler command lines.
 # Sources are found by wildcard: a new file in a module folder needs no Makefile edit.
 
@@ -108,7 +110,24 @@ ASAN_OBJ := $(LIB_C:%.c=$(B)/asan/%.o) $(LIB_CC:%.cc=$(B)/asan/%.o)
 ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine $(B)/asan/test_tokenizer_bpe $(B)/asan/test_arch $(B)/asan/test_jinja
 .SECONDARY: $(ASAN_OBJ)
 
-.PHONY: all deps run test test-cuda bench clean demo
+# libFuzzer targets (tests/fuzz/fuzz_*.c) with ASan + UBSan, built with clang: the library is
+# compiled again into build/fuzz/ (CPU only). `make test` runs each for a fixed number of runs
+# (tests/test_fuzz.sh, FUZZ_RUNS); `make fuzz FUZZ_SECONDS=N` runs each for N seconds on a copy
+# of its corpus (FUZZ_JOBS in parallel, default 1), keeping what it found in build/fuzz/corpus/.
+CLANG   ?= clang
+CLANGXX ?= clang++
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -O1 -g -std=c11 -D_GNU_SOURCE -pthread -I/usr/include/x86_64-linux-gnu/openblas-pthread \
+               -fsanitize=fuzzer-no-link $(FUZZ_SAN)
+FUZZ_OBJ := $(LIB_C:%.c=$(B)/fuzz/obj/%.o) $(LIB_CC:%.cc=$(B)/fuzz/obj/%.o)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 1
+HAVE_CLANG := $(shell command -v $(CLANG) >/dev/null 2>&1 && command -v $(CLANGXX) >/dev/null 2>&1 && echo 1)
+.SECONDARY: $(FUZZ_OBJ)
+
+.PHONY: all deps run test test-cuda bench clean demo fuzz soak fuzz-build
 all: deps $(B)/ropeserve $(TOOL_BIN) $(TEST_BIN)
 
 # DEPS_ARGS=--build: only the packages that compiling needs (docker/Dockerfile).
@@ -197,8 +216,33 @@ PORT    ?= 8080
 run: deps $(B)/ropeserve
 	$(B)/ropeserve serve --model $(RUN_MODEL) --host 127.0.0.1 --port $(PORT)
 
-test: all $(DEMO)/config.json $(CHECK_BIN) $(ASAN_BIN)
+test: all $(DEMO)/config.json $(CHECK_BIN) $(ASAN_BIN) $(if $(HAVE_CLANG),$(FUZZ_BIN))
 	@tests/run.sh
+
+$(B)/fuzz/obj/%.o: %.c | deps
+	@mkdir -p $(dir $@)
+	$(say) CC-FUZZ $<
+	$(Q)$(CLANG) $(FUZZ_CFLAGS) -c $< -o $@
+$(B)/fuzz/obj/models/rope.o: FUZZ_CFLAGS += -ffp-contract=off
+$(B)/fuzz/obj/%.o: %.cc | deps
+	@mkdir -p $(dir $@)
+	$(say) CXX-FUZZ $<
+	$(Q)$(CLANGXX) -O1 -g -std=c++17 -pthread -fsanitize=fuzzer-no-link $(FUZZ_SAN) -c $< -o $@
+$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
+	$(say) LINK $@
+	$(Q)$(CLANGXX) $(filter-out -std=c11,$(FUZZ_CFLAGS)) -fsanitize=fuzzer -x c -std=c11 $< -x none $(FUZZ_OBJ) -o $@ \
+		$(filter-out -L% -lcublas -lcudart -Wl%,$(LDLIBS))
+
+fuzz-build: deps $(FUZZ_BIN)
+
+# each target for FUZZ_SECONDS on its committed corpus plus what earlier runs found
+fuzz: fuzz-build
+	@tests/test_fuzz.sh --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS)
+
+# the mixed-traffic soak (tools/soak.py): SOAK_ARGS="--seconds 600 --slow 10000" etc.
+SOAK_ARGS ?= --seconds 120
+soak: all $(DEMO)/config.json
+	@tools/soak.py $(SOAK_ARGS)
 
 test-cuda: all $(CHECK_BIN)
 	@tests/run-cuda.sh

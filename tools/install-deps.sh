@@ -32,7 +32,7 @@ if [ "${1:-}" = "--npm" ]; then
     exit 2
 fi
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libcurl4-openssl-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev libopenblas-dev"
-TEST_PKGS="sentencepiece python3 python3-numpy python3-jinja2 curl jq valgrind"
+TEST_PKGS="sentencepiece python3 python3-numpy python3-jinja2 curl jq valgrind clang"
 # tests/test_docker.py: podman + runc run the Dockerfiles, docker-compose v1 the compose file
 TEST_PKGS="$TEST_PKGS podman runc netavark aardvark-dns debootstrap docker-compose"
 PKGS="$BUILD_PKGS"
