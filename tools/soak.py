@@ -292,6 +292,19 @@ def main():
     ap.add_argument("--server-args", default="")
     a = ap.parse_args()
 
+    # each slow connection is a descriptor here: raise the soft limit to the hard one, and open
+    # no more than it allows
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        if a.slow > soft - 200:
+            print("soak: --slow %d is over this process's descriptor limit; opening %d" % (a.slow, soft - 200))
+            a.slow = max(0, soft - 200)
+    except (ImportError, ValueError, OSError):
+        pass
     proc = None
     if a.url:
         m = re.match(r"http://(127\.\d+\.\d+\.\d+):(\d+)/?$", a.url)
