@@ -7,7 +7,8 @@
 #                                the demo model baked into the image; mount yours under /models)
 #   ROPESERVE_PORT               listen port (default 8080)
 #   ROPESERVE_HOST               listen address (default 0.0.0.0)
-#   ROPESERVE_API_KEY            require "Authorization: Bearer KEY" (/health stays open)
+#   ROPESERVE_API_KEY            require "Authorization: Bearer KEY" (/health and /v1/health stay
+#                                open; /metrics too with --metrics-public)
 #   ROPESERVE_API_KEY_FILE       the same, read from a file (e.g. a Docker secret)
 #   ROPESERVE_SERVED_MODEL_NAME  the model's name in the API (default: the directory name)
 #   ROPESERVE_DEVICE             auto, cpu or cuda (default auto)
