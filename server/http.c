@@ -9,9 +9,11 @@
  * Slow and hostile clients (a thread each): --max-connections bounds the threads,
  * --max-connections-per-ip what one address holds (libmicrohttpd closes the excess at accept),
  * and the watch thread (conn_watch) closes, with a 408, every connection whose request head and
- * body did not arrive within --request-read-timeout of its opening or its previous response:
+ * body did not arrive within --request-read-timeout of its request line, and without a word one
+ * that sent no request line within --idle-timeout of its opening or previous response:
  * libmicrohttpd's own idle timeout restarts with every byte, so a client trickling a header
- * line every few seconds would hold its thread for ever. A request line libmicrohttpd cannot
+ * line every few seconds would hold its thread for ever. (--idle-timeout's 75 s outlasts
+ * nginx's 60 s upstream keep-alive, so nginx closes its idle connections first.) A request line libmicrohttpd cannot
  * parse: a 400 from libmicrohttpd (a bad version, ...) or, when it has no space at all, the
  * connection closed at once (libmicrohttpd sends nothing then, and shuts the socket down before
  * telling us); lines it skips as blank (leading NUL bytes) meet the read deadline.
@@ -50,6 +52,7 @@ struct server_params server_default_params(void)
     p.max_connections = 1024;
     p.max_connections_per_ip = 256;
     p.read_timeout_s = 30;
+    p.idle_timeout_s = 75;
     return p;
 }
 
@@ -70,7 +73,8 @@ struct req_ctx {
 struct conn_entry {
     struct conn_entry *prev, *next;
     int fd;
-    double t0;          /* the connection opened or its previous response went */
+    double t0;          /* the connection opened, its previous response went, or (line_seen)
+                           its request line arrived */
     int reading;        /* 1 until the request is complete (dispatch); the deadline applies */
     int line_seen;      /* libmicrohttpd parsed a request line since t0 */
     int reaped;         /* closed by the watch (408) */
@@ -233,6 +237,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     if (ce) {
         pthread_mutex_lock(&s->conn_mu);
         ce->line_seen = 1;
+        ce->t0 = now_s(); /* the request's read deadline starts */
         pthread_mutex_unlock(&s->conn_mu);
     }
     return NULL; /* *con_cls starts NULL: on_request allocates its context */
@@ -249,22 +254,25 @@ static void *conn_watch(void *arg)
         ts.tv_nsec += 250 * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&s->conn_cv, &s->conn_mu, &ts);
-        if (s->watch_stop || s->p.read_timeout_s <= 0) continue;
+        if (s->watch_stop) continue;
         double t = now_s();
         int n = 0;
         for (struct conn_entry *ce = s->conns; ce; ce = ce->next) {
-            if (!ce->reading || ce->reaped || ce->fd < 0 || t - ce->t0 < s->p.read_timeout_s) continue;
+            double limit = ce->line_seen ? s->p.read_timeout_s : s->p.idle_timeout_s;
+            if (!ce->reading || ce->reaped || ce->fd < 0 || limit <= 0 || t - ce->t0 < limit) continue;
             /* the entry leaves the list (on_connection) before libmicrohttpd closes the fd, and
-             * that takes conn_mu: the fd is still this connection's */
-            send_raw(ce->fd, 408, "Request Timeout", "the request did not arrive within --request-read-timeout");
+             * that takes conn_mu: the fd is still this connection's. A request under way gets a
+             * 408; an idle connection is just closed (a client may be reusing it right now) */
+            if (ce->line_seen)
+                send_raw(ce->fd, 408, "Request Timeout", "the request did not arrive within --request-read-timeout");
             shutdown(ce->fd, SHUT_RDWR);
             ce->reaped = 1;
             n++;
         }
         if (n) {
             s->reaped += n;
-            LOG_D("closed %d connection(s) whose request did not arrive within %g s (%lld in all)", n,
-                  s->p.read_timeout_s, s->reaped);
+            LOG_D("closed %d connection(s): a request not in within --request-read-timeout %g s or no request "
+                  "within --idle-timeout %g s (%lld in all)", n, s->p.read_timeout_s, s->p.idle_timeout_s, s->reaped);
         }
     }
     pthread_mutex_unlock(&s->conn_mu);

@@ -92,8 +92,10 @@ static const struct flag flags[] = {
     {"--max-connections", "N", "open HTTP connections, one thread each (default 1024)", C_SERVE},
     {"--max-connections-per-ip", "N", "open connections per client address (default 256; 0: no limit, e.g. "
      "behind a reverse proxy)", C_SERVE},
-    {"--request-read-timeout", "S", "a request's head and body must arrive within S seconds of the connection "
-     "opening or the previous response, else 408 and close (default 30; 0: off)", C_SERVE},
+    {"--request-read-timeout", "S", "a request's head and body must arrive within S seconds of its request line, "
+     "bytes or no bytes, else 408 and close (default 30; 0: off)", C_SERVE},
+    {"--idle-timeout", "S", "close a connection that sends no request line for S seconds after it opened or its "
+     "previous response (default 75; 0: off)", C_SERVE},
     {"--metrics-public", NULL, "serve /metrics without the API key (default: behind --api-key)", C_SERVE},
     {"--request-timeout", "S", "cancel a request after S seconds (default: none)", C_SERVE},
     {"--served-model-name", "NAME", "model name in the API (default: the directory name)", C_SERVE},
@@ -233,6 +235,7 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--max-connections")) o->sp.max_connections = (int)parse_int(f, v, 1, 1 << 20);
     else if (IS("--max-connections-per-ip")) o->sp.max_connections_per_ip = (int)parse_int(f, v, 0, 1 << 20);
     else if (IS("--request-read-timeout")) o->sp.read_timeout_s = parse_num(f, v, 0, 1e6);
+    else if (IS("--idle-timeout")) o->sp.idle_timeout_s = parse_num(f, v, 0, 1e6);
     else if (IS("--metrics-public")) o->sp.metrics_public = 1;
     else if (IS("--served-model-name")) o->sp.served_model_name = v;
     else if (IS("--chat-template")) o->sp.chat_template = v;

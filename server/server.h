@@ -36,8 +36,9 @@ struct server_params {
     int max_connections;           /* open connections (one thread each), default 1024 */
     int max_connections_per_ip;    /* per client address, default 256 (0: no limit) */
     double read_timeout_s;         /* a request's head and body must arrive within this many
-                                      seconds of the connection opening or the previous
-                                      response (slow clients are closed with 408), default 30 */
+                                      seconds of its request line (then 408 and close), default 30 */
+    double idle_timeout_s;         /* a connection without a request line this long after it
+                                      opened or its previous response is closed, default 75 */
     int metrics_public;            /* /metrics answers without the API key */
 };
 
