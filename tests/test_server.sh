@@ -126,7 +126,7 @@ sse() { $PY -c "$SSE_PY" "$1"; }
 # written, metric(url, name) and until(cond, secs) (polls every 50 ms; generous limits, never a
 # timing assertion).
 HTTP_PY='
-import json, socket, sys, time, urllib.request
+import json, socket, sys, time, urllib.request, urllib.error
 def send(url, body, path="/v1/completions"):
     host, port = url[7:].split(":")
     b = json.dumps(body).encode()
@@ -532,29 +532,48 @@ kill -TERM "$PID_D" 2>/dev/null
 wait "$PID_D" 2>/dev/null
 
 # --------------------------------------------------------------------------------------------
-# SIGTERM: 503 while draining, the in-flight stream finishes, exit 0
-
-curl -sN "$A/v1/completions" -d '{"prompt":"x","max_tokens":1800,"ignore_eos":true,"stream":true}' >"$T/drain" &
-DC=$!
-# signal once the stream is running (its first chunk is out), then wait for the drain to show
+# SIGTERM: 503 while draining, the in-flight work finishes, exit 0. A request whose body is still
+# arriving holds the drain open (its "100 Continue" says the server counts it), so the checks while
+# draining do not race the stream's speed; then its body completes (503: draining) and the stream
+# runs to its end.
 $PY -c "$HTTP_PY
-import os
-until(lambda: os.path.exists(sys.argv[1]) and b'data: ' in open(sys.argv[1], 'rb').read(), 300)
-" "$T/drain"
-kill -TERM "$PID_A"
-i=0
-while [ $i -lt 600 ]; do
-    code=$(req GET "$A/health")
-    [ "$code" = 503 ] && break
-    sleep 0.05
-    i=$((i + 1))
-done
-check "draining: /health 503" [ "$code" = 503 ]
-code=$(req POST "$A/v1/completions" '{"prompt":"x","max_tokens":1}')
-expect_err 503 service_unavailable_error "" "draining: new request 503"
-wait $DC
+import json, os, signal
+url, pid, out = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], 'wb')
+host, port = url[7:].split(':')
+s = send(url, {'prompt': 'x', 'max_tokens': 1800, 'ignore_eos': True, 'stream': True})
+head = read_until(s, b'data: ')
+slow = socket.create_connection((host, int(port)), timeout=600)
+body = json.dumps({'prompt': 'x', 'max_tokens': 1}).encode()
+slow.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n'
+             b'Content-Length: %d\r\n\r\n' % len(body) + body[:1])
+cont = read_until(slow, b'\r\n\r\n')
+os.kill(pid, signal.SIGTERM)
+def health():
+    try:
+        return urllib.request.urlopen(url + '/health', timeout=60).status
+    except urllib.error.HTTPError as e:
+        return e.code
+draining = until(lambda: health() == 503, 600)
+r = {'continue': cont.startswith(b'HTTP/1.1 100'), 'health503': draining}
+try:
+    urllib.request.urlopen(urllib.request.Request(url + '/v1/completions', data=body, headers={'Content-Type': 'application/json'}), timeout=60)
+    r['new'] = 200
+except urllib.error.HTTPError as e:
+    r['new'], r['new_body'] = e.code, json.loads(e.read())
+slow.sendall(body[1:])
+r['slow'] = int(read_until(slow, b'\r\n\r\n').split(b' ')[1])
+out.write(head + read_until(s, b'data: [DONE]'))
+print(json.dumps(r))
+" "$A" "$PID_A" "$T/drain.raw" >"$T/drain.json"
+$PY -c "$HTTP_PY
+open(sys.argv[2], 'wb').write(dechunk(open(sys.argv[1], 'rb').read()))
+" "$T/drain.raw" "$T/drain"
+DJ=$(cat "$T/drain.json")
+check "draining: a slow upload held the drain open (100 Continue): $DJ" $PY -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["continue"] else 1)' "$DJ"
+check "draining: /health 503" $PY -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["health503"] else 1)' "$DJ"
+check "draining: new request 503 service_unavailable_error" $PY -c 'import json,sys; a=json.loads(sys.argv[1]); sys.exit(0 if a["new"]==503 and a["new_body"]["error"]["type"]=="service_unavailable_error" and a["slow"]==503 else 1)' "$DJ"
 DR=$(sse "$T/drain")
-check "draining: in-flight stream finished" $PY -c 'import json,sys; a=json.loads(sys.argv[1]); sys.exit(0 if a["done"] and a["finish"].get("0")=="length" else 1)' "$DR"
+check "draining: in-flight stream finished ($DR)" $PY -c 'import json,sys; a=json.loads(sys.argv[1]); sys.exit(0 if a["done"] and a["finish"].get("0")=="length" else 1)' "$DR"
 wait "$PID_A"
 rc=$?
 check "SIGTERM exit status 0 (got $rc)" [ $rc = 0 ]
