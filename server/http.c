@@ -178,14 +178,7 @@ static int model_ok(struct server *s, const struct oai_request *r, struct oai_er
  * to_sampling_params takes default_sampling_params.get(field) when the request's is None). */
 static void apply_gen_defaults(const struct server *s, struct oai_request *r)
 {
-    const struct generation_config *g = &s->gen;
-    if (!s->gen_sampling) return;
-    if (g->has_temperature && !(r->given & OAI_GIVEN_TEMPERATURE)) r->sp.temperature = (float)g->temperature;
-    if (g->has_top_p && !(r->given & OAI_GIVEN_TOP_P)) r->sp.top_p = (float)g->top_p;
-    if (g->has_top_k && !(r->given & OAI_GIVEN_TOP_K)) r->sp.top_k = g->top_k > 0 ? g->top_k : 0;
-    if (g->has_min_p && !(r->given & OAI_GIVEN_MIN_P)) r->sp.min_p = (float)g->min_p;
-    if (g->has_repetition_penalty && !(r->given & OAI_GIVEN_REPETITION_PENALTY))
-        r->sp.repetition_penalty = (float)g->repetition_penalty;
+    gen_defaults_apply(&s->gen, &r->sp, r->given);
 }
 
 /* A chat request -> prompt text -> ids, through the model's template (or a built-in one). */
@@ -231,20 +224,16 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, const char 
             p->n_ids = n;
         }
     }
-    const struct generation_config *g = &s->gen;
     for (int i = 0; i < r->n_prompts; i++) {
         if (r->prompts[i].n_ids == 0)
             return oai_err(e, 400, r->kind == OAI_CHAT ? "messages" : "prompt", NULL,
                            "the prompt is empty (0 tokens)");
         /* vLLM's get_max_tokens: generation_config's max_new_tokens is a chat request's default
          * (completions default to 16), and a cap besides with --generation-config DIR */
-        if (s->gen_sampling && g->has_max_new_tokens && s->gen_cap_max_tokens && r->max_tokens_set &&
-            r->sp.max_tokens > g->max_new_tokens)
-            r->sp.max_tokens = g->max_new_tokens;
+        if (r->max_tokens_set) r->sp.max_tokens = gen_defaults_cap(&s->gen, r->sp.max_tokens);
         if (oai_fit_prompt(r, &r->prompts[i], s->max_model_len, e)) return -1;
-        if (s->gen_sampling && g->has_max_new_tokens && !r->max_tokens_set && r->kind == OAI_CHAT &&
-            r->sp.max_tokens > g->max_new_tokens)
-            r->sp.max_tokens = g->max_new_tokens;
+        if (!r->max_tokens_set && r->kind == OAI_CHAT)
+            r->sp.max_tokens = gen_defaults_chat_max_tokens(&s->gen, r->sp.max_tokens);
     }
     return 0;
 }
@@ -378,11 +367,11 @@ static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum
 /* The effective generation defaults and EOS ids, for /v1/models. */
 static cJSON *gen_json(const struct server *s)
 {
-    const struct generation_config *g = &s->gen;
+    const struct generation_config *g = &s->gen.g;
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "source", s->gen_source);
+    cJSON_AddStringToObject(o, "source", s->gen.source);
     cJSON *d = cJSON_AddObjectToObject(o, "defaults");
-    if (s->gen_sampling) {
+    if (s->gen.sampling) {
         if (g->has_temperature) cJSON_AddNumberToObject(d, "temperature", g->temperature);
         if (g->has_top_p) cJSON_AddNumberToObject(d, "top_p", g->top_p);
         if (g->has_top_k) cJSON_AddNumberToObject(d, "top_k", g->top_k);
@@ -765,19 +754,7 @@ int server_load_model_config(server_t *s, const char *model_dir, char *err)
     s->ct = ct;
     /* --generation-config: auto (the model's), vllm (none: vLLM's neutral defaults), or a
      * directory holding a generation_config.json (its max_new_tokens also caps requests) */
-    const char *mode = s->p.generation_config ? s->p.generation_config : "auto";
-    const char *dir = !strcmp(mode, "auto") || !strcmp(mode, "vllm") ? model_dir : mode;
-    s->gen_sampling = strcmp(mode, "vllm") != 0;
-    s->gen_cap_max_tokens = dir != model_dir;
-    memset(&s->gen, 0, sizeof s->gen);
-    if (dir && model_generation_config_load(&s->gen, dir, err)) return -1;
-    if (!s->gen_sampling)
-        snprintf(s->gen_source, sizeof s->gen_source, "--generation-config vllm (the model's sampling defaults unused)");
-    else if (!dir)
-        snprintf(s->gen_source, sizeof s->gen_source, "no model directory");
-    else
-        snprintf(s->gen_source, sizeof s->gen_source, "%s/%s", dir,
-                 s->gen.present ? "generation_config.json" : "config.json (no generation_config.json)");
+    if (gen_defaults_load(&s->gen, model_dir, s->p.generation_config, err)) return -1;
     s->config_loaded = 1;
     return 0;
 }
@@ -819,18 +796,10 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
         if (!s->ct.named[i]) LOG_W("%s (requests that select it get a 400)", s->ct.named_err[i]);
     struct strbuf b = {0};
     sb_append(&b, "", 0);
-    const struct generation_config *g = &s->gen;
-    if (s->gen_sampling) {
-        if (g->has_temperature) sb_printf(&b, " temperature %g", g->temperature);
-        if (g->has_top_p) sb_printf(&b, " top_p %g", g->top_p);
-        if (g->has_top_k) sb_printf(&b, " top_k %d", g->top_k);
-        if (g->has_min_p) sb_printf(&b, " min_p %g", g->min_p);
-        if (g->has_repetition_penalty) sb_printf(&b, " repetition_penalty %g", g->repetition_penalty);
-        if (g->has_max_new_tokens) sb_printf(&b, " max_tokens %d%s", g->max_new_tokens, s->gen_cap_max_tokens ? " (cap)" : "");
-    }
+    gen_defaults_describe(&s->gen, &b);
     sb_puts(&b, "; EOS ids");
     for (int i = 0; m && i < model_get_config(m)->n_eos; i++) sb_printf(&b, " %d", model_get_config(m)->eos_ids[i]);
-    LOG_I("generation defaults from %s:%s%s", s->gen_source, b.p[0] == ';' ? " none (requests set their own)" : "", b.p);
+    LOG_I("generation defaults from %s:%s", s->gen.source, b.p);
     sb_free(&b);
     __atomic_store_n(&s->eng, e, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->state, SERVER_READY, __ATOMIC_SEQ_CST);

@@ -128,6 +128,29 @@ enum {
     OAI_GIVEN_REPETITION_PENALTY = 16, OAI_GIVEN_ADD_SPECIAL_TOKENS = 32,
 };
 
+/* ---------------------------------------------------------------------------------------------
+ * generation_config.json's sampling defaults (gen_defaults.c), shared by serve and generate */
+
+struct gen_defaults {
+    struct generation_config g;      /* the file's values (and EOS ids, read in every mode) */
+    int sampling;                    /* 0: --generation-config vllm (EOS ids only) */
+    int cap_max_tokens;              /* --generation-config DIR: max_new_tokens caps every request */
+    char source[600];                /* where they came from, for logs and /v1/models */
+};
+
+/* Resolve --generation-config mode ("auto" or NULL, "vllm", or a directory) against model_dir
+ * (may be NULL) and read the file. Returns 0 or -1 with err naming the file and field. */
+int gen_defaults_load(struct gen_defaults *d, const char *model_dir, const char *mode, char *err);
+/* Fill the sampling fields whose OAI_GIVEN_* bit is not in given (vLLM: a request's None takes
+ * the default). Returns the bits of the fields it filled. */
+unsigned gen_defaults_apply(const struct gen_defaults *d, struct sampling_params *sp, unsigned given);
+/* A request's max_tokens after the --generation-config DIR cap (max_new_tokens). */
+int gen_defaults_cap(const struct gen_defaults *d, int max_tokens);
+/* A chat request without max_tokens: max_new_tokens when it is smaller (vLLM's get_max_tokens). */
+int gen_defaults_chat_max_tokens(const struct gen_defaults *d, int max_tokens);
+/* Append " temperature 0.6 top_p 0.9 ..." (or " none (requests set their own)") to b. */
+void gen_defaults_describe(const struct gen_defaults *d, struct strbuf *b);
+
 /* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds
  * n x prompts. Returns 0, or -1 with e filled (400 naming the param). The body need not be
  * NUL-terminated. On success the caller owns *r (oai_request_free). */
@@ -371,10 +394,7 @@ struct server {
     const tokenizer_t *tok;
     int vocab_size, max_model_len, add_bos;
     struct chat_templates ct;
-    struct generation_config gen;    /* the sampling defaults requests inherit (and EOS ids) */
-    int gen_sampling;                /* 0: --generation-config vllm */
-    int gen_cap_max_tokens;          /* --generation-config DIR: max_new_tokens caps every request */
-    char gen_source[600];            /* where they came from, for the log and /v1/models */
+    struct gen_defaults gen;         /* the sampling defaults requests inherit (and EOS ids) */
     int config_loaded;               /* server_load_model_config() ran */
     char *model_name, *model_dir, *api_key;
     char id_prefix[16];              /* random per process */
