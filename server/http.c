@@ -248,6 +248,18 @@ static int conn_fd(struct MHD_Connection *conn)
 /* ---------------------------------------------------------------------------------------------
  * handlers */
 
+/* vLLM (serving_chat): "auto" tool choice needs --enable-auto-tool-choice and --tool-call-parser;
+ * without them a chat request may send tools only with "tool_choice": "none". */
+static int check_tool_choice(const struct server *s, const struct oai_request *r, struct oai_error *e)
+{
+    if (r->kind != OAI_CHAT || r->tool_choice != OAI_TOOL_CHOICE_AUTO) return 0;
+    if (s->p.enable_auto_tool_choice && s->tool_parser) return 0;
+    return oai_err(e, 400, "tool_choice", "unsupported_parameter", "\"auto\" tool choice requires "
+                   "--enable-auto-tool-choice and --tool-call-parser to be set (tools without 'tool_choice' mean "
+                   "\"auto\"; send \"tool_choice\": \"none\" to render the tools into the prompt and get the "
+                   "model's text back)");
+}
+
 static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *conn,
                                        enum oai_kind kind, struct req_ctx *rc)
 {
@@ -259,7 +271,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->t_start = now_s();
     if (oai_parse_request(kind, rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size,
                           s->p.max_n > 0 ? s->p.max_n : 16, &j->req, &e) ||
-        model_ok(s, &j->req, &e) ||
+        model_ok(s, &j->req, &e) || check_tool_choice(s, &j->req, &e) ||
         tokenize_prompts(s, &j->req, rc->body.p ? rc->body.p : "", rc->body.len, &e)) {
         job_free(j);
         return respond_error(s, conn, &e, NULL);
@@ -276,6 +288,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->rc.prompt_top_n = j->req.prompt_logprobs;
     j->rc.token_text = token_text_cb;
     j->rc.token_ctx = (void *)s->tok;
+    if (kind == OAI_CHAT && j->req.tool_choice == OAI_TOOL_CHOICE_AUTO) j->tool_parser = s->tool_parser;
     j->sock = conn_fd(conn);
     if (s->p.request_timeout_s > 0) j->deadline = j->t_start + s->p.request_timeout_s;
     if (job_submit(j, &e)) {
@@ -694,6 +707,14 @@ int server_start(server_t **out, const struct server_params *p, char *err)
     s->ct.selected = -1;
     if (p->api_key && *p->api_key) s->api_key = xstrdup(p->api_key);
     else if (p->api_key_file && !(s->api_key = read_key_file(p->api_key_file, err))) goto fail;
+    if (p->tool_call_parser && (s->tool_parser = tool_parser_from_name(p->tool_call_parser)) < 0) {
+        set_err(err, -1, "--tool-call-parser: expected hermes or llama3_json, got '%s'", p->tool_call_parser);
+        goto fail;
+    }
+    if (p->enable_auto_tool_choice && !p->tool_call_parser) { /* vLLM's start-up check */
+        set_err(err, -1, "--enable-auto-tool-choice requires --tool-call-parser (hermes or llama3_json)");
+        goto fail;
+    }
     if (p->generation_config && !*p->generation_config) {
         set_err(err, -1, "--generation-config: expected auto, vllm or a directory");
         goto fail;

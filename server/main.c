@@ -95,6 +95,10 @@ static const struct flag flags[] = {
      "llama-2, chatml, plain, a Jinja file or the template text (default: the checkpoint's)", C_SERVE},
     {"--generation-config", "auto|vllm|DIR", "sampling defaults: the model's generation_config.json (auto), none "
      "(vllm), or DIR's; requests override them; EOS ids are read in every mode (default auto)", C_RUN},
+    {"--enable-auto-tool-choice", NULL, "parse chat answers into tool_calls when a request's tool_choice is \"auto\" "
+     "(the default with tools); needs --tool-call-parser (vLLM's flag)", C_SERVE},
+    {"--tool-call-parser", "hermes|llama3_json", "the answers' tool-call format: hermes (<tool_call>{json}</tool_call>: "
+     "Hermes 2 Pro, Qwen2.5, Qwen3) or llama3_json (a JSON object: Llama 3.1-3.3) (vLLM's names)", C_SERVE},
     {"--drain-timeout", "S", "on SIGTERM, wait this long for running requests (default 30)", C_SERVE},
     {"--prompt", "TEXT", "prompt text (BOS is added)", C_GEN},
     {"--prompt-ids", "1,2,3", "prompt token ids, used as given (no BOS added)", C_GEN},
@@ -228,6 +232,8 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--served-model-name")) o->sp.served_model_name = v;
     else if (IS("--chat-template")) o->sp.chat_template = v;
     else if (IS("--generation-config")) o->sp.generation_config = v;
+    else if (IS("--enable-auto-tool-choice")) o->sp.enable_auto_tool_choice = 1;
+    else if (IS("--tool-call-parser")) o->sp.tool_call_parser = v;
     else if (IS("--drain-timeout")) o->drain_timeout = parse_num(f, v, 0, 1e6);
     else if (IS("--prompt")) o->prompt = v;
     else if (IS("--prompt-ids")) o->prompt_ids = v;

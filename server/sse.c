@@ -296,6 +296,32 @@ int job_client_gone(const struct job *j)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * tool calls (tools.c does the parsing) */
+
+/* Parse a finished choice's answer into tool calls, once (vLLM: tool_choice "auto" with
+ * --enable-auto-tool-choice). parallel_tool_calls false keeps the first call (OpenAI: at most
+ * one). A stream may already have sent content the parse would take back (a llama3_json answer
+ * that did not open with '{', which vLLM's streaming parser does not look into): then the answer
+ * stays content, as vLLM streams it. */
+static void choice_tools(const struct job *j, struct choice *c, size_t sent)
+{
+    if (c->tools_parsed || !j->tool_parser) return;
+    c->tools_parsed = 1;
+    tool_extract(j->tool_parser, c->text.p, c->text.len, &c->tools);
+    struct tool_result *t = &c->tools;
+    if (t->called && !j->req.parallel_tool_calls)
+        while (t->n_calls > 1) {
+            t->n_calls--;
+            free(t->calls[t->n_calls].name);
+            free(t->calls[t->n_calls].arguments);
+        }
+    if (t->called && (t->content_null ? sent > 0 : sent > t->content_len)) {
+        tool_result_free(t);
+        t->content_len = c->text.len;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * rendering a finished job */
 
 static int echo_text(const struct job *j, const struct oai_prompt *p, char **out)
@@ -378,6 +404,14 @@ char *job_render_response(struct job *j)
         pc[i].stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
         pc[i].plp = c->plp;
         pc[i].n_plp = c->n_plp;
+        choice_tools(j, c, 0);
+        if (c->tools.called) { /* vLLM: finish_reason "tool_calls" when the parser found calls */
+            pc[i].len = c->tools.content_len;
+            pc[i].content_null = c->tools.content_null;
+            pc[i].tool_calls = c->tools.calls;
+            pc[i].n_tool_calls = c->tools.n_calls;
+            pc[i].finish_reason = "tool_calls";
+        }
     }
     struct oai_usage u;
     job_usage(j, &u);
@@ -429,6 +463,7 @@ void job_free(struct job *j)
         free(c->lp_byte);
         free(c->plp);
         free(c->stop_reason);
+        tool_result_free(&c->tools);
     }
     free(j->ch);
     sb_free(&j->out);
@@ -518,6 +553,14 @@ static void sse_emit(struct job *j)
         }
         if (c->finish_sent) continue;
         size_t safe = c->done ? c->text.len : c->text.len - holdback(j, c);
+        if (j->tool_parser && !c->done) { /* what may become a tool call waits for the end */
+            size_t ts = tool_stream_safe(j->tool_parser, c->text.p, c->text.len);
+            if (ts < safe) safe = ts;
+            if (safe < c->sent) safe = c->sent;
+        }
+        if (c->done) choice_tools(j, c, c->sent);
+        int tools = c->done && c->tools.called;
+        if (tools) safe = c->tools.content_null ? c->sent : c->tools.content_len;
         int upto = c->lp_sent;
         while (upto < c->n_lp && (c->done || c->lp_byte[upto] < safe)) upto++;
         if (safe <= c->sent && upto == c->lp_sent && !c->done) continue;
@@ -536,6 +579,28 @@ static void sse_emit(struct job *j)
             p.finish_reason = c->finish ? c->finish : "abort";
             p.stop_reason = c->stop_reason;
             p.stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
+        }
+        if (tools) { /* content, then each call (name, then arguments), then the finish */
+            struct oai_piece last = p;
+            p.finish_reason = NULL;
+            if (p.len || p.n_lp) sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));
+            memset(&p, 0, sizeof p);
+            p.index = c->index;
+            p.text = "";
+            p.n_tool_calls = 1;
+            for (int k = 0; k < c->tools.n_calls; k++)
+                for (int part = 1; part <= 2; part++) {
+                    p.tool_calls = &c->tools.calls[k];
+                    p.tool_index = k;
+                    p.tool_part = part;
+                    sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));
+                }
+            memset(&p, 0, sizeof p);
+            p.index = c->index;
+            p.text = "";
+            p.finish_reason = "tool_calls";
+            p.stop_reason = last.stop_reason;
+            p.stop_token = last.stop_token;
         }
         if (p.len || p.n_lp || p.finish_reason)
             sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));
