@@ -300,9 +300,10 @@ int job_client_gone(const struct job *j)
 
 /* Parse a finished choice's answer into tool calls, once (vLLM: tool_choice "auto" with
  * --enable-auto-tool-choice). parallel_tool_calls false keeps the first call (OpenAI: at most
- * one). A stream may already have sent content the parse would take back (a llama3_json answer
- * that did not open with '{', which vLLM's streaming parser does not look into): then the answer
- * stays content, as vLLM streams it. */
+ * one). A stream releases what tool_stream_safe() allows; when the parse would take some of
+ * that back (a llama3_json answer that does not open with '{', which vLLM's streaming parser
+ * does not look into), the answer stays content, as vLLM streams it - decided on the whole
+ * text, so the outcome never depends on how the tokens were batched into chunks. */
 static void choice_tools(const struct job *j, struct choice *c, size_t sent)
 {
     if (c->tools_parsed || !j->tool_parser) return;
@@ -315,7 +316,9 @@ static void choice_tools(const struct job *j, struct choice *c, size_t sent)
             free(t->calls[t->n_calls].name);
             free(t->calls[t->n_calls].arguments);
         }
-    if (t->called && (t->content_null ? sent > 0 : sent > t->content_len)) {
+    size_t released = j->req.stream ? tool_stream_safe(j->tool_parser, c->text.p, c->text.len) : 0;
+    if (released < sent) released = sent;
+    if (t->called && (t->content_null ? released > 0 : released > t->content_len)) {
         tool_result_free(t);
         t->content_len = c->text.len;
     }
