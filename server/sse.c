@@ -188,6 +188,17 @@ static const char *finish_name(enum finish_reason r)
     }
 }
 
+/* "<tool_call>" / "</tool_call>" when id is a special token with that text (Hermes 2 Pro marks
+ * them special; Qwen does not), else NULL. Special tokens are left out of the text otherwise;
+ * vLLM's hermes parser turns skip_special_tokens off so that these reach it. */
+static const char *hermes_tag(const tokenizer_t *tok, int32_t id)
+{
+    if (!tokenizer_is_special(tok, id)) return NULL;
+    const char *piece = tokenizer_id_to_piece(tok, id);
+    if (piece && (!strcmp(piece, "<tool_call>") || !strcmp(piece, "</tool_call>"))) return piece;
+    return NULL;
+}
+
 static void on_event(struct job *j, struct choice *c, const struct engine_event *ev)
 {
     const struct oai_request *r = &j->req;
@@ -230,7 +241,12 @@ static void on_event(struct job *j, struct choice *c, const struct engine_event 
         /* the token that stops (EOS, a stop id) leaves no text, unless asked (vLLM) */
         if (ev->stop && !r->include_stop_str) return;
         const char *out;
-        int len = tok_stream_push(c->ds, ev->token, &out);
+        int len;
+        if (j->tool_parser == TOOL_PARSER_HERMES && (out = hermes_tag(j->srv->tok, ev->token))) {
+            len = (int)strlen(out); /* vLLM decodes with skip_special_tokens=False for the parser */
+        } else {
+            len = tok_stream_push(c->ds, ev->token, &out);
+        }
         if (len > 0) sb_append(&c->text, out, (size_t)len);
         if (c->n_gen > r->sp.min_tokens) check_stop(j, c, old); /* min_tokens: no stop string yet */
         return;

@@ -198,9 +198,10 @@ def make_checkpoint(tmp):
     tok = json.load(open("tests/fixtures/tokenizers/qwen-nfc.json"))
     ids = {}
     nxt = max(t["id"] for t in tok["added_tokens"]) + 1
-    for key, text in (("call", CALL_TEXT), ("mixed", MIXED_TEXT), ("llama", LLAMA_TEXT)):
+    for key, text, special in (("call", CALL_TEXT, False), ("mixed", MIXED_TEXT, False), ("llama", LLAMA_TEXT, False),
+                               ("open_tag", "<tool_call>", True)):
         tok["added_tokens"].append({"id": nxt, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-                                    "normalized": False, "special": False})
+                                    "normalized": False, "special": special})
         ids[key] = nxt
         nxt += 1
     json.dump(tok, open(os.path.join(d, "tokenizer.json"), "w"))
@@ -324,6 +325,13 @@ def test_hermes(url, ids):
     m = r["choices"][0]["message"] if st == 200 else {}
     check("hermes: an answer without a call stays content", st == 200 and isinstance(m.get("content"), str) and
           not m.get("tool_calls") and r["choices"][0]["finish_reason"] in ("length", "stop"), r)
+    # Hermes 2 Pro marks <tool_call> special: vLLM's parser decodes without skipping it
+    st, r = call(url, dict(base, max_tokens=1, logit_bias={str(ids["open_tag"]): 100}))
+    check("hermes: a special <tool_call> token reaches the parser (an empty call: content)",
+          st == 200 and r["choices"][0]["message"]["content"] == "<tool_call>", r)
+    st, r = call(url, dict(base, max_tokens=1, logit_bias={str(ids["open_tag"]): 100}, tool_choice="none"))
+    check("hermes: ... and is left out as every special token without the parser",
+          st == 200 and r["choices"][0]["message"]["content"] == "", r)
     # streaming: the deltas add up to the non-streamed message
     for label, bias, n in (("call", "call", 1), ("two calls", "call", 2), ("content + call", "mixed", 1)):
         body = dict(base, max_tokens=n, logit_bias={str(ids[bias]): 100})
