@@ -181,6 +181,17 @@ static void apply_gen_defaults(const struct server *s, struct oai_request *r)
     gen_defaults_apply(&s->gen, &r->sp, r->given);
 }
 
+/* Append the EOS id to n ids when tokenizer_config.json says add_eos_token (transformers'
+ * LlamaTokenizer adds it to every text encoded with special tokens, and vLLM encodes completion
+ * prompts so); returns the new count. */
+static int add_eos(const struct server *s, int add_special, int32_t **ids, int n)
+{
+    if (n < 0 || !add_special || !s->add_eos) return n;
+    *ids = xrealloc(*ids, sizeof(int32_t) * (size_t)(n + 1));
+    (*ids)[n] = tokenizer_eos_id(s->tok);
+    return n + 1;
+}
+
 /* A chat request -> prompt text -> ids, through the model's template (or a built-in one). */
 static int chat_ids(struct server *s, const struct oai_request *r, const char *body, size_t len, int add_bos,
                     int32_t **ids, struct oai_error *e)
@@ -197,6 +208,7 @@ static int chat_ids(struct server *s, const struct oai_request *r, const char *b
         (*ids)[0] = tokenizer_bos_id(s->tok);
         n++;
     }
+    if (!s->ct.use_builtin && (r->given & OAI_GIVEN_ADD_SPECIAL_TOKENS)) n = add_eos(s, r->add_special_tokens, ids, n);
     return n;
 }
 
@@ -221,6 +233,7 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, const char 
             int n = tokenizer_encode(s->tok, p->text, strlen(p->text),
                                      s->add_bos && r->add_special_tokens, &p->ids, err);
             if (n < 0) return oai_err(e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+            n = add_eos(s, r->add_special_tokens, &p->ids, n);
             p->n_ids = n;
         }
     }
@@ -447,6 +460,7 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
         const char *t = r.prompts[0].text;
         n = tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
         if (n < 0) oai_err(&e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+        n = add_eos(s, r.add_special_tokens, &ids, n);
     }
     oai_request_free(&r);
     if (n < 0) return respond_error(s, conn, &e, NULL);
@@ -792,6 +806,7 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     int mv = m ? model_get_config(m)->vocab_size : tv;
     s->vocab_size = (mv > 0 && mv < tv) ? mv : tv;
     s->add_bos = tokenizer_bos_id(tok) >= 0 && s->ct.add_bos != 0;
+    s->add_eos = tokenizer_eos_id(tok) >= 0 && s->ct.add_eos;
     chat_templates_set_tokenizer(&s->ct, tok);
     if (model_dir) {
         free(s->model_dir);
@@ -810,8 +825,9 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     } else {
         s->model_name = xstrdup("ropeserve");
     }
-    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s, BOS %s%s", s->model_name,
+    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s, BOS %s%s%s", s->model_name,
           s->max_model_len, s->vocab_size, chat_templates_describe(&s->ct), s->add_bos ? "on" : "off",
+          s->add_eos ? ", EOS appended to text prompts (add_eos_token)" : "",
           s->api_key ? ", API key required" : "");
     for (int i = 0; i < s->ct.n_named; i++)
         if (!s->ct.named[i]) LOG_W("%s (requests that select it get a 400)", s->ct.named_err[i]);

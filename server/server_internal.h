@@ -302,6 +302,8 @@ struct chat_templates {
     char *bos_token, *eos_token, *unk_token, *pad_token; /* the template's variables (NULL: unset) */
     unsigned tokens_set;                 /* bit i: the config named token i (bos, eos, unk, pad) */
     int add_bos;                         /* tokenizer_config.json add_bos_token (-1: absent) */
+    int add_eos;                         /* tokenizer_config.json add_eos_token (LlamaTokenizer: EOS
+                                            after every text encoded with special tokens) */
     char **added;                        /* added_tokens_decoder contents */
     int n_added;
     char *source;                        /* for the start-up log and /v1/models */
@@ -439,7 +441,7 @@ struct server {
     volatile int state;              /* enum server_state, read by every thread */
     engine_t *eng;
     const tokenizer_t *tok;
-    int vocab_size, max_model_len, add_bos;
+    int vocab_size, max_model_len, add_bos, add_eos;
     struct chat_templates ct;
     struct gen_defaults gen;         /* the sampling defaults requests inherit (and EOS ids) */
     int tool_parser;                 /* TOOL_PARSER_*: --tool-call-parser (NONE: not given) */

@@ -447,6 +447,31 @@ def test_templates(tmp):
     check("templates: an unknown --chat-template names the choices", url is None and "default, tool_use" in log, log)
 
 
+def test_add_eos(tmp):
+    """tokenizer_config.json add_eos_token: true (transformers' LlamaTokenizer) appends EOS to every
+    text encoded with special tokens, as vLLM's completion prompts are encoded."""
+    plain = make_model(tmp, "eos-plain")
+    m = make_model(tmp, "add-eos", tokenizer_config={"add_eos_token": True})
+    url0, p0 = start(plain)
+    url, p = start(m)
+    check("add_eos_token: servers start", url0 is not None and url is not None, (p0, p))
+    if url0 and url:
+        st0, a = call(url0, "/tokenize", {"prompt": "Hello world"})
+        st1, b = call(url, "/tokenize", {"prompt": "Hello world"})
+        check("add_eos_token: /tokenize appends EOS (2)", st0 == st1 == 200 and b["tokens"] == a["tokens"] + [2], (a, b))
+        st, c = call(url, "/tokenize", {"prompt": "Hello world", "add_special_tokens": False})
+        check("add_eos_token: not without special tokens", st == 200 and 2 not in c["tokens"] and 1 not in c["tokens"], c)
+        st, r = call(url, "/v1/completions", {"prompt": "Hello world", "max_tokens": 1})
+        check("add_eos_token: completions count it", st == 200 and r["usage"]["prompt_tokens"] == len(a["tokens"]) + 1, r)
+        st, r = call(url, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        st2, r2 = call(url0, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        check("add_eos_token: chat (special tokens off by default) unchanged", st == st2 == 200 and r["tokens"] == r2["tokens"],
+              (r, r2))
+    for p_ in (p0, p):
+        if not isinstance(p_, str):
+            stop(p_)
+
+
 def main():
     if not os.path.exists(BIN):
         print("FAIL: %s not built" % BIN)
@@ -456,6 +481,7 @@ def main():
     try:
         greedy = test_eos(tmp)
         test_defaults(tmp, greedy)
+        test_add_eos(tmp)
         test_templates(tmp)
     finally:
         for p in procs:
