@@ -573,7 +573,10 @@ static void sse_emit(struct job *j)
         if (c->finish_sent) continue;
         size_t safe = c->done ? c->text.len : c->text.len - holdback(j, c);
         if (j->tool_parser && !c->done) { /* what may become a tool call waits for the end */
-            size_t ts = tool_stream_safe(j->tool_parser, c->text.p, c->text.len);
+            /* no tag starts before what was sent (it would have been held), so only the new text
+             * is scanned; a llama3_json answer that sent anything did not open with '{' */
+            size_t ts = j->tool_parser == TOOL_PARSER_LLAMA3_JSON && c->sent > 0 ? c->text.len
+                      : c->sent + tool_stream_safe(j->tool_parser, c->text.p + c->sent, c->text.len - c->sent);
             if (ts < safe) safe = ts;
             if (safe < c->sent) safe = c->sent;
         }
