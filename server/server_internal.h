@@ -473,8 +473,6 @@ struct choice {
     const char *finish;              /* "stop" / "length" / "abort" / "error" */
     char *stop_reason;               /* matched stop string */
     int32_t stop_token;              /* stop_token_ids id that ended it (-1: none) */
-    int prog_processed, prog_total, prog_cached, prog_new; /* latest prefill progress */
-    double prog_ms;
     char err[128];
     double t_first;                  /* first generated token (0: none) */
     int prompt_sent;                 /* stream + echo: prompt text already emitted */

@@ -199,16 +199,16 @@ static const char *hermes_tag(const tokenizer_t *tok, int32_t id)
     return NULL;
 }
 
+static void sse_data(struct job *j, char *json);
+
 static void on_event(struct job *j, struct choice *c, const struct engine_event *ev)
 {
     const struct oai_request *r = &j->req;
     const struct oai_prompt *p = &r->prompts[c->prompt_idx];
-    if (ev->type == ENGINE_EV_PROGRESS) {
-        c->prog_processed = ev->n_processed;
-        c->prog_total = ev->n_total;
-        c->prog_cached = ev->n_cached;
-        c->prog_ms = ev->elapsed_s * 1000.0;
-        c->prog_new = 1;
+    if (ev->type == ENGINE_EV_PROGRESS) { /* opt-in; each prefill step's event is sent, none merged */
+        if (!c->finish_sent)
+            sse_data(j, oai_render_progress_chunk(&j->rc, c->index, ev->n_processed, ev->n_total, ev->n_cached,
+                                                  ev->elapsed_s * 1000.0));
         return;
     }
     if (ev->type == ENGINE_EV_PROMPT_TOKEN) {
@@ -528,13 +528,6 @@ static void choice_usage(const struct job *j, const struct choice *c, struct oai
 static void sse_emit(struct job *j)
 {
     const struct oai_request *r = &j->req;
-    for (int i = 0; i < j->n_ch; i++) { /* prefill progress first (opt-in) */
-        struct choice *c = &j->ch[i];
-        if (!c->prog_new || c->finish_sent) continue;
-        c->prog_new = 0;
-        sse_data(j, oai_render_progress_chunk(&j->rc, c->index, c->prog_processed, c->prog_total,
-                                              c->prog_cached, c->prog_ms));
-    }
     for (int i = 0; i < j->n_ch; i++) {
         struct choice *c = &j->ch[i];
         struct oai_piece p;
