@@ -25,6 +25,7 @@ struct engine {
     model_t *model;
     int vocab, max_model_len, n_blocks;
     int eos_ids[MODEL_MAX_EOS], n_eos; /* every id that ends a request (config, generation_config, tokenizer) */
+    int eos_primary;                   /* the one of them that ends with no stop token (vLLM's primary EOS) */
     struct scheduler sched;
     struct runner runner;
     struct sched_plan plan;
@@ -152,11 +153,14 @@ static int is_stop_token(const engine_t *e, const struct sequence *seq, int32_t 
     return 0;
 }
 
-/* The stop id that ended seq (vLLM's stop_reason), -1 for EOS (any of the EOS ids). */
+/* The stop id that ended seq (vLLM's stop_reason), -1 for the primary EOS. vLLM's check_stop
+ * tests request.eos_token_id (the tokenizer's EOS) first and reports no stop_reason; the other
+ * EOS ids of generation_config / config.json were added to stop_token_ids
+ * (SamplingParams.update_from_generation_config, not under ignore_eos), so they end the request
+ * with stop_reason = the id, as a stop_token_ids id does. */
 static int32_t stop_token_of(const engine_t *e, const struct sequence *seq, int32_t tok)
 {
-    for (int i = 0; i < e->n_eos && !seq->sp.ignore_eos; i++)
-        if (tok == e->eos_ids[i]) return -1;
+    if (tok == e->eos_primary && !seq->sp.ignore_eos) return -1;
     return tok;
 }
 
@@ -338,6 +342,7 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     e->vocab = c->vocab_size;
     e->n_eos = c->n_eos;
     memcpy(e->eos_ids, c->eos_ids, sizeof e->eos_ids);
+    e->eos_primary = c->eos_primary;
     e->max_model_len = max_len;
     e->n_blocks = (int)n_blocks;
     e->rng_state = p->seed;

@@ -715,6 +715,7 @@ static int parse_config(struct model_config *c, const cJSON *root, const char *s
         token_id(&x, root, "pad_token_id", &c->pad_id))
         return -1;
     c->eos_id = c->n_eos ? c->eos_ids[0] : -1;
+    c->eos_primary = c->eos_id;
     if (opt_bool(&x, root, "log_scale", &c->log_scale)) return -1;
 
     if ((v = item(root, "string_config"))) {

@@ -86,6 +86,10 @@ struct model_config {
     int bos_id, eos_id, pad_id;  /* -1 when absent; eos_id is eos_ids[0] */
     int eos_ids[MODEL_MAX_EOS];  /* eos_token_id: an int or a list; every one ends generation */
     int n_eos;
+    int eos_primary;             /* the EOS that ends with stop_reason null (vLLM: the tokenizer's
+                                    eos_token_id; the loader sets eos_id, the caller may replace it);
+                                    every other id of eos_ids ends as a stop token id does, with
+                                    stop_reason = the id; -1: none */
     int log_scale;               /* top-level log_scale (CLEX/GeNE), default 0 */
     int string_shift, string_local; /* string_config {shifted_offset, local_value}; 0 = off */
     enum bk_dtype torch_dtype;   /* as stated by the config (informational) */

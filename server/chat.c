@@ -324,6 +324,7 @@ int chat_templates_load(struct chat_templates *ct, const char *model_dir, const 
             }
             const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "add_bos_token");
             if (cJSON_IsBool(bos)) ct->add_bos = cJSON_IsTrue(bos);
+            ct->add_eos = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "add_eos_token"));
             char **toks[4] = {&ct->bos_token, &ct->eos_token, &ct->unk_token, &ct->pad_token};
             static const char *const keys[4] = {"bos_token", "eos_token", "unk_token", "pad_token"};
             for (int i = 0; i < 4; i++) {

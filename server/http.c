@@ -384,14 +384,18 @@ static int model_ok(struct server *s, const struct oai_request *r, struct oai_er
  * to_sampling_params takes default_sampling_params.get(field) when the request's is None). */
 static void apply_gen_defaults(const struct server *s, struct oai_request *r)
 {
-    const struct generation_config *g = &s->gen;
-    if (!s->gen_sampling) return;
-    if (g->has_temperature && !(r->given & OAI_GIVEN_TEMPERATURE)) r->sp.temperature = (float)g->temperature;
-    if (g->has_top_p && !(r->given & OAI_GIVEN_TOP_P)) r->sp.top_p = (float)g->top_p;
-    if (g->has_top_k && !(r->given & OAI_GIVEN_TOP_K)) r->sp.top_k = g->top_k > 0 ? g->top_k : 0;
-    if (g->has_min_p && !(r->given & OAI_GIVEN_MIN_P)) r->sp.min_p = (float)g->min_p;
-    if (g->has_repetition_penalty && !(r->given & OAI_GIVEN_REPETITION_PENALTY))
-        r->sp.repetition_penalty = (float)g->repetition_penalty;
+    gen_defaults_apply(&s->gen, &r->sp, r->given);
+}
+
+/* Append the EOS id to n ids when tokenizer_config.json says add_eos_token (transformers'
+ * LlamaTokenizer adds it to every text encoded with special tokens, and vLLM encodes completion
+ * prompts so); returns the new count. */
+static int add_eos(const struct server *s, int add_special, int32_t **ids, int n)
+{
+    if (n < 0 || !add_special || !s->add_eos) return n;
+    *ids = xrealloc(*ids, sizeof(int32_t) * (size_t)(n + 1));
+    (*ids)[n] = tokenizer_eos_id(s->tok);
+    return n + 1;
 }
 
 /* Tokenizing costs CPU in proportion to the text (seconds for megabytes), so a prompt that
@@ -478,6 +482,7 @@ static int chat_ids(struct server *s, const struct oai_request *r, const char *b
         (*ids)[0] = tokenizer_bos_id(s->tok);
         n++;
     }
+    if (!s->ct.use_builtin && (r->given & OAI_GIVEN_ADD_SPECIAL_TOKENS)) n = add_eos(s, r->add_special_tokens, ids, n);
     return n;
 }
 
@@ -504,23 +509,20 @@ static int tokenize_prompts(struct server *s, struct oai_request *r, const char 
             int n = tokenizer_encode(s->tok, p->text, strlen(p->text),
                                      s->add_bos && r->add_special_tokens, &p->ids, err);
             if (n < 0) return oai_err(e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+            n = add_eos(s, r->add_special_tokens, &p->ids, n);
             p->n_ids = n;
         }
     }
-    const struct generation_config *g = &s->gen;
     for (int i = 0; i < r->n_prompts; i++) {
         if (r->prompts[i].n_ids == 0)
             return oai_err(e, 400, r->kind == OAI_CHAT ? "messages" : "prompt", NULL,
                            "the prompt is empty (0 tokens)");
         /* vLLM's get_max_tokens: generation_config's max_new_tokens is a chat request's default
          * (completions default to 16), and a cap besides with --generation-config DIR */
-        if (s->gen_sampling && g->has_max_new_tokens && s->gen_cap_max_tokens && r->max_tokens_set &&
-            r->sp.max_tokens > g->max_new_tokens)
-            r->sp.max_tokens = g->max_new_tokens;
+        if (r->max_tokens_set) r->sp.max_tokens = gen_defaults_cap(&s->gen, r->sp.max_tokens);
         if (oai_fit_prompt(r, &r->prompts[i], s->max_model_len, e)) return -1;
-        if (s->gen_sampling && g->has_max_new_tokens && !r->max_tokens_set && r->kind == OAI_CHAT &&
-            r->sp.max_tokens > g->max_new_tokens)
-            r->sp.max_tokens = g->max_new_tokens;
+        if (!r->max_tokens_set && r->kind == OAI_CHAT)
+            r->sp.max_tokens = gen_defaults_chat_max_tokens(&s->gen, r->sp.max_tokens);
     }
     return 0;
 }
@@ -535,6 +537,18 @@ static int conn_fd(struct MHD_Connection *conn)
 /* ---------------------------------------------------------------------------------------------
  * handlers */
 
+/* vLLM (serving_chat): "auto" tool choice needs --enable-auto-tool-choice and --tool-call-parser;
+ * without them a chat request may send tools only with "tool_choice": "none". */
+static int check_tool_choice(const struct server *s, const struct oai_request *r, struct oai_error *e)
+{
+    if (r->kind != OAI_CHAT || r->tool_choice != OAI_TOOL_CHOICE_AUTO) return 0;
+    if (s->p.enable_auto_tool_choice && s->tool_parser) return 0;
+    return oai_err(e, 400, "tool_choice", "unsupported_parameter", "\"auto\" tool choice requires "
+                   "--enable-auto-tool-choice and --tool-call-parser to be set (tools without 'tool_choice' mean "
+                   "\"auto\"; send \"tool_choice\": \"none\" to render the tools into the prompt and get the "
+                   "model's text back)");
+}
+
 static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *conn,
                                        enum oai_kind kind, struct req_ctx *rc)
 {
@@ -546,7 +560,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->t_start = now_s();
     if (oai_parse_request(kind, rc->body.p ? rc->body.p : "", rc->body.len, s->vocab_size,
                           s->p.max_n > 0 ? s->p.max_n : 16, &j->req, &e) ||
-        model_ok(s, &j->req, &e) ||
+        model_ok(s, &j->req, &e) || check_tool_choice(s, &j->req, &e) ||
         tokenize_prompts(s, &j->req, rc->body.p ? rc->body.p : "", rc->body.len, &e)) {
         job_free(j);
         return respond_error(s, conn, &e, NULL);
@@ -568,6 +582,7 @@ static enum MHD_Result handle_generate(struct server *s, struct MHD_Connection *
     j->rc.prompt_top_n = j->req.prompt_logprobs;
     j->rc.token_text = token_text_cb;
     j->rc.token_ctx = (void *)s->tok;
+    if (kind == OAI_CHAT && j->req.tool_choice == OAI_TOOL_CHOICE_AUTO) j->tool_parser = s->tool_parser;
     if (s->p.request_timeout_s > 0) j->deadline = j->t_start + s->p.request_timeout_s;
     if (job_submit(j, &e)) {
         job_free(j);
@@ -670,11 +685,11 @@ static cJSON *rope_json(const struct rope *r, const struct model_config *c, enum
 /* The effective generation defaults and EOS ids, for /v1/models. */
 static cJSON *gen_json(const struct server *s)
 {
-    const struct generation_config *g = &s->gen;
+    const struct generation_config *g = &s->gen.g;
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "source", s->gen_source);
+    cJSON_AddStringToObject(o, "source", s->gen.source);
     cJSON *d = cJSON_AddObjectToObject(o, "defaults");
-    if (s->gen_sampling) {
+    if (s->gen.sampling) {
         if (g->has_temperature) cJSON_AddNumberToObject(d, "temperature", g->temperature);
         if (g->has_top_p) cJSON_AddNumberToObject(d, "top_p", g->top_p);
         if (g->has_top_k) cJSON_AddNumberToObject(d, "top_k", g->top_k);
@@ -741,6 +756,7 @@ static enum MHD_Result handle_tokenize(struct server *s, struct MHD_Connection *
         n = check_prompt_bound(s, t, strlen(t), limit, "prompt", &e) ? -1
             : tokenizer_encode(s->tok, t, strlen(t), s->add_bos && r.add_special_tokens, &ids, err);
         if (n < 0 && e.status == 0) oai_err(&e, 400, "prompt", NULL, "could not tokenize the prompt: %s", err);
+        n = add_eos(s, r.add_special_tokens, &ids, n);
     }
     oai_request_free(&r);
     if (n < 0) return respond_error(s, conn, &e, NULL);
@@ -1017,6 +1033,14 @@ int server_start(server_t **out, const struct server_params *p, char *err)
     s->ct.selected = -1;
     if (p->api_key && *p->api_key) s->api_key = xstrdup(p->api_key);
     else if (p->api_key_file && !(s->api_key = read_key_file(p->api_key_file, err))) goto fail;
+    if (p->tool_call_parser && (s->tool_parser = tool_parser_from_name(p->tool_call_parser)) < 0) {
+        set_err(err, -1, "--tool-call-parser: expected hermes or llama3_json, got '%s'", p->tool_call_parser);
+        goto fail;
+    }
+    if (p->enable_auto_tool_choice && !p->tool_call_parser) { /* vLLM's start-up check */
+        set_err(err, -1, "--enable-auto-tool-choice requires --tool-call-parser (hermes or llama3_json)");
+        goto fail;
+    }
     if (p->generation_config && !*p->generation_config) {
         set_err(err, -1, "--generation-config: expected auto, vllm or a directory");
         goto fail;
@@ -1086,19 +1110,7 @@ int server_load_model_config(server_t *s, const char *model_dir, char *err)
     s->ct = ct;
     /* --generation-config: auto (the model's), vllm (none: vLLM's neutral defaults), or a
      * directory holding a generation_config.json (its max_new_tokens also caps requests) */
-    const char *mode = s->p.generation_config ? s->p.generation_config : "auto";
-    const char *dir = !strcmp(mode, "auto") || !strcmp(mode, "vllm") ? model_dir : mode;
-    s->gen_sampling = strcmp(mode, "vllm") != 0;
-    s->gen_cap_max_tokens = dir != model_dir;
-    memset(&s->gen, 0, sizeof s->gen);
-    if (dir && model_generation_config_load(&s->gen, dir, err)) return -1;
-    if (!s->gen_sampling)
-        snprintf(s->gen_source, sizeof s->gen_source, "--generation-config vllm (the model's sampling defaults unused)");
-    else if (!dir)
-        snprintf(s->gen_source, sizeof s->gen_source, "no model directory");
-    else
-        snprintf(s->gen_source, sizeof s->gen_source, "%s/%s", dir,
-                 s->gen.present ? "generation_config.json" : "config.json (no generation_config.json)");
+    if (gen_defaults_load(&s->gen, model_dir, s->p.generation_config, err)) return -1;
     s->config_loaded = 1;
     return 0;
 }
@@ -1115,6 +1127,7 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     int mv = m ? model_get_config(m)->vocab_size : tv;
     s->vocab_size = (mv > 0 && mv < tv) ? mv : tv;
     s->add_bos = tokenizer_bos_id(tok) >= 0 && s->ct.add_bos != 0;
+    s->add_eos = tokenizer_eos_id(tok) >= 0 && s->ct.add_eos;
     chat_templates_set_tokenizer(&s->ct, tok);
     prompt_bound_init(s);
     if (model_dir) {
@@ -1134,25 +1147,18 @@ int server_set_engine(server_t *s, engine_t *e, const tokenizer_t *tok, const ch
     } else {
         s->model_name = xstrdup("ropeserve");
     }
-    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s, BOS %s%s", s->model_name,
+    LOG_I("serving '%s': max_model_len %d, vocab %d, chat template %s, BOS %s%s%s", s->model_name,
           s->max_model_len, s->vocab_size, chat_templates_describe(&s->ct), s->add_bos ? "on" : "off",
+          s->add_eos ? ", EOS appended to text prompts (add_eos_token)" : "",
           s->api_key ? ", API key required" : "");
     for (int i = 0; i < s->ct.n_named; i++)
         if (!s->ct.named[i]) LOG_W("%s (requests that select it get a 400)", s->ct.named_err[i]);
     struct strbuf b = {0};
     sb_append(&b, "", 0);
-    const struct generation_config *g = &s->gen;
-    if (s->gen_sampling) {
-        if (g->has_temperature) sb_printf(&b, " temperature %g", g->temperature);
-        if (g->has_top_p) sb_printf(&b, " top_p %g", g->top_p);
-        if (g->has_top_k) sb_printf(&b, " top_k %d", g->top_k);
-        if (g->has_min_p) sb_printf(&b, " min_p %g", g->min_p);
-        if (g->has_repetition_penalty) sb_printf(&b, " repetition_penalty %g", g->repetition_penalty);
-        if (g->has_max_new_tokens) sb_printf(&b, " max_tokens %d%s", g->max_new_tokens, s->gen_cap_max_tokens ? " (cap)" : "");
-    }
+    gen_defaults_describe(&s->gen, &b);
     sb_puts(&b, "; EOS ids");
     for (int i = 0; m && i < model_get_config(m)->n_eos; i++) sb_printf(&b, " %d", model_get_config(m)->eos_ids[i]);
-    LOG_I("generation defaults from %s:%s%s", s->gen_source, b.p[0] == ';' ? " none (requests set their own)" : "", b.p);
+    LOG_I("generation defaults from %s:%s", s->gen.source, b.p);
     sb_free(&b);
     __atomic_store_n(&s->eng, e, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->state, SERVER_READY, __ATOMIC_SEQ_CST);

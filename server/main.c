@@ -40,7 +40,9 @@ struct opts {
     /* generate */
     const char *prompt, *prompt_ids;
     int max_tokens, top_k, top_logprobs, json, ignore_eos, has_seed;
-    double temperature, top_p, min_p;
+    double temperature, top_p, min_p, repetition_penalty;
+    unsigned given;        /* OAI_GIVEN_* of the sampling flags given (generation_config fills the rest) */
+    int max_tokens_given;
     unsigned long long seed;
     /* rope */
     int seq_len;
@@ -103,14 +105,19 @@ static const struct flag flags[] = {
      "llama-2, chatml, plain, a Jinja file or the template text (default: the checkpoint's)", C_SERVE},
     {"--generation-config", "auto|vllm|DIR", "sampling defaults: the model's generation_config.json (auto), none "
      "(vllm), or DIR's; requests override them; EOS ids are read in every mode (default auto)", C_RUN},
+    {"--enable-auto-tool-choice", NULL, "parse chat answers into tool_calls when a request's tool_choice is \"auto\" "
+     "(the default with tools); needs --tool-call-parser (vLLM's flag)", C_SERVE},
+    {"--tool-call-parser", "hermes|llama3_json", "the answers' tool-call format: hermes (<tool_call>{json}</tool_call>: "
+     "Hermes 2 Pro, Qwen2.5, Qwen3) or llama3_json (a JSON object: Llama 3.1-3.3) (vLLM's names)", C_SERVE},
     {"--drain-timeout", "S", "on SIGTERM, wait this long for running requests (default 30)", C_SERVE},
     {"--prompt", "TEXT", "prompt text (BOS is added)", C_GEN},
     {"--prompt-ids", "1,2,3", "prompt token ids, used as given (no BOS added)", C_GEN},
-    {"--max-tokens", "N", "tokens to generate (default 16)", C_GEN},
-    {"--temperature", "T", "sampling temperature (default 0: greedy)", C_GEN},
-    {"--top-k", "K", "top-k sampling (default off)", C_GEN},
-    {"--top-p", "P", "nucleus sampling (default 1)", C_GEN},
-    {"--min-p", "P", "min-p sampling (default 0)", C_GEN},
+    {"--max-tokens", "N", "tokens to generate (default 16; --generation-config DIR: at most its max_new_tokens)", C_GEN},
+    {"--temperature", "T", "sampling temperature (default: generation_config.json's, else 0: greedy)", C_GEN},
+    {"--top-k", "K", "top-k sampling, 0 = off (default: generation_config.json's, else off)", C_GEN},
+    {"--top-p", "P", "nucleus sampling (default: generation_config.json's, else 1)", C_GEN},
+    {"--min-p", "P", "min-p sampling (default: generation_config.json's, else 0)", C_GEN},
+    {"--repetition-penalty", "R", "HF repetition penalty over prompt + output (default: generation_config.json's, else 1)", C_GEN},
     {"--seed", "N", "sampling seed (eval passkey: the keys' seed, default 1)", C_GEN | C_EVAL},
     {"--ignore-eos", NULL, "do not stop at EOS", C_GEN},
     {"--top-logprobs", "K", "report the K most likely tokens of each step (0..20)", C_GEN},
@@ -240,14 +247,20 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--served-model-name")) o->sp.served_model_name = v;
     else if (IS("--chat-template")) o->sp.chat_template = v;
     else if (IS("--generation-config")) o->sp.generation_config = v;
+    else if (IS("--enable-auto-tool-choice")) o->sp.enable_auto_tool_choice = 1;
+    else if (IS("--tool-call-parser")) o->sp.tool_call_parser = v;
     else if (IS("--drain-timeout")) o->drain_timeout = parse_num(f, v, 0, 1e6);
     else if (IS("--prompt")) o->prompt = v;
     else if (IS("--prompt-ids")) o->prompt_ids = v;
-    else if (IS("--max-tokens")) o->max_tokens = (int)parse_int(f, v, 0, 1 << 30);
-    else if (IS("--temperature")) o->temperature = parse_num(f, v, 0, 100);
-    else if (IS("--top-k")) o->top_k = (int)parse_int(f, v, 0, 1 << 30);
-    else if (IS("--top-p")) o->top_p = parse_num(f, v, 1e-9, 1);
-    else if (IS("--min-p")) o->min_p = parse_num(f, v, 0, 1);
+    else if (IS("--max-tokens")) { o->max_tokens = (int)parse_int(f, v, 0, 1 << 30); o->max_tokens_given = 1; }
+    else if (IS("--temperature")) { o->temperature = parse_num(f, v, 0, 100); o->given |= OAI_GIVEN_TEMPERATURE; }
+    else if (IS("--top-k")) { o->top_k = (int)parse_int(f, v, 0, 1 << 30); o->given |= OAI_GIVEN_TOP_K; }
+    else if (IS("--top-p")) { o->top_p = parse_num(f, v, 1e-9, 1); o->given |= OAI_GIVEN_TOP_P; }
+    else if (IS("--min-p")) { o->min_p = parse_num(f, v, 0, 1); o->given |= OAI_GIVEN_MIN_P; }
+    else if (IS("--repetition-penalty")) {
+        o->repetition_penalty = parse_num(f, v, 1e-6, 1e6);
+        o->given |= OAI_GIVEN_REPETITION_PENALTY;
+    }
     else if (IS("--seed")) { o->seed = o->ev.seed = (unsigned long long)parse_int(f, v, 0, 0x7fffffffffffffffL); o->has_seed = 1; }
     else if (IS("--ignore-eos")) o->ignore_eos = 1;
     else if (IS("--top-logprobs")) o->top_logprobs = (int)parse_int(f, v, 0, ENGINE_MAX_LOGPROBS);
@@ -336,6 +349,7 @@ static void apply_rope_overrides(struct opts *o, struct model_config *c)
 }
 
 struct loaded {
+    struct gen_defaults gen; /* --generation-config: EOS ids, and generate's sampling defaults */
     struct model_config cfg;
     struct backend be;
     model_t *model;
@@ -354,13 +368,13 @@ static void load_all(struct opts *o, struct loaded *L)
             tokenizer_vocab_size(L->tok), L->cfg.vocab_size);
     /* every EOS id ends generation: config.json's, generation_config.json's (--generation-config
      * DIR's when given) and the tokenizer's (vLLM stops on each of them) */
-    const char *gmode = o->sp.generation_config ? o->sp.generation_config : "auto";
-    const char *gdir = (!strcmp(gmode, "auto") || !strcmp(gmode, "vllm")) ? o->model : gmode;
-    struct generation_config gc;
-    if (model_generation_config_load(&gc, gdir, err) < 0) die("%s", err);
-    for (int i = 0; i < gc.n_eos; i++)
-        if (model_config_add_eos(&L->cfg, gc.eos_ids[i]) < 0) die("%s: more than %d EOS ids", gdir, MODEL_MAX_EOS);
+    if (gen_defaults_load(&L->gen, o->model, o->sp.generation_config, err) < 0) die("%s", err);
+    for (int i = 0; i < L->gen.g.n_eos; i++)
+        if (model_config_add_eos(&L->cfg, L->gen.g.eos_ids[i]) < 0)
+            die("%s: more than %d EOS ids", L->gen.source, MODEL_MAX_EOS);
     if (model_config_add_eos(&L->cfg, tokenizer_eos_id(L->tok)) < 0) die("%s: more than %d EOS ids", o->model, MODEL_MAX_EOS);
+    /* vLLM's primary EOS is the tokenizer's (stop_reason null); the others report their id */
+    if (tokenizer_eos_id(L->tok) >= 0) L->cfg.eos_primary = tokenizer_eos_id(L->tok);
     if (L->cfg.bos_id < 0) L->cfg.bos_id = tokenizer_bos_id(L->tok);
     if (backend_init(&L->be, &o->bp, err) < 0) die("%s", err);
     char desc[256];
@@ -407,6 +421,23 @@ static void text_append(char **text, size_t *text_len, const char *piece, int le
     }
 }
 
+/* One line saying where each sampling setting of `generate` came from: a flag, the
+ * generation_config defaults (naming the file), or the command's own default. */
+static void log_generate_sampling(const struct opts *o, const struct gen_defaults *g,
+                                  const struct sampling_params *sp, unsigned took)
+{
+    const char *src_gen = g->source;
+#define FROM(bit) ((o->given & (bit)) ? "flag" : (took & (bit)) ? "generation_config" : "default")
+    LOG_I("generate: temperature %g (%s), top_p %g (%s), top_k %d (%s), min_p %g (%s), repetition_penalty %g (%s), "
+          "max_tokens %d (%s); generation_config = %s",
+          sp->temperature, FROM(OAI_GIVEN_TEMPERATURE), sp->top_p, FROM(OAI_GIVEN_TOP_P), sp->top_k,
+          FROM(OAI_GIVEN_TOP_K), sp->min_p, FROM(OAI_GIVEN_MIN_P), sp->repetition_penalty,
+          FROM(OAI_GIVEN_REPETITION_PENALTY), sp->max_tokens,
+          sp->max_tokens != o->max_tokens ? "generation_config cap" : o->max_tokens_given ? "flag" : "default",
+          src_gen);
+#undef FROM
+}
+
 static int cmd_generate(struct opts *o)
 {
     char err[ERR_LEN];
@@ -437,11 +468,15 @@ static int cmd_generate(struct opts *o)
     req.prompt = ids;
     req.n_prompt = n;
     req.sp = sampling_default_params();
-    req.sp.max_tokens = o->max_tokens;
+    req.sp.max_tokens = gen_defaults_cap(&L.gen, o->max_tokens);
     req.sp.temperature = (float)o->temperature;
     req.sp.top_k = o->top_k;
     req.sp.top_p = (float)o->top_p;
     req.sp.min_p = (float)o->min_p;
+    if (o->given & OAI_GIVEN_REPETITION_PENALTY) req.sp.repetition_penalty = (float)o->repetition_penalty;
+    /* the server's rule (gen_defaults.c): what a flag did not set comes from generation_config */
+    unsigned took = gen_defaults_apply(&L.gen, &req.sp, o->given);
+    log_generate_sampling(o, &L.gen, &req.sp, took);
     req.sp.seed = o->seed;
     req.sp.has_seed = o->has_seed;
     req.sp.ignore_eos = o->ignore_eos;
@@ -458,8 +493,9 @@ static int cmd_generate(struct opts *o)
     size_t text_len = 0;
     struct engine_event ev;
     enum finish_reason why = FINISH_NONE;
+    int32_t stop_token = -1;
     while (engine_stream_next(s, &ev, -1) == 1) {
-        if (ev.type == ENGINE_EV_DONE) { why = ev.reason; if (ev.reason == FINISH_ERROR) die("generate: %s", ev.err); break; }
+        if (ev.type == ENGINE_EV_DONE) { why = ev.reason; stop_token = ev.reason == FINISH_STOP ? ev.stop_token : -1; if (ev.reason == FINISH_ERROR) die("generate: %s", ev.err); break; }
         if (ev.type != ENGINE_EV_TOKEN) continue;
         if (!t_first) t_first = now_s();
         n_gen++;
@@ -490,6 +526,8 @@ static int cmd_generate(struct opts *o)
         cJSON_AddStringToObject(root, "text", text);
         cJSON_AddItemToObject(root, "top_logprobs", tops);
         cJSON_AddStringToObject(root, "finish_reason", finish_reason_name(why));
+        if (stop_token >= 0) cJSON_AddNumberToObject(root, "stop_reason", stop_token); /* as the server's */
+        else cJSON_AddNullToObject(root, "stop_reason");
         cJSON_AddNumberToObject(root, "rope_factor", engine_rope_factor_for(L.engine, (long long)n + o->max_tokens));
         char *js = cJSON_PrintUnformatted(root);
         printf("%s\n", js);

@@ -500,7 +500,7 @@ static const struct field_rule fields[] = {
     {"stream_interval", K_GEN, F_NOOP, W_INT, NULL},       /* chunking only: tokens go out as they come */
     {"sse_ping_interval", K_GEN, F_NOOP, W_NUM, NULL},     /* ": keep-alive" every 5 s regardless */
     {"prediction", K_CHAT, F_NOOP, W_OBJ, NULL},           /* a latency hint */
-    {"parallel_tool_calls", K_CHAT, F_NOOP, W_BOOL, NULL}, /* tool_choice is always "none" */
+    {"parallel_tool_calls", K_CHAT, F_IMPL, W_BOOL, NULL},
     {"return_token_offsets", K_GEN, F_NOOP, W_BOOL, NULL}, /* vLLM: render endpoints only */
     {"return_mm_kwargs", K_GEN, F_NOOP, W_BOOL, NULL},     /* vLLM: render endpoints only */
     {"id_slot", K_GEN, F_NOOP, W_INT, NULL},               /* llama.cpp's slot: ours are all alike */
@@ -1301,24 +1301,53 @@ static int parse_template_fields(const cJSON *root, struct oai_request *r, int t
         }
         r->has_tools = k > 0;
     }
-    /* vLLM's rule: tools without tool_choice mean "auto", and "auto" (or "required", or a named
-     * function) needs a tool-call parser turning the model's text into tool_calls. ropeserve has
-     * none, so only "none" is honoured: the tools are rendered into the prompt and the answer
-     * comes back as text. */
+    /* vLLM's rules (ChatCompletionRequest.check_tool_usage): tools without tool_choice mean
+     * "auto"; a tool_choice other than "none" needs "tools"; "required" with an empty list is
+     * "none"; a named function must be one of the tools. "auto" then needs the server's tool-call
+     * parser (http.c); "required" and a named function are refused: vLLM forces them with
+     * structured outputs (a JSON schema), which ropeserve does not have. */
     const cJSON *tc = field(root, "tool_choice");
-    if (tc && !(cJSON_IsString(tc) && !strcmp(tc->valuestring, "none"))) {
+    r->tool_choice = r->has_tools && !tc ? OAI_TOOL_CHOICE_AUTO : OAI_TOOL_CHOICE_NONE;
+    if (tc && cJSON_IsString(tc) && !strcmp(tc->valuestring, "none")) {
+        r->tool_choice = OAI_TOOL_CHOICE_NONE;
+    } else if (tc) {
         if (!cJSON_IsString(tc) && !cJSON_IsObject(tc))
             return oai_err(e, 400, "tool_choice", NULL, "'tool_choice' must be a string or an object, got %s",
                            json_type_name(tc));
-        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tool_choice' %s%s%s needs a tool-call parser, "
-                       "which ropeserve does not have; send \"tool_choice\": \"none\" to render the tools into the "
-                       "prompt and get the model's text back", cJSON_IsString(tc) ? "\"" : "",
-                       cJSON_IsString(tc) ? tc->valuestring : "(a named function)", cJSON_IsString(tc) ? "\"" : "");
+        if (!tools)
+            return oai_err(e, 400, "tool_choice", NULL, "When using `tool_choice`, `tools` must be set.");
+        if (cJSON_IsString(tc)) {
+            if (!strcmp(tc->valuestring, "auto")) r->tool_choice = r->has_tools ? OAI_TOOL_CHOICE_AUTO : OAI_TOOL_CHOICE_NONE;
+            else if (!strcmp(tc->valuestring, "required")) r->tool_choice = r->has_tools ? OAI_TOOL_CHOICE_REQUIRED : OAI_TOOL_CHOICE_NONE;
+            else
+                return oai_err(e, 400, "tool_choice", NULL, "Invalid value for `tool_choice`: %.60s! Only named tools, "
+                               "\"none\", \"auto\" or \"required\" are supported.", tc->valuestring);
+        } else {
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(tc, "type");
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+            const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+            if ((type && (!cJSON_IsString(type) || strcmp(type->valuestring, "function"))) ||
+                !cJSON_IsString(name) || !*name->valuestring)
+                return oai_err(e, 400, "tool_choice", NULL, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                               "{\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}");
+            int found = 0;
+            cJSON_ArrayForEach(it, tools) {
+                const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "function");
+                const cJSON *n = cJSON_GetObjectItemCaseSensitive(f, "name");
+                if (cJSON_IsString(n) && !strcmp(n->valuestring, name->valuestring)) found = 1;
+            }
+            if (!found)
+                return oai_err(e, 400, "tool_choice", NULL, "The tool specified in `tool_choice` (%.60s) does not match "
+                               "any of the specified `tools`", name->valuestring);
+            r->tool_choice = OAI_TOOL_CHOICE_NAMED;
+        }
+        if (r->tool_choice == OAI_TOOL_CHOICE_REQUIRED || r->tool_choice == OAI_TOOL_CHOICE_NAMED)
+            return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tool_choice' %s forces a tool call, which "
+                           "vLLM does with structured outputs (the tools' JSON schema); ropeserve has no constrained "
+                           "decoding: use \"auto\" (with --enable-auto-tool-choice) or \"none\"",
+                           r->tool_choice == OAI_TOOL_CHOICE_REQUIRED ? "\"required\"" : "naming a function");
     }
-    if (r->has_tools && !tc && !tokenize)
-        return oai_err(e, 400, "tool_choice", "unsupported_parameter", "'tools' without 'tool_choice' means "
-                       "\"auto\", which needs a tool-call parser ropeserve does not have; send \"tool_choice\": "
-                       "\"none\" to render the tools into the prompt and get the model's text back");
+    (void)tokenize;
     return 0;
 }
 
@@ -1428,6 +1457,8 @@ int oai_parse_request(enum oai_kind kind, const char *body, size_t len, int voca
         }
         r->logprobs = want ? (int)k : -1;
         if (parse_chat_extras(root, e) || parse_template_fields(root, r, 0, e)) goto done;
+        r->parallel_tool_calls = 1;
+        if (get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e)) goto done;
         r->add_special_tokens = 0; /* vLLM's chat default: the template writes BOS itself */
         if (field(root, "add_special_tokens")) r->given |= OAI_GIVEN_ADD_SPECIAL_TOKENS;
         if (get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) goto done;
@@ -1811,6 +1842,28 @@ static void add_stop_reason(cJSON *c, const struct oai_piece *p)
     else cJSON_AddNullToObject(c, "stop_reason");
 }
 
+/* OpenAI's tool_calls: [{"id", "type": "function", "function": {"name", "arguments"}}]. A stream
+ * sends each call as vLLM does: {"index", "id", "type", "function": {"name"}} first, then
+ * {"index", "function": {"arguments"}}. */
+static void render_tool_calls(cJSON *m, const struct oai_piece *p, int chunk)
+{
+    cJSON *arr = cJSON_AddArrayToObject(m, "tool_calls");
+    for (int i = 0; i < p->n_tool_calls; i++) {
+        const struct tool_call *t = &p->tool_calls[i];
+        cJSON *o = cJSON_CreateObject();
+        if (chunk) cJSON_AddNumberToObject(o, "index", p->tool_index + i);
+        if (!chunk || p->tool_part == 1) {
+            cJSON_AddStringToObject(o, "id", t->id);
+            cJSON_AddStringToObject(o, "type", "function");
+        }
+        cJSON *f = cJSON_AddObjectToObject(o, "function");
+        if (!chunk || p->tool_part == 1) cJSON_AddItemToObject(f, "name", string_n(t->name, strlen(t->name)));
+        if (!chunk || p->tool_part == 2)
+            cJSON_AddItemToObject(f, "arguments", string_n(t->arguments, strlen(t->arguments)));
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
 static cJSON *render_choice(const struct oai_render *rc, const struct oai_piece *p, int chunk)
 {
     cJSON *c = cJSON_CreateObject();
@@ -1823,7 +1876,9 @@ static cJSON *render_choice(const struct oai_render *rc, const struct oai_piece 
     } else {
         cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
         if (!chunk || p->role) cJSON_AddStringToObject(m, "role", "assistant");
-        if (!chunk || p->len || p->role) cJSON_AddItemToObject(m, "content", string_n(p->text, p->len));
+        if (!chunk && p->content_null) cJSON_AddNullToObject(m, "content");
+        else if (!chunk || p->len || p->role) cJSON_AddItemToObject(m, "content", string_n(p->text, p->len));
+        if (p->n_tool_calls) render_tool_calls(m, p, chunk);
         if (rc->logprobs && (!chunk || p->n_lp))
             cJSON_AddItemToObject(c, "logprobs", render_chat_logprobs(rc, p->lp, p->n_lp));
         else cJSON_AddNullToObject(c, "logprobs");

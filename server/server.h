@@ -31,6 +31,9 @@ struct server_params {
                                       the template text */
     const char *generation_config; /* "auto" (NULL): the model's generation_config.json
                                       defaults; "vllm": none; else a directory holding one */
+    const char *tool_call_parser;  /* vLLM's --tool-call-parser: "hermes" | "llama3_json" (NULL: none) */
+    int enable_auto_tool_choice;   /* vLLM's --enable-auto-tool-choice: "tool_choice": "auto" (and
+                                      tools without tool_choice) parse the answer into tool_calls */
     int max_n;                     /* most choices per request (n x prompts), default 16 */
     int n_threads;                 /* HTTP worker threads, default 16 */
     int max_connections;           /* open connections (one thread each), default 1024 */

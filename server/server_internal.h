@@ -114,6 +114,9 @@ struct oai_request {
     int add_generation_prompt;      /* default 1 */
     int continue_final_message;     /* default 0 */
     int has_tools;                  /* a non-empty "tools" list */
+    int tool_choice;                /* OAI_TOOL_CHOICE_*: "none" (or no tools), "auto" (tools without
+                                       tool_choice), "required", a named function */
+    int parallel_tool_calls;        /* default 1; 0: at most one tool call (OpenAI) */
     int has_template_kwargs;        /* "chat_template_kwargs" or "documents" given */
     char *chat_template;            /* "chat_template": one of the model's template names; owned */
     char template_only_field[16];   /* "": none; else the first message field only a Jinja template
@@ -122,11 +125,36 @@ struct oai_request {
     unsigned given;                 /* OAI_GIVEN_*: sampling fields the request set itself */
 };
 
+enum { OAI_TOOL_CHOICE_NONE = 0, OAI_TOOL_CHOICE_AUTO, OAI_TOOL_CHOICE_REQUIRED, OAI_TOOL_CHOICE_NAMED };
+
 /* Sampling fields a request set (the model's generation_config.json fills the others). */
 enum {
     OAI_GIVEN_TEMPERATURE = 1, OAI_GIVEN_TOP_P = 2, OAI_GIVEN_TOP_K = 4, OAI_GIVEN_MIN_P = 8,
     OAI_GIVEN_REPETITION_PENALTY = 16, OAI_GIVEN_ADD_SPECIAL_TOKENS = 32,
 };
+
+/* ---------------------------------------------------------------------------------------------
+ * generation_config.json's sampling defaults (gen_defaults.c), shared by serve and generate */
+
+struct gen_defaults {
+    struct generation_config g;      /* the file's values (and EOS ids, read in every mode) */
+    int sampling;                    /* 0: --generation-config vllm (EOS ids only) */
+    int cap_max_tokens;              /* --generation-config DIR: max_new_tokens caps every request */
+    char source[600];                /* where they came from, for logs and /v1/models */
+};
+
+/* Resolve --generation-config mode ("auto" or NULL, "vllm", or a directory) against model_dir
+ * (may be NULL) and read the file. Returns 0 or -1 with err naming the file and field. */
+int gen_defaults_load(struct gen_defaults *d, const char *model_dir, const char *mode, char *err);
+/* Fill the sampling fields whose OAI_GIVEN_* bit is not in given (vLLM: a request's None takes
+ * the default). Returns the bits of the fields it filled. */
+unsigned gen_defaults_apply(const struct gen_defaults *d, struct sampling_params *sp, unsigned given);
+/* A request's max_tokens after the --generation-config DIR cap (max_new_tokens). */
+int gen_defaults_cap(const struct gen_defaults *d, int max_tokens);
+/* A chat request without max_tokens: max_new_tokens when it is smaller (vLLM's get_max_tokens). */
+int gen_defaults_chat_max_tokens(const struct gen_defaults *d, int max_tokens);
+/* Append " temperature 0.6 top_p 0.9 ..." (or " none (requests set their own)") to b. */
+void gen_defaults_describe(const struct gen_defaults *d, struct strbuf *b);
 
 /* Parse and validate a body. vocab_size bounds token ids and logit_bias keys; max_n bounds
  * n x prompts. Returns 0, or -1 with e filled (400 naming the param). The body need not be
@@ -193,6 +221,12 @@ struct oai_piece {
     const struct oai_lp *plp;   /* prompt_logprobs records, one per prompt token */
     int n_plp;
     int role;                   /* chat stream: first chunk carries delta.role */
+    int content_null;           /* chat: "content": null (an answer that is only tool calls) */
+    const struct tool_call *tool_calls; /* chat: the message's tool_calls (NULL: none) */
+    int n_tool_calls;
+    int tool_part;              /* stream: 0 no tool call; 1 tool_calls[0]'s id, type and name;
+                                   2 its arguments (vLLM's two kinds of DeltaToolCall) */
+    int tool_index;             /* stream: the tool call's index in the message */
 };
 
 struct oai_usage {
@@ -268,6 +302,8 @@ struct chat_templates {
     char *bos_token, *eos_token, *unk_token, *pad_token; /* the template's variables (NULL: unset) */
     unsigned tokens_set;                 /* bit i: the config named token i (bos, eos, unk, pad) */
     int add_bos;                         /* tokenizer_config.json add_bos_token (-1: absent) */
+    int add_eos;                         /* tokenizer_config.json add_eos_token (LlamaTokenizer: EOS
+                                            after every text encoded with special tokens) */
     char **added;                        /* added_tokens_decoder contents */
     int n_added;
     char *source;                        /* for the start-up log and /v1/models */
@@ -340,6 +376,42 @@ int chat_template_render(const jinja_tmpl_t *t, const char *body, size_t len,
                          const struct chat_template_args *a, char **out, size_t *out_len, char *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * tool-call parsers (tools.c): vLLM's --tool-call-parser hermes | llama3_json */
+
+enum { TOOL_PARSER_NONE = 0, TOOL_PARSER_HERMES, TOOL_PARSER_LLAMA3_JSON };
+#define TOOL_CALL_ID_LEN 48
+
+struct tool_call {
+    char *name;                  /* owned */
+    char *arguments;             /* owned: json.dumps(arguments, ensure_ascii=False) */
+    char id[TOOL_CALL_ID_LEN];   /* "chatcmpl-tool-<32 hex>" (vLLM's make_tool_call_id) */
+};
+
+struct tool_result {
+    int called;                  /* vLLM's tools_called */
+    struct tool_call *calls;
+    int n_calls;
+    size_t content_len;          /* content = the text's first content_len bytes ... */
+    int content_null;            /* ... or null */
+};
+
+/* "hermes" / "llama3_json" -> TOOL_PARSER_*; -1 when unknown. */
+int tool_parser_from_name(const char *name);
+const char *tool_parser_name(int parser);
+/* vLLM's extract_tool_calls on a finished answer (text: len bytes of UTF-8). Never fails: a text
+ * it cannot parse comes back as content (called 0). Free with tool_result_free. */
+void tool_extract(int parser, const char *text, size_t len, struct tool_result *res);
+void tool_result_free(struct tool_result *r);
+/* Streaming: how many bytes of the text so far may go out as content now (the rest may be, or
+ * become, a tool call and waits for tool_extract at the end). */
+size_t tool_stream_safe(int parser, const char *text, size_t len);
+/* A fresh tool call id. Thread-safe. */
+void tool_call_id(char out[TOOL_CALL_ID_LEN]);
+/* json.loads then json.dumps(ensure_ascii=False) as Python does them; -1 when Python's
+ * json.loads would refuse the text (or keep a lone surrogate). *out malloc'd. For tests. */
+int tool_json_python(const char *s, size_t n, char **out);
+
+/* ---------------------------------------------------------------------------------------------
  * metrics (metrics.c) */
 
 struct metrics;
@@ -369,14 +441,12 @@ struct server {
     volatile int state;              /* enum server_state, read by every thread */
     engine_t *eng;
     const tokenizer_t *tok;
-    int vocab_size, max_model_len, add_bos;
+    int vocab_size, max_model_len, add_bos, add_eos;
     int max_token_bytes;             /* the most bytes one token covers (prompt_token_bound) */
     unsigned char ascii_counts[128]; /* 1: the printable ASCII byte is always a token's own */
     struct chat_templates ct;
-    struct generation_config gen;    /* the sampling defaults requests inherit (and EOS ids) */
-    int gen_sampling;                /* 0: --generation-config vllm */
-    int gen_cap_max_tokens;          /* --generation-config DIR: max_new_tokens caps every request */
-    char gen_source[600];            /* where they came from, for the log and /v1/models */
+    struct gen_defaults gen;         /* the sampling defaults requests inherit (and EOS ids) */
+    int tool_parser;                 /* TOOL_PARSER_*: --tool-call-parser (NONE: not given) */
     int config_loaded;               /* server_load_model_config() ran */
     char *model_name, *model_dir, *api_key;
     char id_prefix[16];              /* random per process */
@@ -414,12 +484,12 @@ struct choice {
     const char *finish;              /* "stop" / "length" / "abort" / "error" */
     char *stop_reason;               /* matched stop string */
     int32_t stop_token;              /* stop_token_ids id that ended it (-1: none) */
-    int prog_processed, prog_total, prog_cached, prog_new; /* latest prefill progress */
-    double prog_ms;
     char err[128];
     double t_first;                  /* first generated token (0: none) */
     int prompt_sent;                 /* stream + echo: prompt text already emitted */
     int finish_sent;                 /* stream: the chunk with finish_reason went out */
+    struct tool_result tools;        /* the parsed answer (job->tool_parser), once done */
+    int tools_parsed;                /* tools holds the final parse */
     int echo_cp;                     /* stream + echo: code points of the echoed prompt */
 };
 
@@ -440,6 +510,8 @@ struct job {
     int role_sent;
     int logged;
     int status;                      /* for the log line: 200, or the error's status */
+    int tool_parser;                 /* TOOL_PARSER_*: parse the answers into tool_calls (chat,
+                                        tool_choice "auto", --enable-auto-tool-choice) */
 };
 
 /* Submit one engine request per choice. Returns 0, or -1 with e (400/429/503). */

@@ -188,16 +188,27 @@ static const char *finish_name(enum finish_reason r)
     }
 }
 
+/* "<tool_call>" / "</tool_call>" when id is a special token with that text (Hermes 2 Pro marks
+ * them special; Qwen does not), else NULL. Special tokens are left out of the text otherwise;
+ * vLLM's hermes parser turns skip_special_tokens off so that these reach it. */
+static const char *hermes_tag(const tokenizer_t *tok, int32_t id)
+{
+    if (!tokenizer_is_special(tok, id)) return NULL;
+    const char *piece = tokenizer_id_to_piece(tok, id);
+    if (piece && (!strcmp(piece, "<tool_call>") || !strcmp(piece, "</tool_call>"))) return piece;
+    return NULL;
+}
+
+static void sse_data(struct job *j, char *json);
+
 static void on_event(struct job *j, struct choice *c, const struct engine_event *ev)
 {
     const struct oai_request *r = &j->req;
     const struct oai_prompt *p = &r->prompts[c->prompt_idx];
-    if (ev->type == ENGINE_EV_PROGRESS) {
-        c->prog_processed = ev->n_processed;
-        c->prog_total = ev->n_total;
-        c->prog_cached = ev->n_cached;
-        c->prog_ms = ev->elapsed_s * 1000.0;
-        c->prog_new = 1;
+    if (ev->type == ENGINE_EV_PROGRESS) { /* opt-in; each prefill step's event is sent, none merged */
+        if (!c->finish_sent)
+            sse_data(j, oai_render_progress_chunk(&j->rc, c->index, ev->n_processed, ev->n_total, ev->n_cached,
+                                                  ev->elapsed_s * 1000.0));
         return;
     }
     if (ev->type == ENGINE_EV_PROMPT_TOKEN) {
@@ -230,7 +241,12 @@ static void on_event(struct job *j, struct choice *c, const struct engine_event 
         /* the token that stops (EOS, a stop id) leaves no text, unless asked (vLLM) */
         if (ev->stop && !r->include_stop_str) return;
         const char *out;
-        int len = tok_stream_push(c->ds, ev->token, &out);
+        int len;
+        if (j->tool_parser == TOOL_PARSER_HERMES && (out = hermes_tag(j->srv->tok, ev->token))) {
+            len = (int)strlen(out); /* vLLM decodes with skip_special_tokens=False for the parser */
+        } else {
+            len = tok_stream_push(c->ds, ev->token, &out);
+        }
         if (len > 0) sb_append(&c->text, out, (size_t)len);
         if (c->n_gen > r->sp.min_tokens) check_stop(j, c, old); /* min_tokens: no stop string yet */
         return;
@@ -293,6 +309,35 @@ int job_client_gone(const struct job *j)
     struct pollfd pfd = {.fd = j->sock, .events = POLLRDHUP};
     if (poll(&pfd, 1, 0) <= 0) return 0;
     return (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * tool calls (tools.c does the parsing) */
+
+/* Parse a finished choice's answer into tool calls, once (vLLM: tool_choice "auto" with
+ * --enable-auto-tool-choice). parallel_tool_calls false keeps the first call (OpenAI: at most
+ * one). A stream releases what tool_stream_safe() allows; when the parse would take some of
+ * that back (a llama3_json answer that does not open with '{', which vLLM's streaming parser
+ * does not look into), the answer stays content, as vLLM streams it - decided on the whole
+ * text, so the outcome never depends on how the tokens were batched into chunks. */
+static void choice_tools(const struct job *j, struct choice *c, size_t sent)
+{
+    if (c->tools_parsed || !j->tool_parser) return;
+    c->tools_parsed = 1;
+    tool_extract(j->tool_parser, c->text.p, c->text.len, &c->tools);
+    struct tool_result *t = &c->tools;
+    if (t->called && !j->req.parallel_tool_calls)
+        while (t->n_calls > 1) {
+            t->n_calls--;
+            free(t->calls[t->n_calls].name);
+            free(t->calls[t->n_calls].arguments);
+        }
+    size_t released = j->req.stream ? tool_stream_safe(j->tool_parser, c->text.p, c->text.len) : 0;
+    if (released < sent) released = sent;
+    if (t->called && (t->content_null ? released > 0 : released > t->content_len)) {
+        tool_result_free(t);
+        t->content_len = c->text.len;
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -378,6 +423,14 @@ char *job_render_response(struct job *j)
         pc[i].stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
         pc[i].plp = c->plp;
         pc[i].n_plp = c->n_plp;
+        choice_tools(j, c, 0);
+        if (c->tools.called) { /* vLLM: finish_reason "tool_calls" when the parser found calls */
+            pc[i].len = c->tools.content_len;
+            pc[i].content_null = c->tools.content_null;
+            pc[i].tool_calls = c->tools.calls;
+            pc[i].n_tool_calls = c->tools.n_calls;
+            pc[i].finish_reason = "tool_calls";
+        }
     }
     struct oai_usage u;
     job_usage(j, &u);
@@ -429,6 +482,7 @@ void job_free(struct job *j)
         free(c->lp_byte);
         free(c->plp);
         free(c->stop_reason);
+        tool_result_free(&c->tools);
     }
     free(j->ch);
     sb_free(&j->out);
@@ -474,13 +528,6 @@ static void choice_usage(const struct job *j, const struct choice *c, struct oai
 static void sse_emit(struct job *j)
 {
     const struct oai_request *r = &j->req;
-    for (int i = 0; i < j->n_ch; i++) { /* prefill progress first (opt-in) */
-        struct choice *c = &j->ch[i];
-        if (!c->prog_new || c->finish_sent) continue;
-        c->prog_new = 0;
-        sse_data(j, oai_render_progress_chunk(&j->rc, c->index, c->prog_processed, c->prog_total,
-                                              c->prog_cached, c->prog_ms));
-    }
     for (int i = 0; i < j->n_ch; i++) {
         struct choice *c = &j->ch[i];
         struct oai_piece p;
@@ -518,6 +565,17 @@ static void sse_emit(struct job *j)
         }
         if (c->finish_sent) continue;
         size_t safe = c->done ? c->text.len : c->text.len - holdback(j, c);
+        if (j->tool_parser && !c->done) { /* what may become a tool call waits for the end */
+            /* no tag starts before what was sent (it would have been held), so only the new text
+             * is scanned; a llama3_json answer that sent anything did not open with '{' */
+            size_t ts = j->tool_parser == TOOL_PARSER_LLAMA3_JSON && c->sent > 0 ? c->text.len
+                      : c->sent + tool_stream_safe(j->tool_parser, c->text.p + c->sent, c->text.len - c->sent);
+            if (ts < safe) safe = ts;
+            if (safe < c->sent) safe = c->sent;
+        }
+        if (c->done) choice_tools(j, c, c->sent);
+        int tools = c->done && c->tools.called;
+        if (tools) safe = c->tools.content_null ? c->sent : c->tools.content_len;
         int upto = c->lp_sent;
         while (upto < c->n_lp && (c->done || c->lp_byte[upto] < safe)) upto++;
         if (safe <= c->sent && upto == c->lp_sent && !c->done) continue;
@@ -536,6 +594,28 @@ static void sse_emit(struct job *j)
             p.finish_reason = c->finish ? c->finish : "abort";
             p.stop_reason = c->stop_reason;
             p.stop_token = c->stop_token >= 0 ? &c->stop_token : NULL;
+        }
+        if (tools) { /* content, then each call (name, then arguments), then the finish */
+            struct oai_piece last = p;
+            p.finish_reason = NULL;
+            if (p.len || p.n_lp) sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));
+            memset(&p, 0, sizeof p);
+            p.index = c->index;
+            p.text = "";
+            p.n_tool_calls = 1;
+            for (int k = 0; k < c->tools.n_calls; k++)
+                for (int part = 1; part <= 2; part++) {
+                    p.tool_calls = &c->tools.calls[k];
+                    p.tool_index = k;
+                    p.tool_part = part;
+                    sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));
+                }
+            memset(&p, 0, sizeof p);
+            p.index = c->index;
+            p.text = "";
+            p.finish_reason = "tool_calls";
+            p.stop_reason = last.stop_reason;
+            p.stop_token = last.stop_token;
         }
         if (p.len || p.n_lp || p.finish_reason)
             sse_data(j, oai_render_chunk(&j->rc, &p, up, unull));

@@ -128,6 +128,21 @@ def call(url, path, body=None):
         return e.code, json.loads(e.read())
 
 
+def stream_last_choice(url, path, body):
+    """The choice of the streamed chunk that carries finish_reason (None when none does)."""
+    req = urllib.request.Request(url + path, data=json.dumps(dict(body, stream=True)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    last = None
+    with urllib.request.urlopen(req, timeout=120) as r:
+        for line in r.read().decode().splitlines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for c in json.loads(line[6:]).get("choices", []):
+                if c.get("finish_reason"):
+                    last = c
+    return last
+
+
 def marker_ids(url, text):
     """The ids chat_encode gives text: "<s>" / "</s>" as BOS / EOS, the pieces between them
     encoded one by one without BOS (as the server's own /tokenize encodes them)."""
@@ -152,6 +167,8 @@ def test_eos(tmp):
     m = make_model(tmp, "eos-gen", generation_config={"eos_token_id": [2, ids[2]], "do_sample": False})
     out, _ = generate(m)
     check("eos: generation_config.json list stops at its 2nd id", out and out["ids"] == ids[:3] and out["finish_reason"] == "stop", out)
+    check("eos: generate --json: an extra EOS id is the stop_reason (vLLM: a stop token id)",
+          out and out.get("stop_reason") == ids[2], out)
     m = make_model(tmp, "eos-gen-int", generation_config={"eos_token_id": ids[0]})
     out, _ = generate(m)
     check("eos: generation_config.json int", out and out["ids"] == ids[:1] and out["finish_reason"] == "stop", out)
@@ -173,6 +190,32 @@ def test_eos(tmp):
         st, r = call(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0})
         check("eos: HTTP stops at the generation_config id", st == 200 and r["usage"]["completion_tokens"] == 3 and
               r["choices"][0]["finish_reason"] == "stop", r)
+        # vLLM: the tokenizer's EOS (2 here) is the primary one, stop_reason null; every other EOS
+        # id of generation_config / config.json was added to stop_token_ids: stop_reason = the id
+        check("eos: an extra EOS id's stop_reason is the id (completions)",
+              st == 200 and r["choices"][0]["stop_reason"] == ids[2], r)
+        st, r = call(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0,
+                                              "logit_bias": {"2": 100}})
+        check("eos: the primary EOS (the tokenizer's) has stop_reason null",
+              st == 200 and r["choices"][0]["finish_reason"] == "stop" and r["choices"][0]["stop_reason"] is None and
+              r["usage"]["completion_tokens"] == 1, r)
+        st, r = call(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0,
+                                              "logit_bias": {str(ids[2]): 100}, "stop_token_ids": [2]})
+        check("eos: extra EOS first token, stop_reason the id",
+              st == 200 and r["choices"][0]["stop_reason"] == ids[2] and r["usage"]["completion_tokens"] == 1, r)
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0,
+                "logit_bias": {str(ids[2]): 100}}
+        st, r = call(url, "/v1/chat/completions", chat)
+        check("eos: chat: an extra EOS id's stop_reason is the id",
+              st == 200 and r["choices"][0]["finish_reason"] == "stop" and r["choices"][0]["stop_reason"] == ids[2], r)
+        for path, body in (("/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0}),
+                           ("/v1/chat/completions", chat)):
+            last = stream_last_choice(url, path, body)
+            check("eos: %s stream: the finish chunk's stop_reason is the extra EOS id" % path,
+                  last is not None and last["finish_reason"] == "stop" and last["stop_reason"] == ids[2], last)
+        st, r = call(url, "/v1/chat/completions", dict(chat, logit_bias={"2": 100}))
+        check("eos: chat: the primary EOS has stop_reason null",
+              st == 200 and r["choices"][0]["finish_reason"] == "stop" and r["choices"][0]["stop_reason"] is None, r)
         st, r = call(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "ignore_eos": True})
         check("eos: HTTP ignore_eos", st == 200 and r["usage"]["completion_tokens"] == 8, r)
         st, r = call(url, "/v1/models")
@@ -232,6 +275,32 @@ def test_defaults(tmp, greedy):
         stop(p)
     else:
         check("defaults: --generation-config DIR starts", False, p)
+    # `generate` takes the same defaults through the same function (gen_defaults_apply)
+    out, log = generate(m, "--ignore-eos")
+    check("defaults: generate takes generation_config's temperature and top_k and says so",
+          out is not None and "temperature 0.7 (generation_config)" in log and "top_k 1 (generation_config)" in log and
+          "top_p 1 (default)" in log and out["ids"] == greedy, log)
+    out, log = generate(m, "--ignore-eos", "--temperature", "0")
+    check("defaults: a generate flag overrides and is named", out is not None and "temperature 0 (flag)" in log, log)
+    rp = make_model(tmp, "gen-rp", generation_config={"temperature": 0.0, "repetition_penalty": 3.0})
+    out, log = generate(rp, "--ignore-eos")
+    plain, _ = generate(rp, "--ignore-eos", "--generation-config", "vllm")
+    flag1, _ = generate(rp, "--ignore-eos", "--repetition-penalty", "1")
+    check("defaults: generate: repetition_penalty 3 from generation_config changes the greedy output",
+          out is not None and plain is not None and out["ids"] != plain["ids"] and plain["ids"] == greedy and
+          "repetition_penalty 3 (generation_config)" in log, (out, plain, log))
+    check("defaults: generate --repetition-penalty 1 overrides it", flag1 is not None and flag1["ids"] == greedy, flag1)
+    url, p = start(rp)
+    if url:
+        st, r = call(url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True})
+        check("defaults: serve and generate give the same text with the same generation_config",
+              st == 200 and out is not None and r["choices"][0]["text"] == out["text"], (r, out))
+        stop(p)
+    else:
+        check("defaults: gen-rp starts", False, p)
+    out, log = generate(m, "--generation-config", cap, "--max-tokens", "9", "--ignore-eos")
+    check("defaults: generate: --generation-config DIR caps --max-tokens",
+          out is not None and len(out["ids"]) == 5 and "max_tokens 5 (generation_config cap)" in log, log)
     bad = make_model(tmp, "gen-bad", generation_config={"temperature": "hot"})
     url, log = start(bad)
     check("defaults: a bad temperature fails the start naming file and field",
@@ -378,6 +447,31 @@ def test_templates(tmp):
     check("templates: an unknown --chat-template names the choices", url is None and "default, tool_use" in log, log)
 
 
+def test_add_eos(tmp):
+    """tokenizer_config.json add_eos_token: true (transformers' LlamaTokenizer) appends EOS to every
+    text encoded with special tokens, as vLLM's completion prompts are encoded."""
+    plain = make_model(tmp, "eos-plain")
+    m = make_model(tmp, "add-eos", tokenizer_config={"add_eos_token": True})
+    url0, p0 = start(plain)
+    url, p = start(m)
+    check("add_eos_token: servers start", url0 is not None and url is not None, (p0, p))
+    if url0 and url:
+        st0, a = call(url0, "/tokenize", {"prompt": "Hello world"})
+        st1, b = call(url, "/tokenize", {"prompt": "Hello world"})
+        check("add_eos_token: /tokenize appends EOS (2)", st0 == st1 == 200 and b["tokens"] == a["tokens"] + [2], (a, b))
+        st, c = call(url, "/tokenize", {"prompt": "Hello world", "add_special_tokens": False})
+        check("add_eos_token: not without special tokens", st == 200 and 2 not in c["tokens"] and 1 not in c["tokens"], c)
+        st, r = call(url, "/v1/completions", {"prompt": "Hello world", "max_tokens": 1})
+        check("add_eos_token: completions count it", st == 200 and r["usage"]["prompt_tokens"] == len(a["tokens"]) + 1, r)
+        st, r = call(url, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        st2, r2 = call(url0, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        check("add_eos_token: chat (special tokens off by default) unchanged", st == st2 == 200 and r["tokens"] == r2["tokens"],
+              (r, r2))
+    for p_ in (p0, p):
+        if not isinstance(p_, str):
+            stop(p_)
+
+
 def main():
     if not os.path.exists(BIN):
         print("FAIL: %s not built" % BIN)
@@ -387,6 +481,7 @@ def main():
     try:
         greedy = test_eos(tmp)
         test_defaults(tmp, greedy)
+        test_add_eos(tmp)
         test_templates(tmp)
     finally:
         for p in procs:

@@ -56,6 +56,8 @@ int main(void)
     put("config.json", config("[128001, 128008, 128009]"));
     TEST_COND("config.json eos list", model_config_load(&c, dir, err) == 0 && c.n_eos == 3 && c.eos_id == 128001 &&
                                           c.eos_ids[2] == 128009);
+    TEST_COND("the primary EOS defaults to config.json's first (the caller puts the tokenizer's)",
+              c.eos_primary == 128001);
     TEST_COND("add_eos dedupes", model_config_add_eos(&c, 128008) == 0 && model_config_add_eos(&c, 7) == 0 &&
                                      model_config_add_eos(&c, -1) == 0 && c.n_eos == 4 && c.eos_ids[3] == 7);
     model_config_free(&c);
@@ -63,7 +65,8 @@ int main(void)
     TEST_COND("config.json eos int", model_config_load(&c, dir, err) == 0 && c.n_eos == 1 && c.eos_id == 2);
     model_config_free(&c);
     put("config.json", config("null"));
-    TEST_COND("config.json eos null", model_config_load(&c, dir, err) == 0 && c.n_eos == 0 && c.eos_id == -1);
+    TEST_COND("config.json eos null", model_config_load(&c, dir, err) == 0 && c.n_eos == 0 && c.eos_id == -1 &&
+                                          c.eos_primary == -1);
     model_config_free(&c);
     put("config.json", config("[2, \"x\"]"));
     TEST_COND("config.json bad eos names the field", model_config_load(&c, dir, err) != 0 &&

@@ -238,9 +238,28 @@ static void test_chat_parse(void)
     snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":\"none\"}", tools);
     TEST_COND("tools with tool_choice none", C(body) == 200 && R.has_tools && R.add_generation_prompt == 1);
     snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s}", tools);
-    TEST_COND("tools alone mean auto: refused (no tool-call parser)", C(body) == 400 && !strcmp(E.param, "tool_choice") &&
-                                                                          strstr(E.message, "\"none\""));
+    TEST_COND("tools alone mean auto (the server refuses it without a parser)",
+              C(body) == 200 && R.tool_choice == OAI_TOOL_CHOICE_AUTO && R.parallel_tool_calls == 1);
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":\"auto\","
+             "\"parallel_tool_calls\":false}", tools);
+    TEST_COND("tool_choice auto, parallel_tool_calls false", C(body) == 200 && R.tool_choice == OAI_TOOL_CHOICE_AUTO &&
+                                                                 R.parallel_tool_calls == 0);
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":\"required\"}", tools);
+    TEST_COND("tool_choice required: refused (no constrained decoding)",
+              C(body) == 400 && !strcmp(E.param, "tool_choice") && E.code && !strcmp(E.code, "unsupported_parameter"));
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":"
+             "{\"type\":\"function\",\"function\":{\"name\":\"f\"}}}", tools);
+    TEST_COND("tool_choice naming a function: refused (no constrained decoding)",
+              C(body) == 400 && !strcmp(E.param, "tool_choice") && strstr(E.message, "naming a function"));
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],%s,\"tool_choice\":"
+             "{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", tools);
+    TEST_COND("tool_choice naming a function not in tools", C(body) == 400 && strstr(E.message, "does not match"));
+    snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tools\":[],"
+             "\"tool_choice\":\"required\"}");
+    TEST_COND("tool_choice required with no tools is none (vLLM)", C(body) == 200 && R.tool_choice == OAI_TOOL_CHOICE_NONE);
     bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tool_choice\":\"required\"}", "tool_choice");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"tool_choice\":\"auto\"}", "tool_choice");
+    bad(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"u\"}],\"parallel_tool_calls\":1}", "parallel_tool_calls");
     TEST_COND("template fields", C("{\"messages\":[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\","
                                    "\"content\":\"a\"}],\"add_generation_prompt\":false,\"continue_final_message\":true,"
                                    "\"chat_template\":\"tool_use\",\"chat_template_kwargs\":{\"enable_thinking\":false}}") == 200 &&

@@ -33,8 +33,10 @@ if [ "${1:-}" = "--npm" ]; then
 fi
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libcjson-dev libcurl4-openssl-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev libopenblas-dev"
 TEST_PKGS="sentencepiece python3 python3-numpy python3-jinja2 curl jq valgrind clang"
-# tests/test_docker.py: podman + runc run the Dockerfiles, docker-compose v1 the compose file
-TEST_PKGS="$TEST_PKGS podman runc netavark aardvark-dns debootstrap docker-compose"
+# tests/test_docker.py: podman + runc run the Dockerfiles, docker-compose v1 the compose file;
+# netavark sets up container networks with iptables, which a minimal machine lacks ("netavark: No
+# such file or directory")
+TEST_PKGS="$TEST_PKGS podman runc netavark aardvark-dns iptables debootstrap docker-compose"
 PKGS="$BUILD_PKGS"
 [ "${1:-}" = "--build" ] || PKGS="$BUILD_PKGS $TEST_PKGS"
 missing=""
