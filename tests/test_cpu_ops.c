@@ -9,7 +9,9 @@
  * 4000 tokens; NaN in every cache slot that no sequence owns (and in the other layer), so a
  * single read past a sequence turns the output into NaN. BK_K_PRE_ROPE is checked against a
  * reference that rotates keys first, and against the backend's own rope + BK_K_POST_ROPE.
- * Every case runs with 1 and 3 worker threads, which must agree bit for bit. Attention's
+ * Every case runs with 1 and 3 worker threads, which must agree bit for bit. Five cases run
+ * again over an fp8 (e4m3, per-head scales) cache, two over bf16 and one over f16, against the
+ * reference on the values such a cache holds (test_attention_kv_dtype). Attention's
  * tolerance is atol = max(1e-5, 2 x the error of a naive fp32 program against the double
  * reference), rtol 1e-4 (STYLE rule 26): with scores of magnitude ~30 fp32 itself is ~1e-4 off.
  *

@@ -18,6 +18,9 @@
  * ROPESERVE_CUDA_ATTN=simt (read at init; =sm80 and =sm90 force those prefill kernels: the
  * checkers use it to test each path), send every row to the split-KV kernel, which is correct
  * for any row, only slower for long prefills.
+ * An fp8 KV cache (--kv-cache-dtype fp8) runs the split-KV kernel's and the sm_80 prefill
+ * kernel's fp8 instantiations (head_dim 64/128; other head dims send every row to split-KV),
+ * never the sm_90a kernel; kv_init copies the per-(layer, head) scales to the device.
  * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
  * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
  * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile
