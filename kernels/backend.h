@@ -87,7 +87,9 @@ struct bk_kv_params {
                                       layer; W > 0: the query at position p sees only keys j with
                                       p - W < j <= p (HF Mistral/Qwen2 semantics: W keys including
                                       its own). The backend copies the array at kv_init. */
-    /* Storage dtype of the cache (one the backend's kv_dtype_check accepts). For BK_FP8_E4M3,
+    /* Storage dtype of the cache (one the backend's kv_dtype_check accepts). BK_F32, the value
+     * of a zeroed struct, means the backend's own (kv_dtype_auto: fp32 on the CPU, the weights'
+     * bf16/f16 on CUDA), so callers that predate the field keep their cache. For BK_FP8_E4M3,
      * k_scale / v_scale (n_layers, n_kv_heads) or NULL (= 1.0 everywhere): kv_store writes
      * e4m3(k / k_scale[layer][kv head]) and attention reads e4m3 * k_scale, likewise v. The
      * backend copies both arrays at kv_init; other dtypes ignore them. */

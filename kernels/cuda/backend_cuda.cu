@@ -277,15 +277,18 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         kv_release(c);
     }
-    if (p->dtype != c->dtype && p->dtype != BK_FP8_E4M3)
+    /* BK_F32 (a zeroed field) = the backend's own: the weights' dtype (backend.h) */
+    const enum bk_dtype kv_dt = p->dtype == BK_F32 ? c->dtype : p->dtype;
+    if (kv_dt != c->dtype && kv_dt != BK_FP8_E4M3)
         return set_err(err, -1, "cuda: KV cache dtype %s (the weights are %s; the cache is that or fp8)",
-                       bk_dtype_name(p->dtype), bk_dtype_name(c->dtype));
+                       bk_dtype_name(kv_dt), bk_dtype_name(c->dtype));
     const size_t layer_bytes = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim *
-                               bk_dtype_bytes(p->dtype);
+                               bk_dtype_bytes(kv_dt);
     for (int l = 0; p->sliding_window && l < p->n_layers; l++)
         if (p->sliding_window[l] < 0)
             return set_err(err, -1, "cuda: sliding_window[%d] = %d (0 = none, else > 0)", l, p->sliding_window[l]);
     c->kv = *p;
+    c->kv.dtype = kv_dt;
     if (p->sliding_window) {
         c->sliding_window = (int32_t *)xmalloc((size_t)p->n_layers * sizeof(int32_t));
         memcpy(c->sliding_window, p->sliding_window, (size_t)p->n_layers * sizeof(int32_t));
@@ -306,7 +309,7 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
         CUDA_CHECK(cudaMemsetAsync(c->k_layers[l], 0, layer_bytes, c->stream));
         CUDA_CHECK(cudaMemsetAsync(c->v_layers[l], 0, layer_bytes, c->stream));
     }
-    if (p->dtype == BK_FP8_E4M3) { /* the scales (1.0 unless given), k then v, on the device */
+    if (kv_dt == BK_FP8_E4M3) { /* the scales (1.0 unless given), k then v, on the device */
         const size_t n = (size_t)p->n_layers * p->n_kv_heads;
         float *h = (float *)xmalloc(2 * n * sizeof(float));
         for (size_t i = 0; i < n; i++) {
@@ -327,7 +330,7 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
     LOG_I("cuda: KV cache %d layers x %d blocks x %d tokens x %d kv heads x %d dims, %s, %s keys: "
           "%.2f GiB",
           p->n_layers, p->n_blocks, p->block_size, p->n_kv_heads, p->head_dim,
-          bk_dtype_name(p->dtype), p->k_storage == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated",
+          bk_dtype_name(kv_dt), p->k_storage == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated",
           2.0 * (double)layer_bytes * p->n_layers / 1073741824.0);
     return 0;
 }
