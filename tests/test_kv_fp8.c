@@ -180,9 +180,9 @@ static void test_accuracy(void)
     char *pk = passkey_prompt(90);
     const char *texts[2] = {gettysburg, pk};
     const char *names[2] = {"Gettysburg Address", "passkey prompt"};
-    /* bounds: 2-2.5x the max / median / mean |dlogprob| fp8 vs bf16 measured on the dev VM (AVX2):
-     * Gettysburg 0.048 / 0.0027 / 0.0042, passkey 2.15 / 0.00016 / 0.040 (its largest moves are
-     * on the few surprising tokens of a repetitive text: the key's digits, the line breaks) */
+    /* bounds: 2-2.5x the max / median / mean |dlogprob| fp8 vs bf16 measured on the dev VM (AMD
+     * EPYC, AVX-512): Gettysburg 0.048 / 0.0027 / 0.0042, passkey 2.15 / 0.00016 / 0.040 (its
+     * largest moves are on a few tokens of a repetitive text) */
     const float max_bound[2] = {0.12f, 5.0f}, p50_bound[2] = {0.006f, 0.0004f}, mean_bound[2] = {0.01f, 0.08f};
     for (int i = 0; i < 2; i++) {
         n[i] = tokenizer_encode(tok, texts[i], strlen(texts[i]), 1, &ids[i], err);
