@@ -375,9 +375,10 @@ int engine_init(engine_t **out, const struct engine_params *p, model_t *m, char 
     e->stats.max_model_len = max_len;
     e->stats.block_size = bs;
     e->stats.kv_blocks_total = e->n_blocks - 1;
-    LOG_I("KV cache: %d blocks x %d tokens = %lld tokens (%.2f GiB, %zu bytes/token); "
-          "max_model_len %d -> holds %lld sequences of max_model_len",
-          e->n_blocks - 1, bs, pool_tokens, (double)budget / 1073741824.0, per_token, max_len,
+    LOG_I("KV cache (%s): %d blocks x %d tokens = %lld tokens (%.2f GiB, %zu bytes/token); "
+          "max_model_len %d (%.2f GiB of KV per sequence) -> holds %lld sequences of max_model_len",
+          bk_dtype_name(model_kv_dtype(m)), e->n_blocks - 1, bs, pool_tokens, (double)budget / 1073741824.0,
+          per_token, max_len, (double)per_token * (double)(window > 0 ? seq_tokens : max_len) / 1073741824.0,
           pool_tokens / (window > 0 ? seq_tokens : max_len));
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         set_err(err, -1, "cannot start the engine thread");

@@ -2,10 +2,65 @@
  * and a device answers, else the CPU; an explicit --device cuda never falls back silently. */
 #include "backend.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "../common/common.h"
+
+const char *bk_dtype_name(enum bk_dtype t)
+{
+    switch (t) {
+    case BK_F32: return "f32";
+    case BK_F16: return "f16";
+    case BK_BF16: return "bf16";
+    case BK_FP8_E4M3: return "fp8_e4m3";
+    }
+    return "?";
+}
+
+size_t bk_dtype_bytes(enum bk_dtype t)
+{
+    switch (t) {
+    case BK_F32: return 4;
+    case BK_F16:
+    case BK_BF16: return 2;
+    case BK_FP8_E4M3: return 1;
+    }
+    CHECK(0, "unknown bk_dtype %d", (int)t);
+}
+
+/* e4m3 from fp32 bits. Normal results (|x| >= 2^-6): keep the top 3 mantissa bits and round
+ * the 20 dropped ones to nearest even; a carry out of the mantissa bumps the exponent, which is
+ * the next code, so the rounding is one integer add. Subnormal results (|x| < 2^-6, a quantum of
+ * 2^-9): rintf(|x| * 512) in the default rounding mode (to nearest even) is the code itself, and
+ * 8 lands on the smallest normal (code 0x08) as it should. */
+uint8_t bk_fp8_e4m3_from_f32(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    const uint8_t sign = (uint8_t)((bits >> 24) & 0x80);
+    if (isnan(x)) return sign | 0x7f;
+    const float a = fabsf(x);
+    if (a >= 448.0f) return sign | 0x7e; /* saturate: 448 is the largest finite value */
+    if (a < 0.015625f) return sign | (uint8_t)rintf(a * 512.0f);
+    const uint32_t ab = bits & 0x7fffffffu;
+    uint32_t code = (((ab >> 23) - 127 + 7) << 3) | ((ab >> 20) & 7);
+    const uint32_t rest = ab & 0xfffffu;
+    if (rest > 0x80000u || (rest == 0x80000u && (code & 1))) code++;
+    if (code > 0x7e) code = 0x7e; /* rounded up past 448 (from [448, 464) only: not reached) */
+    return sign | (uint8_t)code;
+}
+
+float bk_fp8_e4m3_to_f32(uint8_t code)
+{
+    const int e = (code >> 3) & 15, m = code & 7;
+    float v;
+    if (e == 15 && m == 7) v = NAN;
+    else if (e == 0) v = ldexpf((float)m, -9);
+    else v = ldexpf((float)(8 + m), e - 10);
+    return (code & 0x80) ? -v : v;
+}
 
 struct backend_params backend_default_params(void)
 {

@@ -47,7 +47,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum bk_dtype { BK_F32 = 0, BK_F16 = 1, BK_BF16 = 2 };
+/* BK_FP8_E4M3 is a KV cache dtype only (never a weight or activation): OCP FP8 E4M3 ("e4m3fn":
+ * 1 sign, 4 exponent bits of bias 7, 3 mantissa bits; no infinities, S.1111.111 is NaN; largest
+ * finite 448, smallest subnormal 2^-9). */
+enum bk_dtype { BK_F32 = 0, BK_F16 = 1, BK_BF16 = 2, BK_FP8_E4M3 = 3 };
+
+/* "f32", "f16", "bf16", "fp8_e4m3" */
+const char *bk_dtype_name(enum bk_dtype t);
+/* bytes of one stored element: 4, 2, 2, 1 */
+size_t bk_dtype_bytes(enum bk_dtype t);
+
+/* The fp8 KV storage both backends implement (the CUDA kernels use the hardware conversion,
+ * cvt.rn.satfinite.e4m3x2.f32, which these match bit for bit): x is rounded to the nearest e4m3
+ * value, ties to the even code, and saturated to +-448 (so +-inf too); NaN -> 0x7f with its sign.
+ * A value is stored as bk_fp8_e4m3_from_f32(x / scale) and read as bk_fp8_e4m3_to_f32(code) *
+ * scale (vLLM's k_scale / v_scale convention). Pure; thread-safe. */
+uint8_t bk_fp8_e4m3_from_f32(float x);
+float bk_fp8_e4m3_to_f32(uint8_t code);
 
 enum bk_device { BK_DEVICE_AUTO = 0, BK_DEVICE_CPU = 1, BK_DEVICE_CUDA = 2 };
 
@@ -71,6 +87,15 @@ struct bk_kv_params {
                                       layer; W > 0: the query at position p sees only keys j with
                                       p - W < j <= p (HF Mistral/Qwen2 semantics: W keys including
                                       its own). The backend copies the array at kv_init. */
+    /* Storage dtype of the cache (one the backend's kv_dtype_check accepts). BK_F32, the value
+     * of a zeroed struct, means the backend's own (kv_dtype_auto: fp32 on the CPU, the weights'
+     * bf16/f16 on CUDA), so callers that predate the field keep their cache. For BK_FP8_E4M3,
+     * k_scale / v_scale (n_layers, n_kv_heads) or NULL (= 1.0 everywhere): kv_store writes
+     * e4m3(k / k_scale[layer][kv head]) and attention reads e4m3 * k_scale, likewise v. The
+     * backend copies both arrays at kv_init; other dtypes ignore them. */
+    enum bk_dtype dtype;
+    const float *k_scale;
+    const float *v_scale;
 };
 
 /* The one batch format. All arrays are host memory owned by the caller and must stay valid
@@ -108,7 +133,8 @@ struct bk_batch {
 
 struct backend_ops {
     const char *name; /* "cpu", "cuda" */
-    int elem_size;    /* bytes of one stored weight or KV element: 4 (fp32) or 2 (bf16/f16) */
+    int elem_size;    /* bytes of one stored weight: 4 (fp32) or 2 (bf16/f16); the KV cache's
+                         element is bk_dtype_bytes(bk_kv_params.dtype) */
     void (*free)(void *ctx);
     /* One line describing the device for the start-up log (e.g. "cpu: 2 threads, OpenBLAS"). */
     void (*describe)(void *ctx, char *buf, size_t len);
@@ -169,6 +195,12 @@ struct backend_ops {
     void (*gather_rows)(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
     /* x (n_rows, n) += b (n) on every row; b is a weight (weight_new): the bias of a projection */
     void (*add_bias)(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n);
+
+    /* --- KV cache dtype (--kv-cache-dtype) --- */
+    /* The dtype `auto` stores: the weights' (CPU: BK_F32). */
+    enum bk_dtype (*kv_dtype_auto)(void *ctx);
+    /* 0 when the cache can be stored as dt, else <0 with the reason in err. */
+    int (*kv_dtype_check)(void *ctx, enum bk_dtype dt, char *err);
 };
 
 struct backend {

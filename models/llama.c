@@ -70,12 +70,121 @@ struct model {
     bk_buf *xo;     /* (O, hidden) rows whose logits are wanted */
     bk_buf *logits; /* (O, vocab) */
     int kv_ready;
+
+    /* KV cache storage: the resolved --kv-cache-dtype, and the fp8 scales per (layer, kv head)
+     * (1.0 unless the checkpoint has kv_scale / k_scale / v_scale tensors) */
+    enum bk_dtype kv_dtype;
+    float *k_scale, *v_scale; /* (n_layers, n_kv_heads) */
+    int has_kv_scales;
 };
 
 struct model_params model_default_params(void)
 {
-    struct model_params p = {.max_batch_tokens = 2048, .max_out_rows = 256};
+    struct model_params p = {.max_batch_tokens = 2048, .max_out_rows = 256, .kv_cache_dtype = MODEL_KV_DTYPE_AUTO};
     return p;
+}
+
+int model_kv_dtype_parse(const char *s, int *out)
+{
+    static const struct { const char *name; int dt; } names[] = {
+        {"auto", MODEL_KV_DTYPE_AUTO}, {"f32", BK_F32}, {"fp32", BK_F32}, {"float32", BK_F32},
+        {"bf16", BK_BF16}, {"bfloat16", BK_BF16}, {"f16", BK_F16}, {"fp16", BK_F16},
+        {"half", BK_F16}, {"float16", BK_F16}, {"fp8", BK_FP8_E4M3}, {"fp8_e4m3", BK_FP8_E4M3},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].dt;
+            return 0;
+        }
+    return -1;
+}
+
+size_t model_config_kv_bytes_per_token(const struct model_config *c, enum bk_dtype dt)
+{
+    return 2 * (size_t)c->n_layers * c->n_kv_heads * c->head_dim * bk_dtype_bytes(dt);
+}
+
+enum bk_dtype model_kv_dtype(const model_t *m) { return m->kv_dtype; }
+
+int model_kv_scales(const model_t *m, const float **k_scale, const float **v_scale)
+{
+    if (k_scale) *k_scale = m->k_scale;
+    if (v_scale) *v_scale = m->v_scale;
+    return m->has_kv_scales;
+}
+
+/* One scale tensor: a scalar ([] or [1]) for every KV head, or one per KV head ([n_kv_heads]),
+ * F32/F16/BF16, every value finite and > 0. dst (n_kv). */
+static int read_kv_scale(const struct st_tensor *t, int n_kv, float *dst, char *err)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->n_dims; i++) n *= t->shape[i];
+    if (!(t->n_dims == 0 || (t->n_dims == 1 && (t->shape[0] == 1 || t->shape[0] == n_kv))))
+        return set_err(err, -1, "%s: tensor '%s': a KV cache scale must be a scalar ([] or [1]) or one "
+                       "per KV head ([%d]); found %d dims of %lld values", t->file, t->name, n_kv, t->n_dims,
+                       (long long)n);
+    for (int h = 0; h < n_kv; h++) {
+        const int64_t i = n == 1 ? 0 : h;
+        float x;
+        if (t->dtype == BK_F32) memcpy(&x, (const char *)t->data + 4 * i, 4);
+        else {
+            uint16_t u;
+            memcpy(&u, (const char *)t->data + 2 * i, 2);
+            x = t->dtype == BK_F16 ? f16_to_f32(u) : bf16_to_f32(u);
+        }
+        if (!(isfinite(x) && x > 0.0f))
+            return set_err(err, -1, "%s: tensor '%s': KV cache scale %lld is %g; it must be finite and > 0",
+                           t->file, t->name, (long long)i, (double)x);
+        dst[h] = x;
+    }
+    return 0;
+}
+
+/* The checkpoint's fp8 KV scales (vLLM / llm-compressor / ModelOpt names): per layer
+ * self_attn.k_scale and self_attn.v_scale (also under k_proj./v_proj. or attn.), or one
+ * self_attn.kv_scale for both (older FP8 checkpoints). Missing layers keep 1.0. */
+static int load_kv_scales(model_t *m, const safetensors_t *st, char *err)
+{
+    const int L = m->cfg.n_layers, n_kv = m->cfg.n_kv_heads;
+    m->k_scale = xmalloc(sizeof(float) * (size_t)L * n_kv);
+    m->v_scale = xmalloc(sizeof(float) * (size_t)L * n_kv);
+    for (size_t i = 0; i < (size_t)L * n_kv; i++) m->k_scale[i] = m->v_scale[i] = 1.0f;
+    static const char *k_names[] = {"model.layers.%d.self_attn.k_scale", "model.layers.%d.self_attn.k_proj.k_scale",
+                                    "model.layers.%d.self_attn.attn.k_scale"};
+    static const char *v_names[] = {"model.layers.%d.self_attn.v_scale", "model.layers.%d.self_attn.v_proj.v_scale",
+                                    "model.layers.%d.self_attn.attn.v_scale"};
+    int n_found = 0, n_missing = 0;
+    for (int l = 0; l < L; l++) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.kv_scale", l);
+        const struct st_tensor *kv = st_find(st, name), *k = NULL, *v = NULL;
+        for (int which = 0; which < 2; which++) {
+            const char **names = which ? v_names : k_names;
+            const struct st_tensor **dst = which ? &v : &k;
+            for (int i = 0; i < 3; i++) {
+                snprintf(name, sizeof name, names[i], l);
+                const struct st_tensor *t = st_find(st, name);
+                if (!t) continue;
+                if (*dst)
+                    return set_err(err, -1, "%s: tensors '%s' and '%s' both give layer %d's %s scale", t->file,
+                                   (*dst)->name, t->name, l, which ? "v" : "k");
+                *dst = t;
+            }
+        }
+        if (kv && (k || v))
+            return set_err(err, -1, "%s: tensor '%s': layer %d has both kv_scale and %s", kv->file, kv->name, l,
+                           k ? k->name : v->name);
+        const struct st_tensor *tk = kv ? kv : k, *tv = kv ? kv : v;
+        if (tk && read_kv_scale(tk, n_kv, m->k_scale + (size_t)l * n_kv, err) < 0) return -1;
+        if (tv && read_kv_scale(tv, n_kv, m->v_scale + (size_t)l * n_kv, err) < 0) return -1;
+        n_found += (tk != NULL) + (tv != NULL);
+        n_missing += (tk == NULL) + (tv == NULL);
+    }
+    m->has_kv_scales = n_found > 0;
+    if (n_found && n_missing)
+        LOG_W("KV cache scales: %d of %d layers' k/v scales are in the checkpoint; the others are 1.0", n_found,
+              n_found + n_missing);
+    return 0;
 }
 
 const struct model_config *model_get_config(const model_t *m) { return &m->cfg; }
@@ -88,10 +197,7 @@ size_t model_mem_free(const model_t *m)
     return m->be->ops->mem_free ? m->be->ops->mem_free(m->be->ctx) : 0;
 }
 
-size_t model_kv_bytes_per_token(const model_t *m)
-{
-    return 2 * (size_t)m->cfg.n_layers * m->cfg.n_kv_heads * m->cfg.head_dim * m->be->ops->elem_size;
-}
+size_t model_kv_bytes_per_token(const model_t *m) { return model_config_kv_bytes_per_token(&m->cfg, m->kv_dtype); }
 
 static void free_buf(model_t *m, bk_buf **b)
 {
@@ -118,6 +224,8 @@ void model_free(model_t *m)
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) free_buf(m, top[i]);
     rope_free(&m->rope);
     model_config_free(&m->cfg);
+    free(m->k_scale);
+    free(m->v_scale);
     free(m);
 }
 
@@ -174,6 +282,21 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
     if (rope_init(&m->rope, c, dir, err) < 0) goto fail;
     m->rope.cfg = &m->cfg;
     if (st_open_dir(&st, dir, err) < 0) goto fail;
+
+    /* 0. The KV cache dtype and the checkpoint's fp8 scales. */
+    if (p->kv_cache_dtype == MODEL_KV_DTYPE_AUTO) {
+        m->kv_dtype = ops->kv_dtype_auto(bx);
+    } else {
+        m->kv_dtype = (enum bk_dtype)p->kv_cache_dtype;
+        char why[ERR_LEN];
+        if (ops->kv_dtype_check(bx, m->kv_dtype, why) < 0) {
+            set_err(err, -1, "--kv-cache-dtype %s: %s", bk_dtype_name(m->kv_dtype), why);
+            goto fail;
+        }
+    }
+    if (load_kv_scales(m, st, err) < 0) goto fail;
+    if (m->has_kv_scales && m->kv_dtype == BK_FP8_E4M3) LOG_I("%s: fp8 KV cache with the checkpoint's k/v scales", dir);
+    else if (m->has_kv_scales) LOG_I("%s: the checkpoint's KV cache scales are used with --kv-cache-dtype fp8 only", dir);
 
     /* 1. Check every tensor before uploading anything. */
     const int64_t H = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
@@ -288,6 +411,9 @@ int model_kv_init(model_t *m, int n_blocks, int block_size, int max_len, char *e
         .head_dim = m->cfg.head_dim,
         .k_storage = m->rope.k_storage,
         .sliding_window = any_window ? window : NULL,
+        .dtype = m->kv_dtype,
+        .k_scale = m->k_scale,
+        .v_scale = m->v_scale,
     };
     int rc = m->be->ops->kv_init(m->be->ctx, &kp, err);
     free(window);

@@ -214,7 +214,15 @@ typedef struct model model_t;
 struct model_params {
     int max_batch_tokens;   /* most tokens in one forward (activation buffers are this big) */
     int max_out_rows;       /* most logits rows in one forward */
+    int kv_cache_dtype;     /* --kv-cache-dtype: MODEL_KV_DTYPE_AUTO (the backend's weight
+                               dtype: fp32 on the CPU, bf16/f16 on CUDA) or an enum bk_dtype */
 };
+#define MODEL_KV_DTYPE_AUTO (-1)
+
+/* --kv-cache-dtype TEXT: auto, f32 (fp32, float32), bf16 (bfloat16), f16 (fp16, half,
+ * float16), fp8 (fp8_e4m3, as vLLM; e4m3 with per-KV-head scales). Returns 0 with *out set
+ * (MODEL_KV_DTYPE_AUTO or an enum bk_dtype), or -1 for any other text. */
+int model_kv_dtype_parse(const char *s, int *out);
 
 struct model_params model_default_params(void);
 
@@ -228,7 +236,16 @@ const struct model_config *model_get_config(const model_t *m);
 const struct rope *model_get_rope(const model_t *m);
 const struct model_params *model_get_params(const model_t *m); /* the limits it was loaded with */
 size_t model_weight_bytes(const model_t *m);        /* as stored in the backend */
-size_t model_kv_bytes_per_token(const model_t *m);  /* k + v, all layers, backend dtype */
+size_t model_kv_bytes_per_token(const model_t *m);  /* k + v, all layers, its KV cache dtype */
+/* k + v of one token over all layers when the cache stores dt: 2 x n_layers x n_kv_heads x
+ * head_dim x bytes(dt). The memory plan's unit (LLaMA-2-7B: 512 KiB in bf16, 256 KiB in fp8).
+ * Pure. */
+size_t model_config_kv_bytes_per_token(const struct model_config *c, enum bk_dtype dt);
+/* The dtype the KV cache stores (--kv-cache-dtype resolved at load). */
+enum bk_dtype model_kv_dtype(const model_t *m);
+/* 1 when the checkpoint brought k/v scales (kv_scale, k_scale, v_scale tensors); they are used
+ * only when the cache stores fp8. The scale of (layer, kv head) is k_scale[l * n_kv_heads + h]. */
+int model_kv_scales(const model_t *m, const float **k_scale, const float **v_scale);
 /* Backend memory left for the KV pool (0: no device limit, the caller budgets). */
 size_t model_mem_free(const model_t *m);
 

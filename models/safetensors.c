@@ -65,6 +65,7 @@ size_t bk_dtype_size(enum bk_dtype t)
     case BK_F32: return 4;
     case BK_F16: return 2;
     case BK_BF16: return 2;
+    case BK_FP8_E4M3: return 1;
     }
     CHECK(0, "unknown bk_dtype %d", (int)t);
 }

@@ -48,6 +48,7 @@ struct opts {
     int seq_len;
     /* eval */
     struct eval_params ev;
+    int kv_cache_dtype; /* MODEL_KV_DTYPE_AUTO or an enum bk_dtype */
     int ev_lengths[64], ev_windows[64];
 };
 
@@ -62,6 +63,8 @@ static const struct flag flags[] = {
     {"--threads", "N", "CPU worker threads (default: all cores)", C_RUN},
     {"--dtype", "bf16|f16", "CUDA weight and KV dtype (default bf16)", C_RUN},
     {"--gpu-memory-utilization", "F", "fraction of GPU memory ropeserve may use (default 0.95)", C_RUN},
+    {"--kv-cache-dtype", "auto|bf16|f16|fp8", "KV cache storage: auto = the weights' dtype (CPU: f32); fp8 (alias "
+     "fp8_e4m3) = e4m3 with per-KV-head scales, 1.0 or the checkpoint's k_scale/v_scale (half the bytes of bf16)", C_RUN},
     {"--kv-cache-gb", "G", "KV cache size in GiB (default: fits the longest requests; on a GPU all memory left)", C_RUN},
     {"--max-model-len", "N", "longest prompt + completion (default: derived from the RoPE method)", C_ALL},
     {"--block-size", "N", "tokens per KV block, a power of two (default 16)", C_RUN},
@@ -197,7 +200,10 @@ static void set_flag(struct opts *o, const char *f, const char *v)
         else if (!strcmp(v, "f16")) o->bp.dtype = BK_F16;
         else die("--dtype: expected bf16 or f16, got '%s'", v);
     } else if (IS("--gpu-memory-utilization")) o->bp.gpu_memory_utilization = parse_num(f, v, 0.05, 1.0);
-    else if (IS("--kv-cache-gb")) o->ep.kv_cache_gb = parse_num(f, v, 1e-6, 1e6);
+    else if (IS("--kv-cache-dtype")) {
+        if (model_kv_dtype_parse(v, &o->kv_cache_dtype) < 0)
+            die("--kv-cache-dtype: expected auto, bf16, f16, fp8 (or fp8_e4m3) or f32, got '%s'", v);
+    } else if (IS("--kv-cache-gb")) o->ep.kv_cache_gb = parse_num(f, v, 1e-6, 1e6);
     else if (IS("--max-model-len")) o->ep.max_model_len = (int)parse_int(f, v, 1, 1 << 30);
     else if (IS("--block-size")) o->ep.block_size = (int)parse_int(f, v, 1, 1024);
     else if (IS("--max-batched-tokens")) o->ep.max_batched_tokens = (int)parse_int(f, v, 1, 1 << 20);
@@ -384,6 +390,7 @@ static void load_all(struct opts *o, struct loaded *L)
     mp.max_batch_tokens = o->ep.max_batched_tokens;
     mp.max_out_rows = o->ep.max_num_seqs > 256 ? o->ep.max_num_seqs : 256;
     if (mp.max_out_rows > mp.max_batch_tokens) mp.max_out_rows = mp.max_batch_tokens;
+    mp.kv_cache_dtype = o->kv_cache_dtype;
     double t0 = now_s();
     if (model_load(&L->model, o->model, &L->cfg, &L->be, &mp, err) < 0) die("%s", err);
     const struct model_config *c = model_get_config(L->model);
@@ -762,6 +769,7 @@ int main(int argc, char **argv)
     o.string_shift = o.string_local = -1;
     o.bp = backend_default_params();
     o.ep = engine_default_params();
+    o.kv_cache_dtype = MODEL_KV_DTYPE_AUTO;
     o.sp = server_default_params();
     o.drain_timeout = 30;
     o.max_tokens = 16;

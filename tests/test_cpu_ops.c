@@ -9,7 +9,9 @@
  * 4000 tokens; NaN in every cache slot that no sequence owns (and in the other layer), so a
  * single read past a sequence turns the output into NaN. BK_K_PRE_ROPE is checked against a
  * reference that rotates keys first, and against the backend's own rope + BK_K_POST_ROPE.
- * Every case runs with 1 and 3 worker threads, which must agree bit for bit. Attention's
+ * Every case runs with 1 and 3 worker threads, which must agree bit for bit. Five cases run
+ * again over an fp8 (e4m3, per-head scales) cache, two over bf16 and one over f16, against the
+ * reference on the values such a cache holds (test_attention_kv_dtype). Attention's
  * tolerance is atol = max(1e-5, 2 x the error of a naive fp32 program against the double
  * reference), rtol 1e-4 (STYLE rule 26): with scores of magnitude ~30 fp32 itself is ~1e-4 off.
  *
@@ -525,7 +527,8 @@ struct attn_data {
     float **kh, **vh;          /* per seq: (ctx + n_new, n_kv_heads, head_dim) */
     float *q;                  /* (n_tok, n_heads, head_dim) */
     float *q2;                 /* STRING's shifted queries, same shape (NULL without STRING) */
-    float *inv_freq, *attn_factor;
+    float *inv_freq, *attn_factor;    enum bk_dtype kv_dtype;    /* the cache's storage (BK_F32 unless a KV dtype test sets it) */
+    float *kv_scales;          /* fp8: k scales (2 layers, n_kv_heads) then v scales, or NULL */
 };
 
 static void attn_data_build(struct attn_data *dd, const struct attn_case *ac)
@@ -771,7 +774,8 @@ static float *attn_run(struct backend *be, const struct attn_data *dd, enum bk_k
     const int rotary_dim = ac->rotary_dim, half = rotary_dim / 2;
     char err[ERR_LEN];
     const int32_t windows[2] = {0, ac->window};
-    struct bk_kv_params kp = {n_layers, dd->n_blocks, bs, n_kv, hd, storage, ac->window > 0 ? windows : NULL};
+    struct bk_kv_params kp = {n_layers, dd->n_blocks, bs, n_kv, hd, storage, ac->window > 0 ? windows : NULL,
+                              dd->kv_dtype, dd->kv_scales, dd->kv_scales ? dd->kv_scales + n_layers * n_kv : NULL};
     int rc = be->ops->kv_init(be->ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
 
@@ -960,6 +964,64 @@ static void test_attention_case(const struct attn_case *ac)
     attn_data_free(&dd);
 }
 
+/* The cache stored as bf16, f16 or fp8 (per-head scales): the history keys and values are
+ * rounded the way the cache stores them (bf16/f16 RNE; fp8: e4m3(x / scale) x scale, with the
+ * conversion that test_fp8_e4m3 checks against its own reference), and the fp64 reference over
+ * those rounded values must match the backend at the fp32 tolerance: storage changes the inputs,
+ * never the arithmetic. NaN in unused slots stays NaN in every dtype (fp8: code 0x7f), so the
+ * never-read-past-a-sequence check holds too. */
+static void test_attention_kv_dtype(const struct attn_case *ac, enum bk_dtype dt)
+{
+    struct attn_data dd;
+    attn_data_build(&dd, ac);
+    const int n_kv = ac->n_kv_heads, hd = ac->head_dim;
+    dd.kv_dtype = dt;
+    if (dt == BK_FP8_E4M3) { /* scales in [1/64, 1/2]: values of |x| < 1 use most of e4m3's range */
+        dd.kv_scales = xmalloc(sizeof(float) * 4 * n_kv);
+        for (int i = 0; i < 4 * n_kv; i++) dd.kv_scales[i] = ldexpf(1.0f + 0.37f * (float)(i % 3), -(2 + i % 5));
+    }
+    float err_plain = 0.0f;
+    {   /* how far the rounded cache moves the output (printed, for scale) */
+        float *plain = attn_reference(&dd, ac->pre_rope);
+        for (int which = 0; which < 2; which++)
+            for (int s = 0; s < ac->n_seqs; s++) {
+                float *x = which ? dd.vh[s] : dd.kh[s];
+                const float *sc = dd.kv_scales ? dd.kv_scales + (which ? 2 * n_kv : 0) + n_kv /* layer 1 */ : NULL;
+                size_t n = (size_t)(ac->ctx[s] + ac->n_new[s]) * n_kv * hd;
+                for (size_t i = 0; i < n; i++) {
+                    const int h = (int)(i / hd % n_kv);
+                    if (dt == BK_BF16) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+                    else if (dt == BK_F16) x[i] = f16_to_f32(f32_to_f16(x[i]));
+                    else x[i] = bk_fp8_e4m3_to_f32(bk_fp8_e4m3_from_f32(x[i] / sc[h])) * sc[h];
+                }
+            }
+        float *rounded = attn_reference(&dd, ac->pre_rope);
+        size_t nq = (size_t)dd.n_tok * ac->n_heads * hd;
+        err_plain = max_abs_diff(plain, rounded, nq);
+        free(plain);
+        free(rounded);
+    }
+    size_t nq = (size_t)dd.n_tok * ac->n_heads * hd;
+    float *ref = attn_reference(&dd, ac->pre_rope);
+    float *naive = attn_naive_f32(&dd, ac->pre_rope);
+    float naive_err = max_abs_diff(naive, ref, nq);
+    float atol = 2.0f * naive_err > 1e-5f ? 2.0f * naive_err : 1e-5f;
+    free(naive);
+    struct backend be = make_backend(3);
+    float *got = attn_run(&be, &dd, ac->pre_rope ? BK_K_PRE_ROPE : BK_K_POST_ROPE, 0);
+    char name[96];
+    snprintf(name, sizeof name, "%s-kv-%s", ac->name, bk_dtype_name(dt));
+    printf("attention %-40s max |err| %.2e vs its rounded inputs (atol %.2e); rounding moved the output by %.2e\n",
+           name, max_abs_diff(got, ref, nq), atol, err_plain);
+    TEST_CONDF(test_compare(name, got, ref, nq, atol, 1e-4f) == 0, "attention %s", name);
+    TEST_CONDF(err_plain > 0.0f, "attention %s: the %s cache rounds the inputs", name, bk_dtype_name(dt));
+    free_backend(&be);
+    free(got);
+    free(ref);
+    free(dd.kv_scales);
+    attn_data_free(&dd);
+}
+
 static void test_attention(void)
 {
     static const struct attn_case cases[] = {
@@ -997,6 +1059,13 @@ static void test_attention(void)
         if (small_mode && strstr(cases[i].name, "long")) continue;
         test_attention_case(&cases[i]);
     }
+    /* KV cache dtypes: decode + prefill rows, GQA, pre-RoPE keys, a sliding window, STRING */
+    static const int kv_cases[] = {0, 2, 4, 8, 12};
+    for (size_t i = 0; i < sizeof kv_cases / sizeof kv_cases[0]; i++) {
+        test_attention_kv_dtype(&cases[kv_cases[i]], BK_FP8_E4M3);
+        if (i < 2) test_attention_kv_dtype(&cases[kv_cases[i]], BK_BF16);
+        if (i < 1) test_attention_kv_dtype(&cases[kv_cases[i]], BK_F16);
+    }
 }
 
 /* kv_copy_blocks: a sequence read through copies of its blocks gives the same attention. */
@@ -1005,7 +1074,7 @@ static void test_kv_copy_blocks(void)
     const int n_layers = 2, n_blocks = 6, bs = 16, n_kv = 2, hd = 16, n_heads = 4, n_tok = 20;
     struct backend be = make_backend(3);
     char err[ERR_LEN];
-    struct bk_kv_params kp = {n_layers, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL};
+    struct bk_kv_params kp = {n_layers, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL, BK_F32, NULL, NULL};
     int rc = be.ops->kv_init(be.ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
     size_t row = (size_t)n_kv * hd, nq = (size_t)n_tok * n_heads * hd;
@@ -1086,7 +1155,7 @@ static void time_attention(void)
     char err[ERR_LEN], desc[128];
     be.ops->describe(be.ctx, desc, sizeof desc);
     int n_blocks = len / bs + 2;
-    struct bk_kv_params kp = {1, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL};
+    struct bk_kv_params kp = {1, n_blocks, bs, n_kv, hd, BK_K_POST_ROPE, NULL, BK_F32, NULL, NULL};
     int rc = be.ops->kv_init(be.ctx, &kp, err);
     CHECK(rc == 0, "kv_init: %s", err);
     size_t row = (size_t)n_kv * hd, nq = (size_t)chunk * n_heads * hd;

@@ -7,8 +7,10 @@ tools/device-check.sh on a GPU machine; not part of `make test` (it needs a GPU)
 For each length L in 512, 1k, 2k, ... max_model_len - 32 it builds one passkey prompt of L tokens
 (key 71432 at depth 1/3) and
   - runs `ropeserve generate --prompt-ids ... --max-tokens 32 --top-logprobs 20 --json` with
-    --device cuda (for each --dtypes; plus --kv-cache-dtype fp8 when the binary has that flag)
-    and with --device cpu; tokens must agree up to a near tie (the CPU's logprob of its own token
+    --device cuda (for each --dtypes; plus --kv-cache-dtype fp8 when the binary has that flag,
+    compared with the CPU backend storing the same fp8 cache, so that the two fp8 paths must
+    agree within the bf16 tolerance) and with --device cpu; tokens must agree up to a near tie
+    (the CPU's logprob of its own token
     exceeds its logprob of the CUDA token by <= 2 x tolerance), >= 99% of compared tokens over
     all lengths, and every top-20 logprob present in both lists within the dtype's tolerance;
   - with transformers: LlamaForCausalLM.from_pretrained(DIR) in float32 with the rotary
@@ -18,7 +20,7 @@ For each length L in 512, 1k, 2k, ... max_model_len - 32 it builds one passkey p
     agree within 2e-3 (fp32 vs fp32);
   - `ropeserve eval passkey` on cuda and cpu at the same lengths (10 trials): accuracy must be
     equal within one trial.
-Tolerances (logprob): f16 6e-2, bf16 5e-1, fp8 KV 1.0 (as tests/cuda_parity.py; the trained
+Tolerances (logprob): f16 6e-2, bf16 5e-1, fp8 KV 5e-1 against the CPU's fp8 cache (as tests/cuda_parity.py; the trained
 model is far less chaotic than the random fixtures, so real mismatches show as failures).
 
 Usage: tests/trained_parity.py [--model models/demo-pose] [--dtypes bf16,f16] [--max-len N]
@@ -38,7 +40,7 @@ TASK = ("There is an important info hidden inside a lot of irrelevant text. Find
         "memorize them. I will quiz you about the important information there.")
 GARBAGE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "What is the pass key? The pass key is"
-TOL = {"bf16": 0.5, "f16": 0.06, "fp8": 1.0}
+TOL = {"bf16": 0.5, "f16": 0.06, "fp8": 0.5}
 
 passed = failed = 0
 
@@ -164,10 +166,12 @@ def main():
         for name, extra in variants:
             try:
                 got = gen(a.model, ids, "cuda", extra)
+                # the fp8 cache against the CPU's fp8 cache (the same e4m3 codes)
+                r = gen(a.model, ids, "cpu", ["--kv-cache-dtype", "fp8"]) if name == "fp8" else ref
             except RuntimeError as e:
                 check(False, str(e))
                 continue
-            ag, tot = compare(ref, got, TOL[name], f"L={len(ids)} cuda {name}")
+            ag, tot = compare(r, got, TOL[name], f"L={len(ids)} cuda {name}")
             sums[name][0] += ag
             sums[name][1] += tot
     for name, (ag, tot) in sums.items():

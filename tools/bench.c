@@ -3,10 +3,14 @@
  *   tgN: decode N tokens after a 1-token prompt -> (N - 1) / t tokens/s after the first
  *   concurrent decode: S streams at once, aggregate generated tokens/s
  *   ttft under load: a short request submitted while a long prefill runs
+ *   decode at context L (--decode-ctx): a prompt of L tokens, then --tg tokens; milliseconds per
+ *   decode step after the first token (the issue's decode_ms; with --kv-cache-dtype fp8 too)
  * Each figure is the median of --reps runs. Never part of `make test`.
  *
  *   bench --model DIR [--threads N] [--pp 512,2048,8192] [--tg 128] [--streams 1,4,16]
- *         [--reps 3] [--device cpu|cuda] [--long-prefill N] [--max-batched-tokens N] */
+ *         [--reps 3] [--device cpu|cuda] [--long-prefill N] [--max-batched-tokens N]
+ *         [--kv-cache-dtype auto|bf16|f16|fp8] [--decode-ctx L1,L2]
+ *   --decode-ctx prints one line per L: "decode_ms ctx=L kv=DTYPE ms=X" (median of --reps) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +96,8 @@ int main(int argc, char **argv)
     const char *model = NULL;
     int pp[8] = {512, 2048, 8192}, n_pp = 3, tg = 128, streams[8] = {1, 4, 16}, n_streams = 0, reps = 3;
     int long_prefill = 0;
+    int kv_dtype = MODEL_KV_DTYPE_AUTO;
+    int decode_ctx[8], n_decode_ctx = 0;
     struct backend_params bp = backend_default_params();
     bp.device = BK_DEVICE_CPU;
     struct engine_params ep = engine_default_params();
@@ -106,6 +112,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--reps")) reps = atoi(v), i++;
         else if (!strcmp(a, "--long-prefill")) long_prefill = atoi(v), i++;
         else if (!strcmp(a, "--max-batched-tokens")) ep.max_batched_tokens = atoi(v), i++;
+        else if (!strcmp(a, "--decode-ctx")) n_decode_ctx = parse_list(v, decode_ctx, 8), i++;
+        else if (!strcmp(a, "--kv-cache-dtype")) {
+            if (model_kv_dtype_parse(v, &kv_dtype) < 0) { fprintf(stderr, "bench: --kv-cache-dtype %s: expected auto, bf16, f16, fp8 or f32\n", v); return 1; }
+            i++;
+        }
         else if (!strcmp(a, "--device")) bp.device = !strcmp(v, "cuda") ? BK_DEVICE_CUDA : BK_DEVICE_CPU, i++;
         else { fprintf(stderr, "bench: unknown flag %s\n", a); return 1; }
     }
@@ -119,12 +130,13 @@ int main(int argc, char **argv)
     if (model_config_load(&cfg, model, err) < 0 || backend_init(&be, &bp, err) < 0) { fprintf(stderr, "bench: %s\n", err); return 1; }
     struct model_params mp = model_default_params();
     mp.max_batch_tokens = ep.max_batched_tokens;
+    mp.kv_cache_dtype = kv_dtype;
     if (model_load(&m, model, &cfg, &be, &mp, err) < 0 || engine_init(&e, &ep, m, err) < 0) { fprintf(stderr, "bench: %s\n", err); return 1; }
     const int vocab = cfg.vocab_size;
     char desc[256];
     be.ops->describe(be.ctx, desc, sizeof desc);
-    printf("model %s (%d layers, hidden %d, %d heads, %d kv heads, head_dim %d, ffn %d, vocab %d)\nbackend %s; median of %d runs\n",
-           model, cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size, vocab, desc, reps);
+    printf("model %s (%d layers, hidden %d, %d heads, %d kv heads, head_dim %d, ffn %d, vocab %d)\nbackend %s; KV cache %s; median of %d runs\n",
+           model, cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size, vocab, desc, bk_dtype_name(model_kv_dtype(m)), reps);
     double v[64], tf, tl;
 
     /* warm-up: one small request */
@@ -159,6 +171,19 @@ int main(int argc, char **argv)
             v[r] = total / (tend - t0);
         }
         printf("decode x%-3d %7.1f tokens/s aggregate (%d streams x %d tokens)\n", S, median(v, reps), S, tg);
+    }
+    for (int i = 0; i < n_decode_ctx; i++) {
+        const int L = decode_ctx[i], n_gen = tg > 2 ? tg : 32;
+        if (L + n_gen > engine_max_model_len(e)) {
+            printf("decode_ms ctx=%d skipped (max_model_len %d)\n", L, engine_max_model_len(e));
+            continue;
+        }
+        for (int r = 0; r < reps; r++) {
+            int n = drain(submit(e, vocab, L, n_gen), &tf, &tl);
+            v[r] = n > 1 ? 1000.0 * (tl - tf) / (n - 1) : 0.0;
+        }
+        printf("decode_ms ctx=%d kv=%s ms=%.3f   (batch 1, %d tokens after a %d-token prompt)\n", L,
+               bk_dtype_name(model_kv_dtype(m)), median(v, reps), n_gen, L);
     }
     if (long_prefill > 0 && long_prefill + 16 <= engine_max_model_len(e)) {
         for (int r = 0; r < reps; r++) {

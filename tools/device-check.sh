@@ -13,6 +13,8 @@
 #   4. the attention kernels at issue 10's shapes (check_attention --bench: TFLOP/s per path, the
 #      line ATTENTION_TFLOPS_JSON also in summary.txt), then the engine bench on the GPU
 #      (build/tools/bench --device cuda), when it is built
+#   4c. fp8 KV cache: decode ms/token at 16 and 130k tokens of context, bf16 vs fp8 KV (bench
+#      --decode-ctx; DECODE_MS_JSON in summary.txt; FP8=0 skips it)
 #   5. the sm_90a kernel's machine code (tests/test_cuda_build.sh, with cuobjdump -sass there)
 #
 # Build here first (the GPU machine has no Debian libraries), then carry build/ and .devlibs:
@@ -129,6 +131,24 @@ if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_m
     timeout "$T" build/tools/bench --model $M --device cuda --pp 512,2048,8192 --tg 128 --streams 1,4,16 --reps 3 \
         >>"$OUT/bench.txt" 2>&1
     say "engine bench: exit $?"
+fi
+# 4c. fp8 KV cache (issue 11, items 5 and 7): decode ms per token at a short and a 130k context
+# with a bf16 and an fp8 KV cache, on the bench shape (bf16, stretched to 131072 positions by
+# YaRN x8); the kernel-level fp8 figures are check_attention's "fp8 KV: decode 131072" bench
+# lines above. One line in summary.txt: DECODE_MS_JSON {"bf16": {"short": ms, "130k": ms}, "fp8": ..}
+if [ "${QUICK:-0}" != 1 ] && [ "${FP8:-1}" = 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_model ]; then
+    M8=/tmp/ropeserve-bench-128k
+    [ -f $M8/config.json ] || build/tools/make_model --preset bench --dtype bf16 --max-pos 131072 --out $M8 \
+        --rope-scaling-json '{"rope_type":"yarn","factor":8.0,"original_max_position_embeddings":16384}' >>"$OUT/bench.txt" 2>&1
+    for kv in bf16 fp8; do
+        echo "# build/tools/bench --model $M8 --device cuda --kv-cache-dtype $kv --pp 0 --tg 64 --decode-ctx 16,130000 --reps 2" >>"$OUT/bench.txt"
+        timeout "$T" build/tools/bench --model $M8 --device cuda --kv-cache-dtype $kv --pp 0 --tg 64 \
+            --decode-ctx 16,130000 --reps 2 >>"$OUT/bench.txt" 2>&1
+    done
+    say "DECODE_MS_JSON $(awk '/^decode_ms ctx=/ { split($2, c, "="); split($3, k, "="); split($4, m, "=");
+        kv = (k[2] == "fp8_e4m3") ? "fp8" : k[2]; key = (c[2] == 16) ? "short" : "130k";
+        v[kv] = v[kv] (v[kv] == "" ? "" : ", ") "\"" key "\": " m[2] }
+        END { printf "{"; n = 0; for (kv in v) { printf "%s\"%s\": {%s}", (n++ ? ", " : ""), kv, v[kv] }; print "}" }' "$OUT/bench.txt")"
 fi
 # 5. the sm_90a kernel's machine code, disassembled where the machine has cuobjdump
 echo "=================== tests/test_cuda_build.sh" >>"$OUT/checkers.log"

@@ -49,6 +49,10 @@
  * attention never meets that case (key 0 is in every row's first tile), so its results are
  * unchanged bit for bit.
  *
+ * KV dtype (--kv-cache-dtype): the gather decodes bf16/f16/fp8 cache rows into the fp32 tile
+ * scratch (fp8: code value x the head's k_scale / v_scale), so everything after it is the fp32
+ * path unchanged; pre-RoPE keys are rotated after decoding (the cache holds them unrotated).
+ *
  * BK_K_PRE_ROPE (CLEX): each key row is rotated at its position j with the sequence's cos/sin,
  * taken from a per-batch table (positions x rotary_dim) built by the first attention call after
  * batch_begin and reused by every layer; rotation uses rope_rotate_cpu, so a key rotated here is
@@ -268,12 +272,13 @@ struct attn_args {
     float *out;       /* (n_tokens, n_heads, head_dim) */
     const float *q;   /* (n_tokens, n_heads, head_dim) */
     const float *q2;  /* STRING's shifted queries, same shape, or NULL */
-    const float *kc;  /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's keys */
-    const float *vc;  /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's values */
+    const void *kc;   /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's keys, kv.dtype */
+    const void *vc;   /* (n_blocks, block_size, n_kv_heads, head_dim) this layer's values */
     const struct attn_item *items;
     int n_heads, group;
     int window;       /* this layer's sliding window W, 0 = full causal */
     float exp_scale;  /* scale * log2(e) */
+    const float *k_scale, *v_scale; /* (n_kv_heads) this layer's fp8 scales */
 };
 
 /* Scratch of one thread (floats), for head_dim hd: */
@@ -373,15 +378,22 @@ static void attn_item_run(void *arg, int item_idx, int ith)
                 continue;
             }
             const size_t slot = (size_t)bt[j / bs] * bs + (size_t)(j % bs);
-            const float *kr = a->kc + (slot * n_kv + kvh) * hd;
-            const float *vr = a->vc + (slot * n_kv + kvh) * hd;
             float *restrict kd = ks + (size_t)k * hd;
             float *restrict vd = vs + (size_t)k * hd;
-            if (pre_rope)
-                rope_rotate_cpu(kd, kr, rope_tab + (size_t)j * b->rotary_dim, half, hd);
-            else
-                for (int d = 0; d < hd; d++) kd[d] = kr[d];
-            for (int d = 0; d < hd; d++) vd[d] = vr[d];
+            if (c->kv.dtype == BK_F32) {
+                const float *kr = (const float *)a->kc + (slot * n_kv + kvh) * hd;
+                const float *vr = (const float *)a->vc + (slot * n_kv + kvh) * hd;
+                if (pre_rope)
+                    rope_rotate_cpu(kd, kr, rope_tab + (size_t)j * b->rotary_dim, half, hd);
+                else
+                    for (int d = 0; d < hd; d++) kd[d] = kr[d];
+                for (int d = 0; d < hd; d++) vd[d] = vr[d];
+            } else { /* bf16/f16/fp8 storage: decode (fp8: times the head's scale), then rotate */
+                const size_t e = (slot * n_kv + kvh) * hd * c->kv_elem;
+                cpu_kv_decode(c, kd, (const char *)a->kc + e, hd, a->k_scale[kvh]);
+                cpu_kv_decode(c, vd, (const char *)a->vc + e, hd, a->v_scale[kvh]);
+                if (pre_rope) rope_rotate_cpu(kd, kd, rope_tab + (size_t)j * b->rotary_dim, half, hd);
+            }
         }
         memset(ks + (size_t)nk * hd, 0, (size_t)(nk6 - nk) * hd * sizeof(float));
 
@@ -589,7 +601,8 @@ void cpu_attention(void *ctx, bk_buf *out, const bk_buf *q, const bk_buf *q_shif
     qsort(items, (size_t)n_items, sizeof *items, item_cmp);
 
     struct attn_args a = {c, out->data, q->data, q_shift ? q_shift->data : NULL, c->k_cache[layer],
-                          c->v_cache[layer], items, n_heads, G, W, scale * 1.44269504f};
+                          c->v_cache[layer], items, n_heads, G, W, scale * 1.44269504f,
+                          c->k_scale + (size_t)layer * n_kv, c->v_scale + (size_t)layer * n_kv};
     cpu_parallel_for(c->pool, n_items, attn_item_run, &a);
     free(items);
 }

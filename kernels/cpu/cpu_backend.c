@@ -9,7 +9,10 @@
  * Invariants:
  * - every bk_buf holds fp32 in 64-byte aligned memory;
  * - the KV pool is zero-filled at kv_init (calloc: untouched pages cost no memory) and uses the
- *   layout of backend.h, k[n_blocks][block_size][n_kv_heads][head_dim] per layer, same for v;
+ *   layout of backend.h, k[n_blocks][block_size][n_kv_heads][head_dim] per layer, same for v,
+ *   in the --kv-cache-dtype the engine chose (fp32 by default; bf16/f16/fp8 codes, converted by
+ *   kv_store and by attention's tile gather, so the CPU computes what a GPU storing that dtype
+ *   computes: the CI test of the fp8 KV cache);
  * - batch_begin keeps the caller's pointers (they stay valid until the next batch_begin) and
  *   derives row -> sequence once per batch.
  *
@@ -104,11 +107,21 @@ static void kv_free(struct cpu_ctx *c)
     for (int l = 0; c->v_cache && l < c->kv.n_layers; l++) free(c->v_cache[l]);
     free(c->k_cache);
     free(c->v_cache);
+    free(c->k_scale);
+    free(c->v_scale);
+    c->k_scale = c->v_scale = NULL;
     free(c->window);
     c->k_cache = c->v_cache = NULL;
     c->window = NULL;
     c->kv.sliding_window = NULL;
     c->kv_ready = 0;
+}
+
+/* every storage dtype: fp32, bf16 and f16 codes, fp8 e4m3 codes */
+static int cpu_kv_dtype_check(void *ctx, enum bk_dtype dt, char *err)
+{
+    if (dt == BK_F32 || dt == BK_BF16 || dt == BK_F16 || dt == BK_FP8_E4M3) return 0;
+    return set_err(err, -1, "cpu backend: no KV cache dtype %d", (int)dt);
 }
 
 static int cpu_kv_init(void *ctx, const struct bk_kv_params *p, char *err)
@@ -120,6 +133,7 @@ static int cpu_kv_init(void *ctx, const struct bk_kv_params *p, char *err)
           p->n_kv_heads, p->head_dim);
     CHECK(p->block_size > 0 && (p->block_size & (p->block_size - 1)) == 0, "block_size %d", p->block_size);
     CHECK(p->k_storage == BK_K_POST_ROPE || p->k_storage == BK_K_PRE_ROPE, "k_storage %d", (int)p->k_storage);
+    if (cpu_kv_dtype_check(c, p->dtype, err) < 0) return -1;
     c->kv = *p;
     if (p->sliding_window) { /* the caller's array may go: keep a copy */
         c->window = xmalloc(sizeof *c->window * (size_t)p->n_layers);
@@ -129,13 +143,26 @@ static int cpu_kv_init(void *ctx, const struct bk_kv_params *p, char *err)
         }
         c->kv.sliding_window = c->window;
     }
+    c->kv_elem = bk_dtype_bytes(p->dtype);
+    const size_t n_scales = (size_t)p->n_layers * p->n_kv_heads;
+    c->k_scale = xmalloc(n_scales * sizeof(float));
+    c->v_scale = xmalloc(n_scales * sizeof(float));
+    for (size_t i = 0; i < n_scales; i++) {
+        c->k_scale[i] = p->dtype == BK_FP8_E4M3 && p->k_scale ? p->k_scale[i] : 1.0f;
+        c->v_scale[i] = p->dtype == BK_FP8_E4M3 && p->v_scale ? p->v_scale[i] : 1.0f;
+        CHECK(isfinite(c->k_scale[i]) && c->k_scale[i] > 0 && isfinite(c->v_scale[i]) && c->v_scale[i] > 0,
+              "kv scale %zu: %g %g", i, c->k_scale[i], c->v_scale[i]);
+    }
+    c->kv.k_scale = c->k_scale;
+    c->kv.v_scale = c->v_scale;
+    for (int i = 0; i < 256; i++) c->fp8_lut[i] = bk_fp8_e4m3_to_f32((uint8_t)i);
     size_t per_layer = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim;
     c->k_cache = calloc((size_t)p->n_layers, sizeof *c->k_cache);
     c->v_cache = calloc((size_t)p->n_layers, sizeof *c->v_cache);
     if (!c->k_cache || !c->v_cache) goto fail;
     for (int l = 0; l < p->n_layers; l++) {
-        c->k_cache[l] = calloc(per_layer, sizeof(float));
-        c->v_cache[l] = calloc(per_layer, sizeof(float));
+        c->k_cache[l] = calloc(per_layer, c->kv_elem);
+        c->v_cache[l] = calloc(per_layer, c->kv_elem);
         if (!c->k_cache[l] || !c->v_cache[l]) goto fail;
     }
     c->kv_ready = 1;
@@ -143,7 +170,7 @@ static int cpu_kv_init(void *ctx, const struct bk_kv_params *p, char *err)
 fail:
     kv_free(c);
     return set_err(err, -1, "cpu backend: out of memory allocating the KV cache (%d layers x 2 x %.2f GiB)",
-                   p->n_layers, (double)per_layer * sizeof(float) / (1u << 30));
+                   p->n_layers, (double)per_layer * bk_dtype_bytes(p->dtype) / (1u << 30));
 }
 
 static void cpu_kv_copy_blocks(void *ctx, const int32_t *src, const int32_t *dst, int n)
@@ -156,8 +183,9 @@ static void cpu_kv_copy_blocks(void *ctx, const int32_t *src, const int32_t *dst
               "copy block %d -> %d of %d", src[i], dst[i], c->kv.n_blocks);
         if (src[i] == dst[i]) continue;
         for (int l = 0; l < c->kv.n_layers; l++) {
-            memcpy(c->k_cache[l] + dst[i] * block, c->k_cache[l] + src[i] * block, block * sizeof(float));
-            memcpy(c->v_cache[l] + dst[i] * block, c->v_cache[l] + src[i] * block, block * sizeof(float));
+            const size_t bb = block * c->kv_elem;
+            memcpy((char *)c->k_cache[l] + dst[i] * bb, (char *)c->k_cache[l] + src[i] * bb, bb);
+            memcpy((char *)c->v_cache[l] + dst[i] * bb, (char *)c->v_cache[l] + src[i] * bb, bb);
         }
     }
 }
@@ -270,6 +298,9 @@ static void cpu_describe(void *ctx, char *buf, size_t len)
     snprintf(buf, len, "cpu: %d thread%s, OpenBLAS", c->n_threads, c->n_threads == 1 ? "" : "s");
 }
 
+/* --kv-cache-dtype auto on the CPU: fp32, the reference */
+static enum bk_dtype cpu_kv_dtype_auto(void *ctx) { return BK_F32; }
+
 static const struct backend_ops cpu_ops = {
     .name = "cpu",
     .elem_size = 4,
@@ -294,6 +325,8 @@ static const struct backend_ops cpu_ops = {
     .add = cpu_add,
     .gather_rows = cpu_gather_rows,
     .add_bias = cpu_add_bias,
+    .kv_dtype_auto = cpu_kv_dtype_auto,
+    .kv_dtype_check = cpu_kv_dtype_check,
 };
 
 int backend_cpu_init(struct backend *b, const struct backend_params *p, char *err)

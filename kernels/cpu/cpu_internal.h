@@ -74,8 +74,13 @@ struct cpu_ctx {
     int kv_ready;
     struct bk_kv_params kv;       /* kv.sliding_window points at window (or is NULL) */
     int32_t *window;              /* (n_layers) sliding window per layer, 0 = full; owned */
-    float **k_cache;          /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
-    float **v_cache;          /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
+    /* elements of kv.dtype: fp32 as is, bf16/f16 as their 16-bit codes, fp8 as e4m3 codes of
+     * x / scale (backend.h); kv_store encodes, attention decodes while it gathers a key tile */
+    void **k_cache;           /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
+    void **v_cache;           /* (n_layers) -> (n_blocks, block_size, n_kv_heads, head_dim) */
+    size_t kv_elem;           /* bytes per element: bk_dtype_bytes(kv.dtype) */
+    float *k_scale, *v_scale; /* (n_layers, n_kv_heads) fp8 scales (1.0 unless given); owned */
+    float fp8_lut[256];       /* bk_fp8_e4m3_to_f32 of every code */
 
     /* the current batch (arrays owned by the caller, valid until the next batch_begin) */
     int have_batch;
@@ -121,5 +126,10 @@ void cpu_swiglu(void *ctx, bk_buf *out, const bk_buf *gate, const bk_buf *up, in
 void cpu_add(void *ctx, bk_buf *x, const bk_buf *y, size_t n);
 void cpu_gather_rows(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
 void cpu_add_bias(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n);
+
+/* KV storage (cpu_ops.c): dst (n) = the stored form of src (n) in c->kv.dtype, fp8 after dividing
+ * by scale; and back, fp8 times scale. Slot-aligned: dst/src point at element 0 of a row. */
+void cpu_kv_encode(const struct cpu_ctx *c, void *dst, const float *src, int n, float scale);
+void cpu_kv_decode(const struct cpu_ctx *c, float *dst, const void *src, int n, float scale);
 
 #endif

@@ -139,24 +139,68 @@ void cpu_gather_rows(void *ctx, bk_buf *dst, const bk_buf *src, int dim)
         memcpy(dst->data + (size_t)i * dim, src->data + (size_t)b->out_rows[i] * dim, (size_t)dim * sizeof(float));
 }
 
+void cpu_kv_encode(const struct cpu_ctx *c, void *dst, const float *src, int n, float scale)
+{
+    switch (c->kv.dtype) {
+    case BK_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        break;
+    case BK_BF16:
+        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = f32_to_bf16(src[i]);
+        break;
+    case BK_F16:
+        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = f32_to_f16(src[i]);
+        break;
+    case BK_FP8_E4M3: {
+        /* x / scale in fp32, one IEEE division as the CUDA kernel does (__fdiv_rn) */
+        for (int i = 0; i < n; i++) ((uint8_t *)dst)[i] = bk_fp8_e4m3_from_f32(src[i] / scale);
+        break;
+    }
+    }
+}
+
+void cpu_kv_decode(const struct cpu_ctx *c, float *dst, const void *src, int n, float scale)
+{
+    switch (c->kv.dtype) {
+    case BK_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        break;
+    case BK_BF16:
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case BK_F16:
+        for (int i = 0; i < n; i++) dst[i] = f16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case BK_FP8_E4M3:
+        for (int i = 0; i < n; i++) dst[i] = c->fp8_lut[((const uint8_t *)src)[i]] * scale;
+        break;
+    }
+}
+
 /* Write k, v (n_tokens, n_kv_heads, head_dim) into layer's cache at slot_mapping; a negative
- * slot is a padding row and is skipped. */
+ * slot is a padding row and is skipped. The cache stores kv.dtype (cpu_kv_encode). */
 void cpu_kv_store(void *ctx, int layer, const bk_buf *k, const bk_buf *v)
 {
     struct cpu_ctx *c = ctx;
     CHECK(c->kv_ready && c->have_batch, "kv_store before kv_init / batch_begin");
     CHECK(layer >= 0 && layer < c->kv.n_layers, "layer %d of %d", layer, c->kv.n_layers);
     const struct bk_batch *b = &c->batch;
-    size_t row = (size_t)c->kv.n_kv_heads * c->kv.head_dim;
+    const int n_kv = c->kv.n_kv_heads, hd = c->kv.head_dim;
+    size_t row = (size_t)n_kv * hd;
     CHECK(k->n >= (size_t)b->n_tokens * row && v->n >= (size_t)b->n_tokens * row, "kv_store %d rows of %zu: %zu %zu",
           b->n_tokens, row, k->n, v->n);
     int64_t n_slots = (int64_t)c->kv.n_blocks * c->kv.block_size;
-    float *kc = c->k_cache[layer], *vc = c->v_cache[layer];
+    char *kc = c->k_cache[layer], *vc = c->v_cache[layer];
+    const float *ks = c->k_scale + (size_t)layer * n_kv, *vs = c->v_scale + (size_t)layer * n_kv;
+    const size_t es = c->kv_elem;
     for (int r = 0; r < b->n_tokens; r++) {
         int64_t slot = b->slot_mapping[r];
         if (slot < 0) continue;
         CHECK(slot < n_slots, "row %d: slot %lld of %lld", r, (long long)slot, (long long)n_slots);
-        memcpy(kc + (size_t)slot * row, k->data + (size_t)r * row, row * sizeof(float));
-        memcpy(vc + (size_t)slot * row, v->data + (size_t)r * row, row * sizeof(float));
+        for (int h = 0; h < n_kv; h++) {
+            const size_t e = (size_t)slot * row + (size_t)h * hd;
+            cpu_kv_encode(c, kc + e * es, k->data + (size_t)r * row + (size_t)h * hd, hd, ks[h]);
+            cpu_kv_encode(c, vc + e * es, v->data + (size_t)r * row + (size_t)h * hd, hd, vs[h]);
+        }
     }
 }

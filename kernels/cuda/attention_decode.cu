@@ -39,6 +39,12 @@
  * (m, l) rescaling (more CTAs and partials for the same keys, and the split count would depend
  * on S).
  *
+ * fp8 KV cache (T = kv_fp8, --kv-cache-dtype fp8): each lane loads its 8 codes with one 8-byte
+ * load and converts them exactly (e4m3 -> f16 -> f32); the per-head scales cost nothing in the
+ * loop: k_scale is folded into the query registers and v_scale multiplies the finished output.
+ * Scores, softmax and O stay fp32. (The 8-byte loads halve the bytes each lane has in flight;
+ * deeper U for fp8 is left to the split-KV rework.)
+ *
  * Rejected: one warp per key with a 5-level reduction (3x the shuffles at hd 128); tensor cores
  * for decode (the kernel is bound by HBM bytes, and the GQA group of <= 8 rows would waste most
  * of an m16 tile); a fixed split size in tokens (a lone long sequence would not fill the GPU at
@@ -57,12 +63,14 @@
 // split-KV kernel
 
 /* this lane's 8 query values per head from qsrc (q or q_shift), rounded like the cache and
- * pre-multiplied by scale*log2 e; zeros for heads past the chunk and lanes past the row */
+ * pre-multiplied by scale*log2 e (fp8 cache: also by the head's k_scale, so the keys are read as
+ * bare e4m3 values); zeros for heads past the chunk and lanes past the row */
 template <typename T, int GC>
 __device__ __forceinline__ void load_q8(float (&qr)[GC][8], const float *qsrc, const struct attn_params &p,
                                         int row, int kvh, int g0, int ng, int lig, bool lane_on)
 {
     const int G = p.group, HD = p.head_dim;
+    const float qs = is_fp8<T>::value ? p.scale_log2 * p.k_scale[kvh] : p.scale_log2;
 #pragma unroll
     for (int g = 0; g < GC; g++) {
         if (g < ng && lane_on) {
@@ -71,7 +79,7 @@ __device__ __forceinline__ void load_q8(float (&qr)[GC][8], const float *qsrc, c
             const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
             const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-            for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * p.scale_log2;
+            for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * qs;
         } else {
 #pragma unroll
             for (int e = 0; e < 8; e++) qr[g][e] = 0.f;
@@ -243,7 +251,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
                 if (jj < n && lane_on) {
                     const int j = c0 + jj;
                     const T *vrow = vc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
-                    unpack8<T>(*reinterpret_cast<const uint4 *>(vrow + lig * 8), vf[u]);
+                    load8<T>(vrow + lig * 8, vf[u]);
                 } else {
 #pragma unroll
                     for (int e = 0; e < 8; e++) vf[u][e] = 0.f;
@@ -289,7 +297,8 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
         const int g = idx / HD, d = idx - g * HD;
         const int h = kvh * G + g0 + g;
         const float l = l_run[g];
-        const float val = red[idx] / l;
+        float val = red[idx] / l;
+        if (is_fp8<T>::value) val *= p.v_scale[kvh]; /* O = v_scale * sum p e4m3(v) / l */
         if (p.n_splits == 1) {
             p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = val;
         } else {
@@ -388,7 +397,10 @@ void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStrea
     p.lanes_per_key = tg; /* <= 32 because head_dim <= 256 */
     const dim3 grid((unsigned)p.n_items, (unsigned)(p.n_kv_heads * p.n_hchunks), (unsigned)p.n_splits);
     CHECK(!p.string_shift || p.q_shift, "STRING attention without q_shift");
-    if (dt == BK_BF16)
+    if (dt == BK_FP8_E4M3) {
+        CHECK(p.k_scale && p.v_scale, "fp8 KV cache without scales");
+        launch_decode_dt<kv_fp8>(&p, gc, grid, stream);
+    } else if (dt == BK_BF16)
         launch_decode_dt<__nv_bfloat16>(&p, gc, grid, stream);
     else
         launch_decode_dt<__half>(&p, gc, grid, stream);

@@ -46,6 +46,9 @@
  * hd 256); a device whose opt-in limit is smaller (sm_86/89: 99 KiB, so hd >= 128) sends the
  * STRING batches' rows to the split-KV kernel instead (cuda_attn_prefill_string_supported).
  *
+ * fp8 KV cache (the FP8 template flag, head_dim 64 and 128): the K/V tiles are dequantised into
+ * the bf16/f16 shared-memory tiles by pf_load_tile_fp8; the rest of the kernel is unchanged.
+ *
  * Rejected for now: a warp-specialized Hopper kernel (wgmma + TMA, FlashAttention-3), about 1.7x
  * faster at hd 128 but a much larger, sm_90-only kernel; this one is the baseline it must match. */
 #include <limits.h>
@@ -132,7 +135,48 @@ static constexpr size_t pf_smem_bytes()
     return (size_t)((STRING ? 2 : 1) * PF_BM + 4 * pf_cfg<HD>::BN) * pf_cfg<HD>::LD * sizeof(T);
 }
 
-template <typename T, int HD, bool STRING>
+/* fp8 KV cache: gather key tile kt like load_tile below, but the codes are read with synchronous
+ * 8-byte loads, dequantised (x the head's k_scale / v_scale, fp32; pre-RoPE keys rotated first)
+ * and rounded to T into the same shared-memory tiles, so everything after the load is the
+ * bf16/f16 kernel unchanged. Keys >= kv_len are zero-filled. The load is not asynchronous (the
+ * conversion needs registers), so it overlaps the math only across warps. */
+template <typename T, int HD, int BN, int LD>
+__device__ __forceinline__ void pf_load_tile_fp8(T *dk, T *dv, const struct attn_params &p, int kvh, const int32_t *bt,
+                                                 int kt, int kv_len, const float *inv_freq_s, float af)
+{
+    constexpr int NCH = HD / 8;
+    const kv_fp8 *kc = (const kv_fp8 *)p.k_cache + (size_t)kvh * HD;
+    const kv_fp8 *vc = (const kv_fp8 *)p.v_cache + (size_t)kvh * HD;
+    const float ks = p.k_scale[kvh], vs = p.v_scale[kvh];
+    const int bs = p.block_size, lbs = p.log2_block_size;
+    for (int idx = threadIdx.x; idx < BN * NCH; idx += PF_THREADS) {
+        const int r = idx / NCH, c = idx - r * NCH;
+        const int j = kt * BN + r;
+        float f[8], g[8];
+        if (j < kv_len) {
+            const size_t off = ((size_t)bt[j >> lbs] * bs + (j & (bs - 1))) * p.kv_token_stride;
+            load_key8<kv_fp8>(f, kc + off, c, j, p.pre_rope, p.rotary_dim, inv_freq_s, af);
+            load8<kv_fp8>(vc + off + c * 8, g);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) f[e] = g[e] = 0.f;
+        }
+        uint4 uk, uv;
+        uk.x = pack2<T>(f[0] * ks, f[1] * ks);
+        uk.y = pack2<T>(f[2] * ks, f[3] * ks);
+        uk.z = pack2<T>(f[4] * ks, f[5] * ks);
+        uk.w = pack2<T>(f[6] * ks, f[7] * ks);
+        uv.x = pack2<T>(g[0] * vs, g[1] * vs);
+        uv.y = pack2<T>(g[2] * vs, g[3] * vs);
+        uv.z = pack2<T>(g[4] * vs, g[5] * vs);
+        uv.w = pack2<T>(g[6] * vs, g[7] * vs);
+        *reinterpret_cast<uint4 *>(dk + r * LD + c * 8) = uk;
+        *reinterpret_cast<uint4 *>(dv + r * LD + c * 8) = uv;
+    }
+}
+
+/* FP8: the cache holds e4m3 codes (pf_load_tile_fp8); T stays the mma's bf16/f16 */
+template <typename T, int HD, bool STRING, bool FP8 = false>
 __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct attn_params p)
 {
     constexpr int BN = pf_cfg<HD>::BN, LD = pf_cfg<HD>::LD, NCH = HD / 8;
@@ -219,7 +263,7 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
     const float af = p.pre_rope ? p.attn_factor[s] : 1.f;
 
     /* gather key tile kt (keys kt*BN ..) into buffer buf; keys >= kv_len are zero-filled */
-    auto load_tile = [&](int kt, int buf) {
+    auto load_tile_16 = [&](int kt, int buf) {
         T *dk = sk + buf * BN * LD, *dv = sv + buf * BN * LD;
         for (int idx = tid; idx < BN * NCH; idx += PF_THREADS) {
             const int r = idx / NCH, c = idx - r * NCH;
@@ -246,6 +290,14 @@ __global__ void __launch_bounds__(PF_THREADS) attn_prefill_kernel1(const struct 
             }
             cp_async16(dv + r * LD + c * 8, vc + off + c * 8, ok ? 16 : 0);
         }
+    };
+
+    /* the same for an fp8 cache: dequantised into the tiles (pf_load_tile_fp8) */
+    auto load_tile = [&](int kt, int buf) {
+        if constexpr (FP8)
+            pf_load_tile_fp8<T, HD, BN, LD>(sk + buf * BN * LD, sv + buf * BN * LD, p, kvh, bt, kt, kv_len, inv_freq_s, af);
+        else
+            load_tile_16(kt, buf);
     };
 
     float o[HD / 8][4];
@@ -453,6 +505,8 @@ static cudaError_t prefill_set_smem(void)
                                 (int)pf_smem_bytes<T, HD, STR>());
 }
 
+static cudaError_t prefill_fp8_init(size_t smem_optin); /* the fp8-cache instantiations, below */
+
 int cuda_attn_prefill_init(size_t smem_optin, char *err)
 {
     cudaError_t e = cudaSuccess;
@@ -467,6 +521,7 @@ int cuda_attn_prefill_init(size_t smem_optin, char *err)
         e = prefill_set_smem<__half, hd, true>();
     PF_FOR_EACH_HD(X)
 #undef X
+    if (e == cudaSuccess) e = prefill_fp8_init(smem_optin);
     if (e != cudaSuccess) {
         cudaGetLastError();
         return set_err(err, -1, "cuda: prefill attention shared memory setup failed: %s",
@@ -490,6 +545,66 @@ static void launch_prefill(const struct attn_params *p, int n_tiles, cudaStream_
         CHECK(0, "prefill attention: head_dim %d has no instantiation", p->head_dim);
     }
     CUDA_LAUNCH_CHECK();
+}
+
+// ---- fp8 KV cache: head_dim 64 and 128 (the others' rows go to the split-KV kernel) ----
+
+#define PF_FP8_FOR_EACH_HD(X) X(64) X(128)
+
+int cuda_attn_prefill_fp8_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+template <typename T, int HD, bool STR>
+static cudaError_t prefill_fp8_set_smem(void)
+{
+    return cudaFuncSetAttribute(attn_prefill_kernel1<T, HD, STR, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)pf_smem_bytes<T, HD, STR>());
+}
+
+static cudaError_t prefill_fp8_init(size_t smem_optin)
+{
+    cudaError_t e = cudaSuccess;
+#define X(hd)                                                                                  \
+    if (e == cudaSuccess) e = prefill_fp8_set_smem<__nv_bfloat16, hd, false>();                \
+    if (e == cudaSuccess) e = prefill_fp8_set_smem<__half, hd, false>();                       \
+    if (e == cudaSuccess && cuda_attn_prefill_string_supported(hd, smem_optin))                \
+        e = prefill_fp8_set_smem<__nv_bfloat16, hd, true>();                                   \
+    if (e == cudaSuccess && cuda_attn_prefill_string_supported(hd, smem_optin))                \
+        e = prefill_fp8_set_smem<__half, hd, true>();
+    PF_FP8_FOR_EACH_HD(X)
+#undef X
+    return e;
+}
+
+template <typename T, bool STR>
+static void launch_prefill_fp8(const struct attn_params *p, int n_tiles, cudaStream_t stream)
+{
+    const dim3 grid((unsigned)n_tiles, (unsigned)p->n_kv_heads);
+    switch (p->head_dim) {
+#define X(hd)                                                                                                 \
+    case hd:                                                                                                  \
+        attn_prefill_kernel1<T, hd, STR, true><<<grid, PF_THREADS, pf_smem_bytes<T, hd, STR>(), stream>>>(*p); \
+        break;
+        PF_FP8_FOR_EACH_HD(X)
+#undef X
+    default:
+        CHECK(0, "prefill attention over an fp8 cache: head_dim %d has no instantiation", p->head_dim);
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_attn_prefill_fp8(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream)
+{
+    if (n_tiles == 0) return;
+    const bool str = p->string_shift != NULL;
+    CHECK(!str || p->q_shift, "STRING attention without q_shift");
+    CHECK(p->k_scale && p->v_scale, "fp8 KV cache without scales");
+    if (dt == BK_BF16) {
+        if (str) launch_prefill_fp8<__nv_bfloat16, true>(p, n_tiles, stream);
+        else launch_prefill_fp8<__nv_bfloat16, false>(p, n_tiles, stream);
+    } else {
+        if (str) launch_prefill_fp8<__half, true>(p, n_tiles, stream);
+        else launch_prefill_fp8<__half, false>(p, n_tiles, stream);
+    }
 }
 
 void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream)

@@ -18,6 +18,9 @@
  * ROPESERVE_CUDA_ATTN=simt (read at init; =sm80 and =sm90 force those prefill kernels: the
  * checkers use it to test each path), send every row to the split-KV kernel, which is correct
  * for any row, only slower for long prefills.
+ * An fp8 KV cache (--kv-cache-dtype fp8) runs the split-KV kernel's and the sm_80 prefill
+ * kernel's fp8 instantiations (head_dim 64/128; other head dims send every row to split-KV),
+ * never the sm_90a kernel; kv_init copies the per-(layer, head) scales to the device.
  * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
  * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
  * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile
@@ -81,6 +84,8 @@ static void kv_release(struct cuda_ctx *c)
     free(c->k_layers);
     free(c->v_layers);
     c->k_layers = c->v_layers = NULL;
+    if (c->kv_scales) cudaFree(c->kv_scales);
+    c->kv_scales = NULL;
     c->kv_ready = 0;
     memset(&c->kv, 0, sizeof c->kv);
     free(c->sliding_window);
@@ -272,12 +277,18 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         kv_release(c);
     }
+    /* BK_F32 (a zeroed field) = the backend's own: the weights' dtype (backend.h) */
+    const enum bk_dtype kv_dt = p->dtype == BK_F32 ? c->dtype : p->dtype;
+    if (kv_dt != c->dtype && kv_dt != BK_FP8_E4M3)
+        return set_err(err, -1, "cuda: KV cache dtype %s (the weights are %s; the cache is that or fp8)",
+                       bk_dtype_name(kv_dt), bk_dtype_name(c->dtype));
     const size_t layer_bytes = (size_t)p->n_blocks * p->block_size * p->n_kv_heads * p->head_dim *
-                               dtype_size(c->dtype);
+                               bk_dtype_bytes(kv_dt);
     for (int l = 0; p->sliding_window && l < p->n_layers; l++)
         if (p->sliding_window[l] < 0)
             return set_err(err, -1, "cuda: sliding_window[%d] = %d (0 = none, else > 0)", l, p->sliding_window[l]);
     c->kv = *p;
+    c->kv.dtype = kv_dt;
     if (p->sliding_window) {
         c->sliding_window = (int32_t *)xmalloc((size_t)p->n_layers * sizeof(int32_t));
         memcpy(c->sliding_window, p->sliding_window, (size_t)p->n_layers * sizeof(int32_t));
@@ -298,12 +309,28 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
         CUDA_CHECK(cudaMemsetAsync(c->k_layers[l], 0, layer_bytes, c->stream));
         CUDA_CHECK(cudaMemsetAsync(c->v_layers[l], 0, layer_bytes, c->stream));
     }
+    if (kv_dt == BK_FP8_E4M3) { /* the scales (1.0 unless given), k then v, on the device */
+        const size_t n = (size_t)p->n_layers * p->n_kv_heads;
+        float *h = (float *)xmalloc(2 * n * sizeof(float));
+        for (size_t i = 0; i < n; i++) {
+            h[i] = p->k_scale ? p->k_scale[i] : 1.0f;
+            h[n + i] = p->v_scale ? p->v_scale[i] : 1.0f;
+        }
+        if (dev_alloc((void **)&c->kv_scales, 2 * n * sizeof(float), err, "the fp8 KV scales")) {
+            free(h);
+            kv_release(c);
+            return -1;
+        }
+        CUDA_CHECK(cudaMemcpy(c->kv_scales, h, 2 * n * sizeof(float), cudaMemcpyHostToDevice));
+        free(h);
+    }
+    c->kv.k_scale = c->kv.v_scale = NULL; /* the caller's arrays may go; kv_scales holds them */
     c->kv_layer_bytes = layer_bytes;
     c->kv_ready = 1;
     LOG_I("cuda: KV cache %d layers x %d blocks x %d tokens x %d kv heads x %d dims, %s, %s keys: "
           "%.2f GiB",
           p->n_layers, p->n_blocks, p->block_size, p->n_kv_heads, p->head_dim,
-          c->dtype == BK_F16 ? "f16" : "bf16", p->k_storage == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated",
+          bk_dtype_name(kv_dt), p->k_storage == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated",
           2.0 * (double)layer_bytes * p->n_layers / 1073741824.0);
     return 0;
 }
@@ -313,7 +340,7 @@ static void cu_kv_copy_blocks(void *vctx, const int32_t *src, const int32_t *dst
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     CHECK(c->kv_ready, "kv_copy_blocks before kv_init");
     set_device(c);
-    const size_t block_bytes = (size_t)c->kv.block_size * c->kv.n_kv_heads * c->kv.head_dim * dtype_size(c->dtype);
+    const size_t block_bytes = (size_t)c->kv.block_size * c->kv.n_kv_heads * c->kv.head_dim * bk_dtype_bytes(c->kv.dtype);
     for (int i = 0; i < n; i++) {
         CHECK(src[i] >= 0 && src[i] < c->kv.n_blocks && dst[i] >= 0 && dst[i] < c->kv.n_blocks,
               "kv_copy_blocks: %d -> %d of %d blocks", src[i], dst[i], c->kv.n_blocks);
@@ -600,6 +627,13 @@ static void cu_kv_store(void *vctx, int layer, const bk_buf *k, const bk_buf *v)
     CHECK_ACT(k);
     CHECK_ACT(v);
     set_device(c);
+    if (c->kv.dtype == BK_FP8_E4M3) {
+        const size_t o = (size_t)layer * c->kv.n_kv_heads, n = (size_t)c->kv.n_layers * c->kv.n_kv_heads;
+        cuda_kv_store_fp8(c->k_layers[layer], c->v_layers[layer], (const float *)k->d, (const float *)v->d,
+                          c->kv_scales + o, c->kv_scales + n + o, c->b.slot_mapping, c->b.n_tokens,
+                          c->kv.n_kv_heads, c->kv.head_dim, c->stream);
+        return;
+    }
     cuda_kv_store(c->k_layers[layer], c->v_layers[layer], c->dtype, (const float *)k->d, (const float *)v->d,
                   c->b.slot_mapping, c->b.n_tokens, row, c->stream);
 }
@@ -721,12 +755,19 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
     }
     p.q_dtype = BK_F32;
     p.sliding_window = c->sliding_window ? c->sliding_window[layer] : 0;
+    const int kv8 = c->kv.dtype == BK_FP8_E4M3; /* fp8 cache: its scales; the sm_80 kernels (sm_90a has no fp8 path) */
+    if (kv8) {
+        const size_t o = (size_t)layer * c->kv.n_kv_heads, n = (size_t)c->kv.n_layers * c->kv.n_kv_heads;
+        p.k_scale = c->kv_scales + o;
+        p.v_scale = c->kv_scales + n + o;
+    }
 
     /* tensor cores for the multi-token rows, unless simt, or STRING's second Q tile does not fit:
      * the sm_90a kernel on compute capability 9.0 where it supports the batch, else the sm_80 one */
-    const int sm90 = c->attn_sm90 && cuda_attn_prefill_sm90_supported(hd, c->dtype, p.pre_rope, b->has_string,
+    const int sm90 = c->attn_sm90 && cuda_attn_prefill_sm90_supported(hd, c->kv.dtype, p.pre_rope, b->has_string,
                                                                       c->smem_optin);
-    const int tc = sm90 || (!c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
+    const int tc = sm90 || (!c->attn_simt_only &&
+                            (kv8 ? cuda_attn_prefill_fp8_supported(hd) : cuda_attn_prefill_supported(hd)) &&
                             (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
     /* only the sm_90a kernel implements sliding windows so far */
     CHECK(p.sliding_window == 0 || (sm90 && b->n_dec == 0),
@@ -739,7 +780,7 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         p.n_splits = attn_pick_splits(c, n_items, n_heads, group, tc ? b->max_ctx_dec : b->max_ctx_all);
         p.part_o = c->part;
         p.part_lse = c->part + (size_t)n_items * n_heads * p.n_splits * hd;
-        cuda_attn_decode(&p, c->dtype, c->stream);
+        cuda_attn_decode(&p, c->kv.dtype, c->stream);
     }
     if (tc && b->n_tokens > b->n_dec) {
         const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : ATTN_PREFILL_BLOCK_M;
@@ -747,6 +788,8 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         p.tiles = c->d_tiles;
         if (sm90)
             cuda_attn_prefill_sm90(&p, c->n_tiles, c->dtype, c->stream);
+        else if (kv8)
+            cuda_attn_prefill_fp8(&p, c->n_tiles, c->dtype, c->stream);
         else
             cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
     }
@@ -802,6 +845,20 @@ static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
 }
 
 // ------------------------------------------------------------------------------------------------
+// KV cache dtype (--kv-cache-dtype)
+
+static enum bk_dtype cu_kv_dtype_auto(void *vctx) { return ((struct cuda_ctx *)vctx)->dtype; }
+
+/* the weights' dtype (the attention kernels compute in it) or fp8 */
+static int cu_kv_dtype_check(void *vctx, enum bk_dtype dt, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    if (dt == c->dtype || dt == BK_FP8_E4M3) return 0;
+    return set_err(err, -1, "the CUDA backend stores the KV cache as the weights' dtype (%s, --dtype) or fp8, "
+                   "not %s", bk_dtype_name(c->dtype), bk_dtype_name(dt));
+}
+
+// ------------------------------------------------------------------------------------------------
 // the table and init
 
 static const struct backend_ops cuda_ops = {
@@ -828,6 +885,8 @@ static const struct backend_ops cuda_ops = {
     /* .add = */ cu_add,
     /* .gather_rows = */ cu_gather_rows,
     /* .add_bias = */ cu_add_bias,
+    /* .kv_dtype_auto = */ cu_kv_dtype_auto,
+    /* .kv_dtype_check = */ cu_kv_dtype_check,
 };
 
 extern "C" int backend_cuda_device_count(void)

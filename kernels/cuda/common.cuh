@@ -11,9 +11,14 @@
  *                FP32 accumulation and an FP32 output). Rejected: bf16 activations (half the
  *                activation bandwidth, but the residual stream would be rounded every layer and
  *                every op would need a dtype switch; activations are < 5% of a 7B step's bytes).
- *   KV cache     bf16 or f16 (ctx->dtype), per layer k[n_blocks][block_size][n_kv_heads][head_dim]
- *                and the same for v (backend.h's layout): one block of one head is block_size
- *                rows of head_dim contiguous values, 2*head_dim bytes apart by n_kv_heads.
+ *   KV cache     bf16 or f16 (ctx->dtype), or fp8 e4m3 (--kv-cache-dtype fp8: __nv_fp8_e4m3
+ *                codes of x / scale, one scale per (layer, KV head) for k and one for v), per
+ *                layer k[n_blocks][block_size][n_kv_heads][head_dim] and the same for v
+ *                (backend.h's layout): one block of one head is block_size rows of head_dim
+ *                contiguous values. The attention kernels take the cache's element type as a
+ *                template parameter and read 8 elements at a time with load8 (16 bytes of
+ *                bf16/f16, 8 bytes of fp8); fp8 is dequantised in the kernels (code x scale,
+ *                fp32), accumulation stays fp32.
  *
  * Streams: every op runs on ctx->stream, a blocking stream (created without
  * cudaStreamNonBlocking), so work on the legacy default stream (the checkers' timing events)
@@ -24,6 +29,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -122,6 +128,7 @@ struct cuda_ctx {
     int kv_ready;
     int32_t *sliding_window;     /* (n_layers) the copy kv_init makes; NULL = none */
     void **k_layers, **v_layers; /* (n_layers) device pointers, each (n_blocks, block_size, n_kv_heads, head_dim) */
+    float *kv_scales;            /* fp8 cache: device (2, n_layers, n_kv_heads), k scales then v; else NULL */
     size_t kv_layer_bytes;
 
     /* batch metadata: pinned staging -> one cudaMemcpyAsync -> d_meta */
@@ -188,6 +195,10 @@ struct attn_params {
     /* backend.h sliding_window of this layer: 0 = full causal; W > 0: the query at position p
      * sees keys p - W < j <= p, and keys below p - W + 1 are never read */
     int sliding_window;
+    /* fp8 KV cache: this layer's scales, device memory; NULL for a bf16/f16 cache. The stored
+     * code of kv head h dequantises to e4m3(code) * k_scale[h] (v_scale[h] for values). */
+    const float *k_scale;        /* (n_kv_heads) */
+    const float *v_scale;        /* (n_kv_heads) */
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -240,6 +251,38 @@ template <> __device__ __forceinline__ void unpack8<__half>(const uint4 u, float
     }
 }
 
+// ---- fp8 (e4m3) KV cache: dequantisation helpers ----
+/* the fp8 cache's element type; is_fp8<T> picks the kernels' fp8 paths at compile time */
+typedef __nv_fp8_e4m3 kv_fp8;
+template <typename T> struct is_fp8 { static constexpr bool value = false; };
+template <> struct is_fp8<kv_fp8> { static constexpr bool value = true; };
+
+/* one e4m3 code -> its value (exact in fp32) */
+__device__ __forceinline__ float to_f32(kv_fp8 x) { return __half2float(__half(__nv_cvt_fp8_to_halfraw(x.__x, __NV_E4M3))); }
+/* the split-KV kernel keeps q in fp32 against an fp8 cache (its math is fp32 SIMT) */
+template <> __device__ __forceinline__ float round_to<kv_fp8>(float x) { return x; }
+
+/* 8 consecutive cache elements at p -> f[0..8): one 16-byte load of bf16/f16, one 8-byte load of
+ * fp8 codes (e4m3 -> f16 pairwise by cvt, exact, then f32); the fp8 scale is the caller's */
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *f)
+{
+    unpack8<T>(*reinterpret_cast<const uint4 *>(p), f);
+}
+template <> __device__ __forceinline__ void load8<kv_fp8>(const kv_fp8 *p, float *f)
+{
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const __half2 v2 = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> (16 * h)), __NV_E4M3));
+            const float2 v = __half22float2(v2);
+            f[4 * i + 2 * h] = v.x;
+            f[4 * i + 2 * h + 1] = v.y;
+        }
+}
+
 /* Elements [8c, 8c+8) of a cached key row (head_dim values of T, 16-byte aligned). With
  * BK_K_PRE_ROPE the row is rotated at position j with the sequence's frequencies exactly as the
  * rope op would have (fp32 angle, sincosf, cos/sin x attn_factor, HF rotate-half), in fp32: the
@@ -249,7 +292,7 @@ template <typename T>
 __device__ __forceinline__ void load_key8(float *f, const T *row, int c, int j, int pre_rope,
                                           int rotary_dim, const float *inv_freq_s, float af)
 {
-    unpack8<T>(*reinterpret_cast<const uint4 *>(row + c * 8), f);
+    load8<T>(row + c * 8, f);
     if (!pre_rope) return;
     const int half = rotary_dim >> 1;
 #pragma unroll
@@ -284,6 +327,12 @@ void cuda_rope(float *q, float *k, float *q_shift, const struct cuda_batch *b, i
                int n_kv_heads, int head_dim, cudaStream_t stream);
 void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
+/* the fp8 cache: code = e4m3(x / scale[kv head]) (IEEE division, round to nearest even,
+ * saturating to +-448: bk_fp8_e4m3_from_f32 bit for bit); k_scale, v_scale (n_kv_heads) of the
+ * layer, device memory */
+void cuda_kv_store_fp8(void *k_cache, void *v_cache, const float *k, const float *v, const float *k_scale,
+                       const float *v_scale, const int64_t *slot_mapping, int n_tokens, int n_kv_heads,
+                       int head_dim, cudaStream_t stream);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
 void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream);
 /* x (n_rows, n) += b (n), b stored as bdt (BK_BF16 or BK_F16, the weights' dtype) */
@@ -292,7 +341,8 @@ void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_o
                       cudaStream_t stream);
 
 /* attention_decode.cu: split-KV kernel over p->n_items rows, then the merge when n_splits > 1.
- * STRING (p->string_shift set) takes its own instantiations; the plain ones are unchanged. */
+ * STRING (p->string_shift set) takes its own instantiations; the plain ones are unchanged.
+ * dt is the cache's dtype: bf16, f16, or fp8 (p->k_scale / v_scale set). */
 void cuda_attn_decode(const struct attn_params *p, enum bk_dtype dt, cudaStream_t stream);
 /* Query heads one split-KV CTA serves (GC <= 8); a group of G heads takes ceil(G / GC) CTAs. */
 int cuda_attn_decode_heads_per_cta(int group);
@@ -309,6 +359,11 @@ int cuda_attn_prefill_string_supported(int head_dim, size_t smem_optin);
 int cuda_attn_prefill_init(size_t smem_optin, char *err);
 void cuda_attn_prefill(const struct attn_params *p, int n_tiles, enum bk_dtype dt,
                        cudaStream_t stream);
+/* The same kernel over an fp8 cache (p->k_scale, p->v_scale set): K/V tiles are dequantised
+ * (code x scale) into shared memory in dt (the weights' bf16/f16, the mma's inputs). Instantiated
+ * for head_dim 64 and 128; other head dims send their rows to the split-KV kernel. */
+int cuda_attn_prefill_fp8_supported(int head_dim);
+void cuda_attn_prefill_fp8(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream);
 #define ATTN_PREFILL_BLOCK_M 64 /* packed (token, head) rows per CTA */
 
 /* attention_prefill_sm90.cu: the Hopper kernel (wgmma, warp-specialised, sm_90a image only) over

@@ -223,6 +223,40 @@ __global__ void kv_store_kernel1(T *kc, T *vc, const float *k, const float *v,
     }
 }
 
+/* fp8 cache: one thread per element pair, code = e4m3(x / scale of its kv head) with IEEE
+ * division and the hardware's round-to-nearest-even, saturating conversion (the CPU backend's
+ * bk_fp8_e4m3_from_f32, bit for bit). */
+__global__ void kv_store_fp8_kernel1(kv_fp8 *kc, kv_fp8 *vc, const float *k, const float *v, const float *k_scale,
+                                     const float *v_scale, const int64_t *slot_mapping, int head_dim, int row_elems)
+{
+    const int r = blockIdx.x;
+    const int64_t slot = slot_mapping[r];
+    if (slot < 0) return;
+    const float *kr = k + (size_t)r * row_elems, *vr = v + (size_t)r * row_elems;
+    __nv_fp8x2_storage_t *kd = reinterpret_cast<__nv_fp8x2_storage_t *>(kc + (size_t)slot * row_elems);
+    __nv_fp8x2_storage_t *vd = reinterpret_cast<__nv_fp8x2_storage_t *>(vc + (size_t)slot * row_elems);
+    for (int i = threadIdx.x; 2 * i < row_elems; i += blockDim.x) {
+        const int h = 2 * i / head_dim; /* head_dim is even: a pair never straddles two heads */
+        const float ks = k_scale[h], vs = v_scale[h];
+        const float2 kx = make_float2(__fdiv_rn(kr[2 * i], ks), __fdiv_rn(kr[2 * i + 1], ks));
+        const float2 vx = make_float2(__fdiv_rn(vr[2 * i], vs), __fdiv_rn(vr[2 * i + 1], vs));
+        kd[i] = __nv_cvt_float2_to_fp8x2(kx, __NV_SATFINITE, __NV_E4M3);
+        vd[i] = __nv_cvt_float2_to_fp8x2(vx, __NV_SATFINITE, __NV_E4M3);
+    }
+}
+
+void cuda_kv_store_fp8(void *k_cache, void *v_cache, const float *k, const float *v, const float *k_scale,
+                       const float *v_scale, const int64_t *slot_mapping, int n_tokens, int n_kv_heads,
+                       int head_dim, cudaStream_t stream)
+{
+    if (n_tokens == 0) return;
+    const int row_elems = n_kv_heads * head_dim, pairs = row_elems / 2;
+    const int threads = pairs >= 256 ? 256 : ((pairs + 31) / 32) * 32;
+    kv_store_fp8_kernel1<<<n_tokens, threads, 0, stream>>>((kv_fp8 *)k_cache, (kv_fp8 *)v_cache, k, v, k_scale,
+                                                           v_scale, slot_mapping, head_dim, row_elems);
+    CUDA_LAUNCH_CHECK();
+}
+
 void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream)
 {

@@ -8,7 +8,8 @@
  * chunks, then one batch exactly as the engine runs it: kv_store of the new rows, attention.
  * Decode rows (one new token) and prefill rows (several, on top of cached context or not) are
  * mixed in one batch; GQA groups 1, 2, 4, 6, 8, 16; head_dim 16 (the test fixtures), 32, 64,
- * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; pre-RoPE keys (CLEX); the split-KV
+ * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; an fp8 (e4m3) cache with per-head
+ * scales (below); pre-RoPE keys (CLEX); the split-KV
  * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens; STRING (below).
  *
  * Reference and tolerance. Three runs: the GPU with fp32 inputs (it rounds q, k, v to the
@@ -39,6 +40,14 @@
  * the plain one (tolerance 1e-6, and it says whether it is bit for bit); the latter on the CPU
  * backend too. On a mismatch, the rows that fail are listed with their sequence, position,
  * whether the sequence is STRING and how many of their keys are shifted.
+ *
+ * fp8 KV cache (configurations "fp8 KV: ..."): the GPU and the CPU reference both store the
+ * fp32 k, v as e4m3(x / scale) with the same per-head scales (one of them small enough that
+ * values saturate at 448), so both read the same codes; the tolerance is the bf16/f16 one, since
+ * what the GPU adds is the same: the prefill kernel rounds the dequantised K/V tile (code x
+ * scale) and P to the compute dtype, the split-KV kernel is fp32. The line "vs fp32 inputs" then
+ * shows what the fp8 cache itself costs (that run keeps an fp32 cache). On compute capability
+ * 9.0 fp8 runs the sm_80 kernel (the sm_90a one has no fp8 path).
  *
  * Kernel paths (INTERFACES §4). Each configuration runs once per GPU path that applies, every one
  * against the same CPU reference: on compute capability 9.0, configurations with multi-token rows
@@ -90,7 +99,22 @@ struct attn_config {
     int str_S = 0;            /* STRING shift S (0 = no STRING in the batch), W = S / 4 */
     int str_every = 1;        /* STRING on the sequences s % str_every == 0, the others plain */
     int window = 0;           /* sliding window W of every layer (0 = full causal) */
+    int kv_fp8 = 0;           /* the cache stores fp8 e4m3 with per-head scales (dt = the compute dtype) */
 };
+
+/* fp8 configurations: scales per (layer, kv head), k then v. Head 0 of k gets 1/512, so values
+ * near |1| saturate at 448 (the CPU and GPU conversions must agree there too); the others spread
+ * over the e4m3 exponent range. */
+static std::vector<float> fp8_scales(const attn_config &cf)
+{
+    const size_t n = (size_t)cf.n_layers * cf.n_kv_heads;
+    std::vector<float> sc(2 * n);
+    for (size_t i = 0; i < 2 * n; i++) {
+        const int h = (int)(i % cf.n_kv_heads), kv = i >= n;
+        sc[i] = (!kv && h == 0) ? 1.0f / 512 : (kv ? 0.75f : 0.03f) * (1.0f + 0.5f * h);
+    }
+    return sc;
+}
 
 static int ck_hopper = 0; /* the device is compute capability 9.0: the sm_90a kernel exists */
 
@@ -102,7 +126,7 @@ static std::vector<std::string> gpu_paths(const attn_config &cf)
     for (auto &s : cf.seqs) multi |= s.n_new > 1;
     const int sm90 = ck_hopper && multi && !cf.pre_rope && (cf.head_dim == 64 || cf.head_dim == 128);
     if (cf.window > 0) return sm90 ? std::vector<std::string>{"sm90"} : std::vector<std::string>{};
-    if (sm90) return {"sm80", "sm90"};
+    if (sm90 && !cf.kv_fp8) return {"sm80", "sm90"};
     return {"auto"};
 }
 
@@ -322,9 +346,9 @@ static void run_config(const attn_config &cf)
             W_s.push_back(on ? cf.str_S / 4 : 0);
         }
     const std::vector<std::string> paths = gpu_paths(cf);
-    printf("config: %s\n    %s, block_size %d, kv heads %d x group %d, head_dim %d, %s keys%s, %d decode + %d prefill "
+    printf("config: %s\n    %s%s, block_size %d, kv heads %d x group %d, head_dim %d, %s keys%s, %d decode + %d prefill "
            "sequences, longest %d",
-           cf.name.c_str(), ck_dtype_name(cf.dt), bs, cf.n_kv_heads, cf.group, hd,
+           cf.name.c_str(), ck_dtype_name(cf.dt), cf.kv_fp8 ? " with an fp8 KV cache" : "", bs, cf.n_kv_heads, cf.group, hd,
            cf.pre_rope ? "pre-RoPE" : "rotated", cf.pre_rope && rd != hd ? " (partial rotary)" : "", n_dec, n_pre,
            max_len);
     if (str) printf(", STRING S %d on %s sequences", cf.str_S, cf.str_every == 1 ? "all" : "every other");
@@ -394,12 +418,24 @@ static void run_config(const attn_config &cf)
     kvp.k_storage = cf.pre_rope ? BK_K_PRE_ROPE : BK_K_POST_ROPE;
     std::vector<int32_t> windows(cf.n_layers, cf.window);
     if (win) kvp.sliding_window = windows.data();
+    /* fp8: the GPU and the CPU reference both store e4m3 with the same scales (the CPU's storage is
+     * the reference of the GPU's: same codes, dequantised in fp32); the fp32-input run keeps an
+     * fp32 cache, so its line shows what fp8 storage costs */
+    const std::vector<float> sc8 = cf.kv_fp8 ? fp8_scales(cf) : std::vector<float>();
+    if (cf.kv_fp8) {
+        kvp.dtype = BK_FP8_E4M3;
+        kvp.k_scale = sc8.data();
+        kvp.v_scale = sc8.data() + (size_t)cf.n_layers * cf.n_kv_heads;
+    }
     char err[ERR_LEN];
-    for (int i = 0; i < nbe; i++)
-        if (be[i]->ops->kv_init(be[i]->ctx, &kvp, err)) {
+    for (int i = 0; i < nbe; i++) {
+        struct bk_kv_params kvi = kvp;
+        if (ref32 && i == i32) kvi.dtype = BK_F32;
+        if (be[i]->ops->kv_init(be[i]->ctx, &kvi, err)) {
             fprintf(stderr, "kv_init: %s\n", err);
             abort();
         }
+    }
 
     /* NaN into every slot no sequence uses (and all of layer 0, and the slots below a window),
      * then the cached context */
@@ -418,9 +454,10 @@ static void run_config(const attn_config &cf)
     }
     kv_mirror mirror;
     mirror.row = cf.n_kv_heads * hd;
-    store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, unused, 1);
-    if (cf.n_layers > 1) store_rows(be.data(), round.data(), nbe, cf.dt, cf, 0, all, 1);
-    store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, history, 0, win ? &mirror : NULL);
+    const enum bk_dtype kvdt = cf.kv_fp8 ? BK_F32 : cf.dt; /* fp8: k, v go in unrounded (both quantise them) */
+    store_rows(be.data(), round.data(), nbe, kvdt, cf, layer, unused, 1);
+    if (cf.n_layers > 1) store_rows(be.data(), round.data(), nbe, kvdt, cf, 0, all, 1);
+    store_rows(be.data(), round.data(), nbe, kvdt, cf, layer, history, 0, win ? &mirror : NULL);
 
     /* the step: kv_store of the new rows, then attention */
     ck_batch bt;
@@ -440,8 +477,17 @@ static void run_config(const attn_config &cf)
     ck_fill(k.data(), nkv, -1.f, 1.f);
     ck_fill(v.data(), nkv, -1.f, 1.f);
     ck_round_all(qr.data(), q.data(), nq, cf.dt);
-    ck_round_all(kr.data(), k.data(), nkv, cf.dt);
-    ck_round_all(vr.data(), v.data(), nkv, cf.dt);
+    ck_round_all(kr.data(), k.data(), nkv, kvdt);
+    ck_round_all(vr.data(), v.data(), nkv, kvdt);
+    /* fp8: the split-KV kernel keeps q in fp32 (it rounds q to the cache dtype only for bf16/f16
+     * caches), the tensor-core kernel rounds it to dt: the reference's q follows the row's path
+     * (sequences of several new tokens go to the tensor-core kernel unless simt, or head_dim has
+     * no fp8 instantiation: backend_cuda.cu) */
+    const int fp8_tc = cf.kv_fp8 && !cf.simt && (hd == 64 || hd == 128);
+    if (cf.kv_fp8)
+        for (size_t row = 0; row < nt; row++)
+            if (!(fp8_tc && cf.seqs[bt.seq_of((int)row)].n_new > 1))
+                memcpy(&qr[row * n_heads * hd], &q[row * n_heads * hd], (size_t)n_heads * hd * sizeof(float));
     if (win)
         for (size_t r = 0; r < nt; r++)
             mirror.put(bt.slot_mapping[r], &kr[r * mirror.row], &vr[r * mirror.row]);
@@ -455,6 +501,10 @@ static void run_config(const attn_config &cf)
             if (S_s[bt.seq_of((int)row)] == 0)
                 std::fill(q2.begin() + row * n_heads * hd, q2.begin() + (row + 1) * n_heads * hd, NAN);
         ck_round_all(q2r.data(), q2.data(), nq, cf.dt);
+        if (cf.kv_fp8) /* as q above */
+            for (size_t row = 0; row < nt; row++)
+                if (!(fp8_tc && cf.seqs[bt.seq_of((int)row)].n_new > 1))
+                    memcpy(&q2r[row * n_heads * hd], &q2[row * n_heads * hd], (size_t)n_heads * hd * sizeof(float));
     }
     const float scale = 1.0f / sqrtf((float)hd);
     std::vector<bk_buf *> qb(nbe), ob(nbe), q2b(nbe, NULL);
@@ -481,7 +531,7 @@ static void run_config(const attn_config &cf)
         TEST_CONDF(r.mismatches == 0, "%s [%s]: attention within atol %g rtol %g", cf.name.c_str(), pa, atol, rtol);
         TEST_CONDF(r.nonfinite_ref == 0, "%s [%s]: the reference is finite (it read no NaN slot)", cf.name.c_str(), pa);
         if (r.mismatches) report_rows(bt, S_s, out[g].data(), ref.data(), n_heads, hd, atol, rtol);
-        if (max_len == 1) /* every sequence has one key: the output is that key's value, exactly */
+        if (max_len == 1 && !cf.kv_fp8) /* every sequence has one key: the output is that key's value, exactly */
             TEST_CONDF(r.max_abs == 0.0, "%s [%s]: single-key outputs equal the stored values exactly", cf.name.c_str(), pa);
         if (win && cf.window == 1) /* each row sees its own key only */
             TEST_CONDF(r.max_abs == 0.0, "%s [%s]: window 1 outputs equal the row's own value exactly", cf.name.c_str(), pa);
@@ -520,7 +570,7 @@ static void run_config(const attn_config &cf)
         std::vector<int64_t> old_slots;
         for (int32_t blk : src)
             for (int o = 0; o < bs; o++) old_slots.push_back((int64_t)blk * bs + o);
-        store_rows(be.data(), round.data(), nbe, cf.dt, cf, layer, old_slots, 1);
+        store_rows(be.data(), round.data(), nbe, kvdt, cf, layer, old_slots, 1);
         ck_batch b2;
         for (size_t s = 0; s < cf.seqs.size(); s++) b2.add_seq(cf.seqs[s].ctx_before, cf.seqs[s].n_new, s == 0 ? dst : tables[s]);
         b2.finish(bs, rd, bases, scales, afs);
@@ -545,7 +595,7 @@ static void run_config(const attn_config &cf)
         double kv_bytes = 0.0, flop = 0.0;
         for (auto &s : cf.seqs) {
             const double len = s.ctx_before + s.n_new;
-            kv_bytes += len * cf.n_kv_heads * hd * 2.0 * 2.0;
+            kv_bytes += len * cf.n_kv_heads * hd * 2.0 * (cf.kv_fp8 ? 1.0 : 2.0);
             for (int i = 0; i < s.n_new; i++) flop += 4.0 * n_heads * hd * (s.ctx_before + i + 1);
         }
         for (int g = 0; g < ng; g++) {
@@ -810,6 +860,20 @@ int main(int argc, char **argv)
         {"window 1 (each row sees its own key) gqa2 hd64 bs16", B, 16, 2, 2, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, {{10, 50}, {300, 129}}, 0, 1, 1},
         {"window 300 with STRING S 100, gqa4 hd128", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{0, 700}, {900, 64}}, 100, 1, 300},
         {"window 4096 over 131072 cached, 256 new, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 256}}, 0, 1, 4096},
+        /* fp8 KV cache (str_S, str_every, window, kv_fp8 at the end): decode and prefill rows, f16
+         * compute, pre-RoPE keys, STRING, the split-KV fallback for every row and for a head_dim
+         * without an fp8 prefill instantiation (80), kv_copy_blocks, and 128k decode (bench) */
+        {"fp8 KV: decode gqa4 hd128 bs16", B, 16, 2, 4, 128, 0, 0, 0, 2, 6.f, 0, 0, 0, decodes(8, 3000), 0, 1, 0, 1},
+        {"fp8 KV: mixed gqa2 hd64", B, 16, 2, 2, 64, 0, 0, 0, 2, 6.f, 0, 0, 0, mix, 0, 1, 0, 1},
+        {"fp8 KV: chunked prefill gqa8 hd128 bs32", B, 32, 2, 8, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, {{100, 200}, {1000, 65}, {4095, 2}}, 0, 1, 0, 1},
+        {"fp8 KV: mixed gqa4 hd64 bs64 f16", F, 64, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 0, 1, 0, 1},
+        {"fp8 KV: pre-RoPE keys gqa4 hd128, mixed", B, 16, 2, 4, 128, 1, 0, 0, 2, 6.f, 0, 0, 0, mix, 0, 1, 0, 1},
+        {"fp8 KV: mixed gqa1 hd80 (prefill rows through split-KV)", B, 32, 2, 1, 80, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 0, 1, 0, 1},
+        {"fp8 KV: split-KV for every row (simt) gqa4 hd128", B, 16, 2, 4, 128, 0, 0, 1, 1, 6.f, 0, 0, 0, mix, 0, 1, 0, 1},
+        {"fp8 KV: STRING mixed gqa4 hd128, S 100", B, 16, 2, 4, 128, 0, 0, 0, 1, 6.f, 0, 0, 0, mix, 100, 1, 0, 1},
+        {"fp8 KV: kv_copy_blocks gqa4 hd64", B, 16, 2, 4, 64, 0, 0, 0, 1, 6.f, 0, 0, 1, {{300, 1}, {40, 30}, {17, 1}}, 0, 1, 0, 1},
+        {"fp8 KV: decode 131072 + 5000, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}, {4999, 1}}, 0, 1, 0, 1},
+        {"fp8 KV: decode 131072 MHA (7B shape) hd128 bs16", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}, 0, 1, 0, 1},
     };
     for (const auto &cf : configs) {
         if ((quick && cf.big) || (only && !strstr(cf.name.c_str(), only))) continue;
