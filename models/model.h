@@ -210,6 +210,9 @@ typedef struct model model_t;
 struct model_params {
     int max_batch_tokens;   /* most tokens in one forward (activation buffers are this big) */
     int max_out_rows;       /* most logits rows in one forward */
+    int graph_max_seqs;     /* decode steps of up to this many sequences (rounded up to 8) may run
+                               as backend graphs (CUDA graphs; backend.h graph_run); 0: never.
+                               Default 64; `serve` sets --max-num-seqs */
 };
 
 struct model_params model_default_params(void);

@@ -66,10 +66,17 @@ __device__ __forceinline__ void load_q8(float (&qr)[GC][8], const float *qsrc, c
 #pragma unroll
     for (int g = 0; g < GC; g++) {
         if (g < ng && lane_on) {
-            const float *qp = qsrc + (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
-            const float4 a = *reinterpret_cast<const float4 *>(qp);
-            const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
-            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            const size_t off = (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
+            float v[8];
+            if (p.q_dtype == BK_F32) { /* fp32 activations */
+                const float *qp = qsrc + off;
+                const float4 a = *reinterpret_cast<const float4 *>(qp);
+                const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
+                v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+                v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+            } else { /* 16-bit activations are the cache's T: one 16-byte load */
+                unpack8<T>(*reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(qsrc) + off), v);
+            }
 #pragma unroll
             for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * p.scale_log2;
         } else {
@@ -85,6 +92,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
     __shared__ float sc[DEC_CHUNK * GC];   /* (chunk keys, GC) scores, then probabilities */
     __shared__ float red[GC * DEC_HD_MAX]; /* (GC, head_dim) cross-warp sum of O */
     __shared__ float m_run[GC], l_run[GC], alpha_s[GC];
+    __shared__ int32_t bt_s[DEC_CHUNK]; /* the block ids of the current chunk's keys */
 
     const int item = blockIdx.x;
     const int kvh = blockIdx.y / p.n_hchunks, hc = blockIdx.y - kvh * p.n_hchunks;
@@ -159,6 +167,15 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
      * over both: only the scores depend on the query), and q replaces q_shift in qr at kb */
     for (int c0 = k0; c0 < k1;) {
         const int n = min(DEC_CHUNK, (STRING && c0 < kb ? kb : k1) - c0);
+        /* the chunk's block ids, prefetched into shared memory once (<= DEC_CHUNK of them: n
+         * keys span at most n blocks), so no key load waits on a dependent block-table load;
+         * the previous chunk's last barrier guarantees nobody still reads bt_s */
+        const int b_first = c0 >> p.log2_block_size;
+        {
+            const int nblk = ((c0 + n - 1) >> p.log2_block_size) - b_first + 1;
+            for (int i = threadIdx.x; i < nblk; i += DEC_THREADS) bt_s[i] = bt[b_first + i];
+        }
+        __syncthreads();
         if (STRING && c0 == kb && k0 < kb && lane_on) /* after a barrier: red holds q */
 #pragma unroll
             for (int g = 0; g < GC; g++)
@@ -176,7 +193,8 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
                 const int jj = jb + u * step + grp;
                 if (jj < n && lane_on) {
                     const int j = c0 + jj;
-                    const T *krow = kc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
+                    const T *krow = kc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
+                                             p.kv_token_stride;
                     load_key8<T>(kf[u], krow, lig, j, PRE_ROPE, p.rotary_dim, inv_freq_s, af);
                 } else {
 #pragma unroll
@@ -242,7 +260,8 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
                 const int jj = jb + u * step + grp;
                 if (jj < n && lane_on) {
                     const int j = c0 + jj;
-                    const T *vrow = vc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
+                    const T *vrow = vc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
+                                             p.kv_token_stride;
                     unpack8<T>(*reinterpret_cast<const uint4 *>(vrow + lig * 8), vf[u]);
                 } else {
 #pragma unroll
@@ -291,7 +310,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
         const float l = l_run[g];
         const float val = red[idx] / l;
         if (p.n_splits == 1) {
-            p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = val;
+            st_act(p.out, p.q_dtype, (size_t)row * p.q_row_stride + (size_t)h * HD + d, val);
         } else {
             const size_t ph = ((size_t)item * p.n_heads + h) * p.n_splits + split;
             p.part_o[ph * HD + d] = val;
@@ -329,7 +348,7 @@ __global__ void __launch_bounds__(128) attn_merge_kernel1(const struct attn_para
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float acc = 0.f;
         for (int i = 0; i < ns; i++) acc += w[i] * p.part_o[(base + i) * HD + d];
-        p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = acc * inv_sum;
+        st_act(p.out, p.q_dtype, (size_t)row * p.q_row_stride + (size_t)h * HD + d, acc * inv_sum);
     }
 }
 
@@ -346,6 +365,35 @@ int cuda_attn_decode_heads_per_cta(int group)
 }
 
 int cuda_attn_decode_max_splits(void) { return DEC_MAX_SPLITS; }
+
+int cuda_attn_decode_ctas_per_sm(int group, enum bk_dtype dt)
+{
+    const int gc = cuda_attn_decode_heads_per_cta(group);
+    int n = 0;
+    cudaError_t e = cudaSuccess;
+#define OCC(T, G) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_kernel1<T, G, false, false>, DEC_THREADS, 0)
+    if (dt == BK_BF16) {
+        switch (gc) {
+        case 1: OCC(__nv_bfloat16, 1); break;
+        case 2: OCC(__nv_bfloat16, 2); break;
+        case 4: OCC(__nv_bfloat16, 4); break;
+        default: OCC(__nv_bfloat16, 8); break;
+        }
+    } else {
+        switch (gc) {
+        case 1: OCC(__half, 1); break;
+        case 2: OCC(__half, 2); break;
+        case 4: OCC(__half, 4); break;
+        default: OCC(__half, 8); break;
+        }
+    }
+#undef OCC
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return 4;
+    }
+    return n > 0 ? n : 1;
+}
 
 /* PRE_ROPE is a template flag: the inlined sincosf path would otherwise double the registers
  * of the common path (48 -> 96 at GC 1) and spill. STRING is one too, so that the plain
@@ -388,6 +436,8 @@ void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStrea
     p.lanes_per_key = tg; /* <= 32 because head_dim <= 256 */
     const dim3 grid((unsigned)p.n_items, (unsigned)(p.n_kv_heads * p.n_hchunks), (unsigned)p.n_splits);
     CHECK(!p.string_shift || p.q_shift, "STRING attention without q_shift");
+    CHECK(p.q_dtype == BK_F32 || p.q_dtype == dt, "split-KV attention: q dtype %d with a dtype %d cache",
+          (int)p.q_dtype, (int)dt);
     if (dt == BK_BF16)
         launch_decode_dt<__nv_bfloat16>(&p, gc, grid, stream);
     else
