@@ -9,15 +9,25 @@
  * every row of the launch, so mixed lengths share one launch: a short row's late splits are
  * empty and say so with lse = -inf). Each split writes its normalized partial output and its
  * base-2 log-sum-exp; attn_merge_kernel1 combines them. With one split the kernel writes the
- * output directly. The host picks n_splits so the grid covers the SMs at least ~4 CTAs deep
- * (backend_cuda.cu, attn_pick_splits): one 128k sequence alone still fills the GPU.
+ * output directly. The host picks n_splits so the grid fills one whole wave of resident CTAs
+ * (SM count x this kernel's occupancy from the occupancy API: backend_cuda.cu,
+ * attn_pick_splits): one 128k sequence alone keeps every SM's loads in flight. The grid depends
+ * on the launch's sizes only, never on the rows' lengths (an all-decode batch sizes its splits
+ * by its block table's width), so the kernel lives inside a CUDA graph: splits past a row's
+ * keys write lse = -inf and exit at once.
  *
- * Inside a CTA. Keys are processed in chunks of DEC_CHUNK (256): (1) scores: a group of
+ * q and out are fp32 or the cache's 16-bit type (p.q_dtype: the backend's activations); the
+ * partials and every sum are fp32.
+ *
+ * Inside a CTA. Keys are processed in chunks of DEC_CHUNK (256). At the start of a chunk its
+ * block ids are copied from the block table into shared memory (bt_s), so no key load waits on
+ * a dependent global load of its block id. (1) scores: a group of
  * lanes_per_key lanes (a power of two >= head_dim / 8) holds one key row, 8 values per lane from
  * one 16-byte load, dots it with the GC query vectors kept in registers (rounded to the cache
  * dtype, pre-multiplied by scale*log2 e) and reduces over the group with xor shuffles; scores go
- * to shared memory. Each lane issues the loads of U keys (4, or 2 at GC 8 for registers) before
- * using any: the kernel is bound by load latency, so bytes in flight are what matters. (2) per
+ * to shared memory. Each lane issues the loads of U keys before using any, kept as raw 16-byte
+ * words until used (U = 8, 4 at GC 4 and 8; pre-RoPE keys, rotated on arrival in fp32, 4 / 2): the
+ * kernel is bound by load latency, so bytes in flight are what matters. (2) per
  * head, the chunk max, the running max/sum update and p = exp2(s - m) in place (fp32). (3) O +=
  * p V with the same lane-group mapping and U-deep loads, every thread accumulating fp32 partial
  * outputs for its keys; the groups and warps are summed at the end (fixed order: deterministic).
@@ -38,6 +48,10 @@
  * the empty-split rule are unchanged. Rejected: separate splits for the two parts merged by the
  * (m, l) rescaling (more CTAs and partials for the same keys, and the split count would depend
  * on S).
+ *
+ * Not done yet (issue 11 item 4): a cp.async ring staging K/V tiles through shared memory, which
+ * would put more bytes in flight per SM than the U-deep register loads; measure first (the
+ * device script's check_decode/check_attention benches print GB/s of K/V at 5k-20k keys).
  *
  * Rejected: one warp per key with a 5-level reduction (3x the shuffles at hd 128); tensor cores
  * for decode (the kernel is bound by HBM bytes, and the GQA group of <= 8 rows would waste most
@@ -114,7 +128,10 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
     const int lig = lane & (TG - 1), grp = lane >> log2_tg;
     const int KPW = 32 >> log2_tg;      /* keys per warp per step */
     const int step = DEC_WARPS * KPW;   /* keys per CTA per step */
-    constexpr int U = GC >= 8 ? 2 : 4;  /* steps whose loads are issued together */
+    /* steps whose loads are issued together: rotated keys and V stay as raw 16-byte words
+     * (4 registers each) until used, so 8 (4 at GC 4 and 8, where registers run out) loads per lane are in flight; pre-RoPE
+     * keys are rotated as they arrive (8 fp32 each) and keep the older depth */
+    constexpr int U = PRE_ROPE ? (GC >= 8 ? 2 : 4) : (GC >= 4 ? 4 : 8);
     const bool lane_on = lig < NV;      /* lanes past the row's 16-byte chunks hold zeros */
     const int32_t *bt = p.block_tables + (size_t)s * p.block_table_stride;
     const T *kc = (const T *)p.k_cache + (size_t)kvh * HD;
@@ -187,7 +204,8 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
          * uniform over the warp so every lane reaches the shuffles; lanes whose key is past the
          * chunk carry zeros and store nothing. */
         for (int jb = warp * KPW; jb < n; jb += U * step) {
-            float kf[U][8];
+            uint4 kraw[PRE_ROPE ? 1 : U];
+            float kf[PRE_ROPE ? U : 1][8];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
@@ -195,21 +213,35 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
                     const int j = c0 + jj;
                     const T *krow = kc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
                                              p.kv_token_stride;
-                    load_key8<T>(kf[u], krow, lig, j, PRE_ROPE, p.rotary_dim, inv_freq_s, af);
+                    if constexpr (PRE_ROPE)
+                        load_key8<T>(kf[u], krow, lig, j, true, p.rotary_dim, inv_freq_s, af);
+                    else
+                        kraw[u] = *reinterpret_cast<const uint4 *>(krow + lig * 8);
                 } else {
+                    if constexpr (PRE_ROPE) {
 #pragma unroll
-                    for (int e = 0; e < 8; e++) kf[u][e] = 0.f;
+                        for (int e = 0; e < 8; e++) kf[u][e] = 0.f;
+                    } else {
+                        kraw[u] = make_uint4(0u, 0u, 0u, 0u); /* +0.0 in bf16 and f16 */
+                    }
                 }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
+                float kv[8];
+                if constexpr (PRE_ROPE) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) kv[e] = kf[u][e];
+                } else {
+                    unpack8<T>(kraw[u], kv);
+                }
                 float sd[GC];
 #pragma unroll
                 for (int g = 0; g < GC; g++) {
                     float a = 0.f;
 #pragma unroll
-                    for (int e = 0; e < 8; e++) a += qr[g][e] * kf[u][e];
+                    for (int e = 0; e < 8; e++) a += qr[g][e] * kv[e];
                     sd[g] = a;
                 }
                 for (int off = TG >> 1; off > 0; off >>= 1)
@@ -254,7 +286,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
             for (int e = 0; e < 8; e++) o[g][e] *= a;
         }
         for (int jb = warp * KPW; jb < n; jb += U * step) {
-            float vf[U][8];
+            uint4 vraw[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
@@ -262,21 +294,22 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
                     const int j = c0 + jj;
                     const T *vrow = vc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
                                              p.kv_token_stride;
-                    unpack8<T>(*reinterpret_cast<const uint4 *>(vrow + lig * 8), vf[u]);
+                    vraw[u] = *reinterpret_cast<const uint4 *>(vrow + lig * 8);
                 } else {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) vf[u][e] = 0.f;
+                    vraw[u] = make_uint4(0u, 0u, 0u, 0u);
                 }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
                 if (jj < n) {
+                    float vf[8];
+                    unpack8<T>(vraw[u], vf);
 #pragma unroll
                     for (int g = 0; g < GC; g++) {
                         const float pj = sc[jj * GC + g];
 #pragma unroll
-                        for (int e = 0; e < 8; e++) o[g][e] += pj * vf[u][e];
+                        for (int e = 0; e < 8; e++) o[g][e] += pj * vf[e];
                     }
                 }
             }
