@@ -179,6 +179,9 @@ struct backend_ops {
      * out must alias neither x nor y. */
     void (*add_rmsnorm)(void *ctx, bk_buf *out, bk_buf *x, const bk_buf *y, const bk_buf *w, int n_rows, int dim,
                         float eps);
+    /* dst (n_out, dim) = rmsnorm(src[out_rows[i]]) * w: gather_rows() then rmsnorm(), in one
+     * pass (the final norm, reading the residual stream's wanted rows); dst must not alias src. */
+    void (*gather_rmsnorm)(void *ctx, bk_buf *dst, const bk_buf *src, const bk_buf *w, int dim, float eps);
     /* Graphs (CUDA graphs of decode steps). graph_enabled: 1 when graph_run may capture. graph_run
      * enqueues what fn(arg) would: the first time for a key (or when the batch's shape, its
      * metadata buffer or any allocation changed since) it runs fn under capture, then replays the

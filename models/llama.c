@@ -19,6 +19,7 @@
  *
  * Fused ops (backend.h's optional ops, used where the backend has them): the residual add and
  * the next RMSNorm run as one add_rmsnorm (after attention, and after each MLP but the last);
+ * the final norm reads the wanted rows of the residual directly (gather_rmsnorm);
  * the residual stream and the logits are act_new_f32 buffers (fp32 on a backend whose other
  * activations are 16-bit).
  *
@@ -390,8 +391,12 @@ static void forward_ops(void *arg)
             ops->add(bx, m->x, m->proj, (size_t)T * H);
     }
     if (a->n_out == 0) return;
-    ops->gather_rows(bx, m->xo, m->x, H);
-    ops->rmsnorm(bx, m->xo, m->xo, m->out_norm, a->n_out, H, eps);
+    if (ops->gather_rmsnorm) {
+        ops->gather_rmsnorm(bx, m->xo, m->x, m->out_norm, H, eps);
+    } else {
+        ops->gather_rows(bx, m->xo, m->x, H);
+        ops->rmsnorm(bx, m->xo, m->xo, m->out_norm, a->n_out, H, eps);
+    }
     ops->matmul(bx, m->logits, m->xo, m->lm_head, a->n_out, H, c->vocab_size);
 }
 

@@ -626,6 +626,21 @@ static void cu_add_rmsnorm(void *vctx, bk_buf *out, bk_buf *x, const bk_buf *y, 
     out->version++;
 }
 
+static void cu_gather_rmsnorm(void *vctx, bk_buf *dst, const bk_buf *src, const bk_buf *w, int dim, float eps)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(dst->n >= (size_t)c->b.n_out * dim && src->n >= (size_t)c->b.n_tokens * dim && w->n >= (size_t)dim,
+          "gather_rmsnorm: sizes");
+    CHECK(dst->d != src->d, "gather_rmsnorm: dst must not alias src");
+    CHECK_ACT(dst);
+    CHECK_ACT(src);
+    set_device(c);
+    cuda_gather_rmsnorm(dst->d, dst->dtype, src->d, src->dtype, c->b.out_rows, w->d, w->dtype, c->b.n_out, dim, eps,
+                        c->stream);
+    dst->version++;
+}
+
 static void cu_matmul(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int n_in, int n_out)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
@@ -1028,6 +1043,7 @@ static const struct backend_ops cuda_ops = {
     /* .add_bias = */ cu_add_bias,
     /* .act_new_f32 = */ cu_act_new_f32,
     /* .add_rmsnorm = */ cu_add_rmsnorm,
+    /* .gather_rmsnorm = */ cu_gather_rmsnorm,
     /* .graph_enabled = */ cu_graph_enabled,
     /* .graph_run = */ cu_graph_run,
 };

@@ -330,6 +330,9 @@ void cuda_embed(void *x, enum bk_dtype xdt, const void *table, enum bk_dtype tdt
                 int n_tokens, int dim, cudaStream_t stream);
 void cuda_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt, const void *w,
                   enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream);
+/* out (n_rows, dim) = rmsnorm(x[rows[i]]) * w: gather_rows + rmsnorm in one pass (out != x) */
+void cuda_gather_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt, const int32_t *rows,
+                         const void *w, enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream);
 /* x (n_rows, dim) += y, rounded to x's dtype; out = rmsnorm(x as stored) * w: exactly add then
  * rmsnorm, one pass. out must alias neither x nor y. */
 void cuda_add_rmsnorm(void *out, enum bk_dtype odt, void *x, enum bk_dtype xdt, const void *y, enum bk_dtype ydt,

@@ -1,5 +1,5 @@
 /* elementwise.cu - the CUDA backend's memory-bound kernels: matmul input cast, dtype conversion,
- * embedding gather, RMSNorm, the fused residual add + RMSNorm, RoPE, kv_store, SwiGLU (SiLU x mul
+ * embedding gather, RMSNorm, the fused residual add + RMSNorm, the final norm over gathered rows, RoPE, kv_store, SwiGLU (SiLU x mul
  * in one pass), residual add, bias add, gather_rows. Each mirrors the fp32 loop of the CPU
  * reference (kernels/cpu/) with fp32 math; weights may be bf16/f16 (converted on read).
  *
@@ -106,11 +106,14 @@ __device__ __forceinline__ float block_sum(float v, float *red /* (32) */)
     return red[0];
 }
 
+/* rows (NULL: row i of x for output row i): output row i normalizes x row rows[i] (the final
+ * norm reading the wanted rows of the fp32 residual directly: gather_rows + rmsnorm in one) */
 __global__ void __launch_bounds__(256) rmsnorm_kernel1(void *out, int odt, const void *x, int xdt, const void *w,
-                                                       int wdt, int dim, float eps)
+                                                       int wdt, int dim, float eps, const int32_t *rows)
 {
     __shared__ float red[32];
-    const size_t base = (size_t)blockIdx.x * dim;
+    const size_t base = (size_t)(rows ? rows[blockIdx.x] : (int)blockIdx.x) * dim;
+    const size_t obase = (size_t)blockIdx.x * dim;
     float ss = 0.f;
     for (int d = threadIdx.x; d < dim; d += blockDim.x) {
         const float v = ld_act(x, xdt, base + d);
@@ -119,7 +122,7 @@ __global__ void __launch_bounds__(256) rmsnorm_kernel1(void *out, int odt, const
     ss = block_sum(ss, red);
     const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
     for (int d = threadIdx.x; d < dim; d += blockDim.x)
-        st_act(out, odt, base + d, (ld_act(x, xdt, base + d) * inv) * ld_act(w, wdt, d));
+        st_act(out, odt, obase + d, (ld_act(x, xdt, base + d) * inv) * ld_act(w, wdt, d));
 }
 
 static int norm_threads(int dim) { return dim >= 256 ? 256 : ((dim + 31) / 32) * 32; }
@@ -128,7 +131,15 @@ void cuda_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt
                   enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream)
 {
     if (n_rows == 0) return;
-    rmsnorm_kernel1<<<n_rows, norm_threads(dim), 0, stream>>>(out, odt, x, xdt, w, wdt, dim, eps);
+    rmsnorm_kernel1<<<n_rows, norm_threads(dim), 0, stream>>>(out, odt, x, xdt, w, wdt, dim, eps, nullptr);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_gather_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt, const int32_t *rows,
+                         const void *w, enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream)
+{
+    if (n_rows == 0) return;
+    rmsnorm_kernel1<<<n_rows, norm_threads(dim), 0, stream>>>(out, odt, x, xdt, w, wdt, dim, eps, rows);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -2,7 +2,8 @@
  * add_rmsnorm, cuBLAS GEMMs with 16-bit outputs, the split-KV kernel on 16-bit q/out, and CUDA
  * graphs of whole decode steps (a replayed step against the same step run eagerly).
  *
- * Part A, ops on a backend with 16-bit activations (the production setting; every other checker
+ * Part A, ops on a backend with 16-bit activations (act_write/read, rmsnorm, gather_rmsnorm,
+ * add_rmsnorm, swiglu, add, matmul with 16-bit and fp32 outputs, rope + kv_store + split-KV) (the production setting; every other checker
  * runs the CUDA backend with ROPESERVE_CUDA_ACT=f32): each op against the CPU backend given the
  * same inputs already rounded to 16 bits, so what remains is one rounding of the output (half an
  * ulp: 2^-9 relative for bf16, 2^-12 for f16) plus the fp32 arithmetic's own order effects.
@@ -73,6 +74,11 @@ static void ops16(enum bk_dtype dt, int n_rows, int dim, int n_out)
     bt.add_seq(0, n_rows, std::vector<int32_t>(1, 1));
     for (auto &t : bt.tokens) t = ck_int(64);
     bt.finish(16, 0);
+    bt.out_rows.clear(); /* every third row and the last: gather_rmsnorm's rows */
+    for (int r = 0; r < n_rows; r++)
+        if (r % 3 == 1 || r == n_rows - 1) bt.out_rows.push_back(r);
+    bt.b.n_out = (int)bt.out_rows.size();
+    bt.b.out_rows = bt.out_rows.data();
     ck_begin(&cpu, &bt.b);
     ck_begin(&gpu, &bt.b);
 
@@ -108,6 +114,27 @@ static void ops16(enum bk_dtype dt, int n_rows, int dim, int n_out)
         gpu.ops->buf_free(gpu.ctx, xg);
         if (!inplace) {
             cpu.ops->buf_free(cpu.ctx, oc);
+            gpu.ops->buf_free(gpu.ctx, og);
+        }
+    }
+
+    /* gather_rmsnorm: the out_rows of the fp32 residual, normed, 16-bit (the final norm) */
+    {
+        TEST_CONDF(gpu.ops->gather_rmsnorm != NULL, "the CUDA backend has gather_rmsnorm");
+        if (gpu.ops->gather_rmsnorm) {
+            const int no = bt.b.n_out;
+            const size_t m = (size_t)no * dim;
+            bk_buf *xc = ck_act_from(&cpu, x.data(), n), *gc = ck_act(&cpu, m);
+            bk_buf *xg = act_f32(&gpu, n), *og = ck_act(&gpu, m);
+            gpu.ops->act_write(gpu.ctx, xg, 0, x.data(), n);
+            cpu.ops->gather_rows(cpu.ctx, gc, xc, dim);
+            cpu.ops->rmsnorm(cpu.ctx, gc, gc, wc, no, dim, 1e-5f);
+            gpu.ops->gather_rmsnorm(gpu.ctx, og, xg, wg, dim, 1e-5f);
+            snprintf(what, sizeof what, "gather_rmsnorm %s %d of %d rows x %d", ck_dtype_name(dt), no, n_rows, dim);
+            check(what, ck_read(&gpu, og, m), ck_read(&cpu, gc, m), 1e-6f, rt);
+            cpu.ops->buf_free(cpu.ctx, xc);
+            cpu.ops->buf_free(cpu.ctx, gc);
+            gpu.ops->buf_free(gpu.ctx, xg);
             gpu.ops->buf_free(gpu.ctx, og);
         }
     }
