@@ -179,6 +179,13 @@ struct backend_ops {
      * out must alias neither x nor y. */
     void (*add_rmsnorm)(void *ctx, bk_buf *out, bk_buf *x, const bk_buf *y, const bk_buf *w, int n_rows, int dim,
                         float eps);
+    /* add_bias(q, bq), add_bias(k, bk), add_bias(v, bv) (bq, bk, bv all NULL: no biases), then
+     * rope(q, k when the cache stores rotated keys else NULL, q_shift), then kv_store(layer, k, v):
+     * the same values in one pass. q (and q_shift) end as rope leaves them; k and v are only
+     * read, their biased/rotated values go to the cache alone. */
+    void (*rope_kv_store)(void *ctx, int layer, bk_buf *q, const bk_buf *k, const bk_buf *v, bk_buf *q_shift,
+                          const bk_buf *bq, const bk_buf *bk, const bk_buf *bv, int n_heads, int n_kv_heads,
+                          int head_dim);
     /* dst (n_out, dim) = rmsnorm(src[out_rows[i]]) * w: gather_rows() then rmsnorm(), in one
      * pass (the final norm, reading the residual stream's wanted rows); dst must not alias src. */
     void (*gather_rmsnorm)(void *ctx, bk_buf *dst, const bk_buf *src, const bk_buf *w, int dim, float eps);

@@ -19,7 +19,8 @@
  *
  * Fused ops (backend.h's optional ops, used where the backend has them): the residual add and
  * the next RMSNorm run as one add_rmsnorm (after attention, and after each MLP but the last);
- * the final norm reads the wanted rows of the residual directly (gather_rmsnorm);
+ * the final norm reads the wanted rows of the residual directly (gather_rmsnorm); the q/k/v
+ * biases, RoPE and the KV-cache write are one rope_kv_store;
  * the residual stream and the logits are act_new_f32 buffers (fp32 on a backend whose other
  * activations are 16-bit).
  *
@@ -365,13 +366,18 @@ static void forward_ops(void *arg)
         ops->matmul(bx, m->q, m->h, w->wq, T, H, QD);
         ops->matmul(bx, m->k, m->h, w->wk, T, H, KD);
         ops->matmul(bx, m->v, m->h, w->wv, T, H, KD);
-        if (w->bq) {
-            ops->add_bias(bx, m->q, w->bq, T, QD);
-            ops->add_bias(bx, m->k, w->bk, T, KD);
-            ops->add_bias(bx, m->v, w->bv, T, KD);
+        if (ops->rope_kv_store) {
+            ops->rope_kv_store(bx, l, m->q, m->k, m->v, q_shift, w->bq, w->bk, w->bv, c->n_heads, c->n_kv_heads,
+                               c->head_dim);
+        } else {
+            if (w->bq) {
+                ops->add_bias(bx, m->q, w->bq, T, QD);
+                ops->add_bias(bx, m->k, w->bk, T, KD);
+                ops->add_bias(bx, m->v, w->bv, T, KD);
+            }
+            ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
+            ops->kv_store(bx, l, m->k, m->v);
         }
-        ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
-        ops->kv_store(bx, l, m->k, m->v);
         ops->attention(bx, m->att, m->q, q_shift, l, c->n_heads, scale);
         ops->matmul(bx, m->proj, m->att, w->wo, T, QD, H);
         if (w->bo) ops->add_bias(bx, m->proj, w->bo, T, H);

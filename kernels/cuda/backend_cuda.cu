@@ -711,6 +711,37 @@ static void cu_kv_store(void *vctx, int layer, const bk_buf *k, const bk_buf *v)
                   c->b.n_tokens, row, c->stream);
 }
 
+static void cu_rope_kv_store(void *vctx, int layer, bk_buf *q, const bk_buf *k, const bk_buf *v, bk_buf *q_shift,
+                             const bk_buf *bq, const bk_buf *bk, const bk_buf *bv, int n_heads, int n_kv_heads,
+                             int head_dim)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(c->kv_ready && layer >= 0 && layer < c->kv.n_layers, "rope_kv_store: layer %d", layer);
+    CHECK(n_kv_heads == c->kv.n_kv_heads && head_dim == c->kv.head_dim, "rope_kv_store: %d x %d, cache %d x %d",
+          n_kv_heads, head_dim, c->kv.n_kv_heads, c->kv.head_dim);
+    const size_t nt = (size_t)c->b.n_tokens, qd = (size_t)n_heads * head_dim, kd = (size_t)n_kv_heads * head_dim;
+    CHECK(q->n >= nt * qd && k->n >= nt * kd && v->n >= nt * kd, "rope_kv_store: sizes");
+    CHECK(!q_shift || (q_shift->n >= nt * qd && q_shift->d != q->d), "rope_kv_store: q_shift sizes / aliasing");
+    CHECK((!bq && !bk && !bv) || (bq && bk && bv), "rope_kv_store: biases all or none");
+    if (bq)
+        CHECK(bq->is_weight && bk->is_weight && bv->is_weight && bq->dtype == c->dtype && bk->dtype == c->dtype &&
+                  bv->dtype == c->dtype && bq->n >= qd && bk->n >= kd && bv->n >= kd,
+              "rope_kv_store: the biases must be weights of %zu / %zu values", qd, kd);
+    CHECK_ACT(q);
+    CHECK_ACT(k);
+    CHECK_ACT(v);
+    if (q_shift) CHECK_ACT(q_shift);
+    CHECK(k->dtype == q->dtype && v->dtype == q->dtype && (!q_shift || q_shift->dtype == q->dtype),
+          "rope_kv_store: q/k/v/q_shift dtypes differ");
+    set_device(c);
+    cuda_rope_kv(q->d, k->d, v->d, q_shift ? q_shift->d : NULL, q->dtype, bq ? bq->d : NULL, bk ? bk->d : NULL,
+                 bv ? bv->d : NULL, c->dtype, c->k_layers[layer], c->v_layers[layer], c->dtype,
+                 c->kv.k_storage == BK_K_POST_ROPE, &c->b, n_heads, n_kv_heads, head_dim, c->stream);
+    q->version++;
+    if (q_shift && c->b.has_string) q_shift->version++;
+}
+
 /* How many KV ranges each split-KV row is cut into: enough CTAs for one full wave of resident
  * CTAs (the SM count times the kernel's occupancy, from the occupancy API at kv_init: every SM
  * holds as many CTAs, so as many loads in flight, as it can), at least 256 keys and one block
@@ -1043,6 +1074,7 @@ static const struct backend_ops cuda_ops = {
     /* .add_bias = */ cu_add_bias,
     /* .act_new_f32 = */ cu_act_new_f32,
     /* .add_rmsnorm = */ cu_add_rmsnorm,
+    /* .rope_kv_store = */ cu_rope_kv_store,
     /* .gather_rmsnorm = */ cu_gather_rmsnorm,
     /* .graph_enabled = */ cu_graph_enabled,
     /* .graph_run = */ cu_graph_run,

@@ -341,6 +341,12 @@ void cuda_add_rmsnorm(void *out, enum bk_dtype odt, void *x, enum bk_dtype xdt, 
  * STRING sequences only (backend.h, rope); all three of dtype adt */
 void cuda_rope(void *q, void *k, void *q_shift, enum bk_dtype adt, const struct cuda_batch *b, int n_heads,
                int n_kv_heads, int head_dim, cudaStream_t stream);
+/* add_bias (bq/bk/bv, NULL: none) + rope (k rotated when rotate_k) + kv_store in one pass; the
+ * k and v activations are only read (backend.h rope_kv_store) */
+void cuda_rope_kv(void *q, const void *k, const void *v, void *q_shift, enum bk_dtype adt, const void *bq,
+                  const void *bk, const void *bv, enum bk_dtype wdt, void *k_cache, void *v_cache, enum bk_dtype cdt,
+                  int rotate_k, const struct cuda_batch *b, int n_heads, int n_kv_heads, int head_dim,
+                  cudaStream_t stream);
 void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const void *k, const void *v, enum bk_dtype adt,
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
 void cuda_swiglu(void *out, enum bk_dtype odt, const void *gate, enum bk_dtype gdt, const void *up,

@@ -1,5 +1,6 @@
 /* elementwise.cu - the CUDA backend's memory-bound kernels: matmul input cast, dtype conversion,
- * embedding gather, RMSNorm, the fused residual add + RMSNorm, the final norm over gathered rows, RoPE, kv_store, SwiGLU (SiLU x mul
+ * embedding gather, RMSNorm, the fused residual add + RMSNorm, the final norm over gathered rows, RoPE,
+ * the fused bias + RoPE + KV-cache write, kv_store, SwiGLU (SiLU x mul
  * in one pass), residual add, bias add, gather_rows. Each mirrors the fp32 loop of the CPU
  * reference (kernels/cpu/) with fp32 math; weights may be bf16/f16 (converted on read).
  *
@@ -260,6 +261,131 @@ void cuda_rope(void *q, void *k, void *q_shift, enum bk_dtype adt, const struct 
                                                       b->inv_freq, b->attn_factor, b->q_scale,
                                                       b->string_shift, b->string_local, n_heads,
                                                       n_kv_heads, head_dim, half);
+    CUDA_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------------------------------------------
+// rope_kv: add_bias(q, k, v) + rope(q, k, q_shift) + kv_store(k, v) in one pass (backend.h
+// rope_kv_store). Every value is rounded exactly where the three ops would round it (the biased
+// q/k/v to the activation dtype, the rotated k to it, then to the cache's T), so the cache and q
+// hold the same bits as the unfused ops; the k and v activations are only read.
+
+/* v rounded to the activation dtype dt (what an st_act/ld_act round trip leaves) */
+__device__ __forceinline__ float round_act(float v, int dt)
+{
+    if (dt == BK_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    if (dt == BK_F16) return __half2float(__float2half_rn(v));
+    return v;
+}
+
+/* x[i] (+ b[bi], rounded as add_bias stores it) */
+__device__ __forceinline__ float ld_biased(const void *x, int adt, size_t i, const void *b, int wdt, size_t bi)
+{
+    const float v = ld_act(x, adt, i);
+    return b ? round_act(v + ld_act(b, wdt, bi), adt) : v;
+}
+
+template <typename T>
+__global__ void rope_kv_kernel1(void *q, const void *k, const void *v, void *q_shift, int adt, const void *bq,
+                                const void *bk, const void *bv, int wdt, T *kc, T *vc, const int64_t *slot_mapping,
+                                int rotate_k, const int32_t *positions, const int32_t *row_seq, const float *inv_freq,
+                                const float *attn_factor, const float *q_scale, const int32_t *string_shift,
+                                const int32_t *string_local, int n_heads, int n_kv_heads, int head_dim, int half)
+{
+    const int r = blockIdx.x;
+    const int s = row_seq[r];
+    const float qs = q_scale ? q_scale[r] : 1.f;
+    const int S = q_shift && string_shift ? string_shift[s] : 0;
+    const size_t qr = (size_t)r * n_heads * head_dim;
+    const int kvd = n_kv_heads * head_dim;
+    const size_t kr = (size_t)r * kvd;
+    const bool qsr = S > 0;
+    const int64_t slot = slot_mapping[r];
+    T *kd = slot >= 0 ? kc + (size_t)slot * kvd : nullptr; /* slot < 0: a padding row, nothing stored */
+    T *vd = slot >= 0 ? vc + (size_t)slot * kvd : nullptr;
+    if (half > 0) {
+        const float pos = (float)positions[r];
+        const float pos_sh = S > 0 ? (float)max(0, positions[r] - S + string_local[s]) : 0.f;
+        const float af = attn_factor[s];
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            const float fr = inv_freq[(size_t)s * half + i];
+            const float ang = __fmul_rn(pos, fr);
+            float sn, cs;
+            sincosf(ang, &sn, &cs);
+            cs = __fmul_rn(cs, af);
+            sn = __fmul_rn(sn, af);
+            float sn2 = 0.f, cs2 = 0.f;
+            if (qsr) {
+                sincosf(__fmul_rn(pos_sh, fr), &sn2, &cs2);
+                cs2 = __fmul_rn(cs2, af);
+                sn2 = __fmul_rn(sn2, af);
+            }
+            for (int h = 0; h < n_heads; h++) {
+                const size_t e = qr + (size_t)h * head_dim;
+                const size_t be = (size_t)h * head_dim;
+                const float x1 = ld_biased(q, adt, e + i, bq, wdt, be + i);
+                const float x2 = ld_biased(q, adt, e + i + half, bq, wdt, be + i + half);
+                if (qsr) {
+                    st_act(q_shift, adt, e + i, __fmul_rn(__fsub_rn(__fmul_rn(x1, cs2), __fmul_rn(x2, sn2)), qs));
+                    st_act(q_shift, adt, e + i + half,
+                           __fmul_rn(__fadd_rn(__fmul_rn(x2, cs2), __fmul_rn(x1, sn2)), qs));
+                }
+                st_act(q, adt, e + i, __fmul_rn(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)), qs));
+                st_act(q, adt, e + i + half, __fmul_rn(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)), qs));
+            }
+            if (rotate_k && kd)
+                for (int h = 0; h < n_kv_heads; h++) {
+                    const size_t be = (size_t)h * head_dim;
+                    const float x1 = ld_biased(k, adt, kr + be + i, bk, wdt, be + i);
+                    const float x2 = ld_biased(k, adt, kr + be + i + half, bk, wdt, be + i + half);
+                    kd[be + i] = from_f32<T>(round_act(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)), adt));
+                    kd[be + i + half] = from_f32<T>(round_act(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)), adt));
+                }
+        }
+    }
+    /* q dims >= rotary_dim: bias, q_scale, STRING's copy */
+    if (q_scale || qsr || bq)
+        for (int d = 2 * half + threadIdx.x; d < head_dim; d += blockDim.x)
+            for (int h = 0; h < n_heads; h++) {
+                const size_t e = qr + (size_t)h * head_dim + d;
+                const float x = ld_biased(q, adt, e, bq, wdt, (size_t)h * head_dim + d);
+                if (qsr) st_act(q_shift, adt, e, __fmul_rn(x, qs));
+                st_act(q, adt, e, __fmul_rn(x, qs));
+            }
+    if (!kd) return;
+    /* k dims that are not rotated (all of them for pre-RoPE keys), and v */
+    const int k0 = rotate_k ? 2 * half : 0;
+    for (int d = k0 + threadIdx.x; d < head_dim; d += blockDim.x)
+        for (int h = 0; h < n_kv_heads; h++) {
+            const size_t be = (size_t)h * head_dim + d;
+            kd[be] = from_f32<T>(ld_biased(k, adt, kr + be, bk, wdt, be));
+        }
+    for (int e = threadIdx.x; e < kvd; e += blockDim.x) vd[e] = from_f32<T>(ld_biased(v, adt, kr + e, bv, wdt, e));
+}
+
+void cuda_rope_kv(void *q, const void *k, const void *v, void *q_shift, enum bk_dtype adt, const void *bq,
+                  const void *bk, const void *bv, enum bk_dtype wdt, void *k_cache, void *v_cache, enum bk_dtype cdt,
+                  int rotate_k, const struct cuda_batch *b, int n_heads, int n_kv_heads, int head_dim,
+                  cudaStream_t stream)
+{
+    const int half = b->rotary_dim / 2;
+    CHECK(b->rotary_dim <= head_dim && b->rotary_dim % 2 == 0, "rotary_dim %d, head_dim %d",
+          b->rotary_dim, head_dim);
+    if (!b->has_string) q_shift = NULL;
+    if (b->n_tokens == 0) return;
+    CHECK(half == 0 || (b->inv_freq && b->attn_factor), "rope_kv: the batch carries no inv_freq/attn_factor");
+#define ROPE_KV_ARGS                                                                                      \
+    q, k, v, q_shift, adt, bq, bk, bv, wdt, (T *)k_cache, (T *)v_cache, b->slot_mapping, rotate_k, b->positions, \
+        b->row_seq, b->inv_freq, b->attn_factor, b->q_scale, b->string_shift, b->string_local, n_heads,      \
+        n_kv_heads, head_dim, half
+    if (cdt == BK_BF16) {
+        typedef __nv_bfloat16 T;
+        rope_kv_kernel1<T><<<b->n_tokens, 128, 0, stream>>>(ROPE_KV_ARGS);
+    } else {
+        typedef __half T;
+        rope_kv_kernel1<T><<<b->n_tokens, 128, 0, stream>>>(ROPE_KV_ARGS);
+    }
+#undef ROPE_KV_ARGS
     CUDA_LAUNCH_CHECK();
 }
 

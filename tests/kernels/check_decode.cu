@@ -3,7 +3,8 @@
  * graphs of whole decode steps (a replayed step against the same step run eagerly).
  *
  * Part A, ops on a backend with 16-bit activations (act_write/read, rmsnorm, gather_rmsnorm,
- * add_rmsnorm, swiglu, add, matmul with 16-bit and fp32 outputs, rope + kv_store + split-KV) (the production setting; every other checker
+ * add_rmsnorm, swiglu, add, matmul with 16-bit and fp32 outputs, rope + kv_store + split-KV, the
+ * fused rope_kv_store against the unfused ops bit for bit) (the production setting; every other checker
  * runs the CUDA backend with ROPESERVE_CUDA_ACT=f32): each op against the CPU backend given the
  * same inputs already rounded to 16 bits, so what remains is one rounding of the output (half an
  * ulp: 2^-9 relative for bf16, 2^-12 for f16) plus the fp32 arithmetic's own order effects.
@@ -317,6 +318,102 @@ static void attn16(enum bk_dtype dt, int head_dim, int n_heads, int n_kv_heads, 
     backend_free(&gpu);
 }
 
+/* rope_kv_store (biases + RoPE + KV write in one kernel) against add_bias + rope + kv_store on the
+ * same GPU, layer 0 unfused and layer 1 fused: q and the attention outputs over each layer's
+ * cache must agree bit for bit; the fused path against the CPU reference loosely (the GPU rounds
+ * the biased/rotated keys to 16 bits, the CPU keeps fp32 keys: scores move by ~2^-8). */
+static void rope_kv16(enum bk_dtype dt, int head_dim, int rotary_dim, int n_heads, int n_kv_heads, int bias,
+                      enum bk_k_storage ks)
+{
+    printf("config A-rope_kv: %s, head_dim %d, rotary_dim %d, heads %d/%d, %s, %s keys\n", ck_dtype_name(dt), head_dim,
+           rotary_dim, n_heads, n_kv_heads, bias ? "q/k/v biases" : "no biases", ks == BK_K_PRE_ROPE ? "pre-RoPE" : "rotated");
+    struct backend cpu = ck_cpu_backend(), gpu = ck_cuda_backend_act(dt, 1);
+    char what[200], err[ERR_LEN];
+    const int bs = 16;
+    struct bk_kv_params kp;
+    memset(&kp, 0, sizeof kp);
+    kp.n_layers = 2;
+    kp.n_blocks = 8;
+    kp.block_size = bs;
+    kp.n_kv_heads = n_kv_heads;
+    kp.head_dim = head_dim;
+    kp.k_storage = ks;
+    TEST_CONDF(cpu.ops->kv_init(cpu.ctx, &kp, err) == 0 && gpu.ops->kv_init(gpu.ctx, &kp, err) == 0, "kv_init: %s", err);
+    TEST_CONDF(gpu.ops->rope_kv_store != NULL, "the CUDA backend has rope_kv_store");
+    if (!gpu.ops->rope_kv_store) return;
+    /* two prompts, every key written in this batch: 40 tokens at scattered blocks, and 5 tokens */
+    ck_batch bt;
+    bt.add_seq(0, 40, {5, 2, 7});
+    bt.add_seq(0, 5, {3});
+    bt.finish(bs, rotary_dim, {10000.0, 500000.0}, {1.f, 4.f}, {1.f, 1.1f});
+    std::vector<float> qs(bt.b.n_tokens);
+    for (auto &x : qs) x = ck_uniform(0.8f, 1.2f);
+    bt.set_q_scale(qs);
+    ck_begin(&cpu, &bt.b);
+    ck_begin(&gpu, &bt.b);
+    const int nt = bt.b.n_tokens, qd = n_heads * head_dim, kd = n_kv_heads * head_dim;
+    std::vector<float> q((size_t)nt * qd), k((size_t)nt * kd), v((size_t)nt * kd), b3(qd + 2 * kd);
+    ck_fill(q.data(), q.size(), -1.f, 1.f);
+    ck_fill(k.data(), k.size(), -1.f, 1.f);
+    ck_fill(v.data(), v.size(), -1.f, 1.f);
+    ck_fill(b3.data(), b3.size(), -0.5f, 0.5f);
+    std::vector<uint16_t> bb = ck_bits(b3.data(), b3.size(), dt);
+    bk_buf *bqg = NULL, *bkg = NULL, *bvg = NULL, *bqc = NULL, *bkc = NULL, *bvc = NULL;
+    if (bias) {
+        bqg = ck_weight(&gpu, bb.data(), dt, qd);
+        bkg = ck_weight(&gpu, bb.data() + qd, dt, kd);
+        bvg = ck_weight(&gpu, bb.data() + qd + kd, dt, kd);
+        bqc = ck_weight(&cpu, bb.data(), dt, qd);
+        bkc = ck_weight(&cpu, bb.data() + qd, dt, kd);
+        bvc = ck_weight(&cpu, bb.data() + qd + kd, dt, kd);
+    }
+    const int post = ks == BK_K_POST_ROPE;
+    /* GPU layer 0: the unfused ops */
+    bk_buf *q0 = ck_act_from(&gpu, q.data(), q.size()), *k0 = ck_act_from(&gpu, k.data(), k.size());
+    bk_buf *v0 = ck_act_from(&gpu, v.data(), v.size());
+    if (bias) {
+        gpu.ops->add_bias(gpu.ctx, q0, bqg, nt, qd);
+        gpu.ops->add_bias(gpu.ctx, k0, bkg, nt, kd);
+        gpu.ops->add_bias(gpu.ctx, v0, bvg, nt, kd);
+    }
+    gpu.ops->rope(gpu.ctx, q0, post ? k0 : NULL, NULL, n_heads, n_kv_heads, head_dim);
+    gpu.ops->kv_store(gpu.ctx, 0, k0, v0);
+    /* GPU layer 1: fused */
+    bk_buf *q1 = ck_act_from(&gpu, q.data(), q.size()), *k1 = ck_act_from(&gpu, k.data(), k.size());
+    bk_buf *v1 = ck_act_from(&gpu, v.data(), v.size());
+    gpu.ops->rope_kv_store(gpu.ctx, 1, q1, k1, v1, NULL, bqg, bkg, bvg, n_heads, n_kv_heads, head_dim);
+    snprintf(what, sizeof what, "rope_kv_store q vs add_bias+rope (bit for bit)");
+    check(what, ck_read(&gpu, q1, q.size()), ck_read(&gpu, q0, q.size()), 0.f, 0.f);
+    snprintf(what, sizeof what, "rope_kv_store leaves k unchanged");
+    check(what, ck_read(&gpu, k1, k.size()), rounded(k, dt), 0.f, 0.f);
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    bk_buf *o0 = ck_act(&gpu, q.size()), *o1 = ck_act(&gpu, q.size());
+    gpu.ops->attention(gpu.ctx, o0, q0, NULL, 0, n_heads, scale);
+    gpu.ops->attention(gpu.ctx, o1, q1, NULL, 1, n_heads, scale);
+    const std::vector<float> r1 = ck_read(&gpu, o1, q.size());
+    snprintf(what, sizeof what, "attention over the fused cache vs the unfused one (bit for bit)");
+    check(what, r1, ck_read(&gpu, o0, q.size()), 0.f, 0.f);
+    /* CPU: the unfused ops in fp32 on the rounded inputs */
+    const std::vector<float> qr = rounded(q, dt), kr = rounded(k, dt), vr = rounded(v, dt);
+    bk_buf *qc = ck_act_from(&cpu, qr.data(), qr.size()), *kc = ck_act_from(&cpu, kr.data(), kr.size());
+    bk_buf *vc = ck_act_from(&cpu, vr.data(), vr.size()), *oc = ck_act(&cpu, q.size());
+    if (bias) {
+        cpu.ops->add_bias(cpu.ctx, qc, bqc, nt, qd);
+        cpu.ops->add_bias(cpu.ctx, kc, bkc, nt, kd);
+        cpu.ops->add_bias(cpu.ctx, vc, bvc, nt, kd);
+    }
+    cpu.ops->rope(cpu.ctx, qc, post ? kc : NULL, NULL, n_heads, n_kv_heads, head_dim);
+    cpu.ops->kv_store(cpu.ctx, 1, kc, vc);
+    cpu.ops->attention(cpu.ctx, oc, qc, NULL, 1, n_heads, scale);
+    snprintf(what, sizeof what, "rope_kv_store + attention %s vs cpu (16-bit keys vs fp32 keys)", ck_dtype_name(dt));
+    check(what, r1, ck_read(&cpu, oc, q.size()), dt == BK_BF16 ? 3e-2f : 5e-3f, 2 * rtol16(dt));
+    void *bg[] = {q0, k0, v0, q1, k1, v1, o0, o1, bqg, bkg, bvg}, *bc[] = {qc, kc, vc, oc, bqc, bkc, bvc};
+    for (void *b : bg) gpu.ops->buf_free(gpu.ctx, (bk_buf *)b);
+    for (void *b : bc) cpu.ops->buf_free(cpu.ctx, (bk_buf *)b);
+    backend_free(&cpu);
+    backend_free(&gpu);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Part B: a graph-replayed decode step against the eager step
 
@@ -550,6 +647,9 @@ int main(int argc, char **argv)
     attn16(BK_BF16, 64, 16, 4, 1, {2, 255, 257, 1500});
     attn16(BK_F16, 128, 32, 4, 64, {64, 65, 4097});
     attn16(BK_BF16, 128, 32, 2, 16, {3, 20000});
+    rope_kv16(BK_BF16, 128, 128, 8, 2, 1, BK_K_POST_ROPE);
+    rope_kv16(BK_F16, 64, 32, 4, 4, 0, BK_K_POST_ROPE); /* partial rotary */
+    rope_kv16(BK_BF16, 64, 64, 4, 2, 1, BK_K_PRE_ROPE);  /* CLEX-style keys: stored unrotated */
     graphs(dir);
     return test_report("check_decode");
 }
