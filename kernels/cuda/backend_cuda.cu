@@ -4,6 +4,12 @@
  * common.cuh: bf16/f16 weights and KV cache, 16-bit activations between ops (the residual
  * stream and the logits fp32, act_new_f32).
  *
+ * Fused ops (backend.h's optional ops): add_rmsnorm, gather_rmsnorm (the final norm over the
+ * logits rows) and rope_kv_store (q/k/v biases + RoPE + the KV-cache write), each bit-identical
+ * to the plain ops it replaces. SiLU x mul was one kernel (swiglu) already. Sampling stays on
+ * the host: the sampler (engine/sampler.c) applies logit_bias, penalties and min_tokens to the
+ * whole row before greedy/top-k, so an on-device argmax would have to move that policy here.
+ *
  * GEMMs: cublasGemmEx with the activations as they are (bf16/f16 in, FP32 compute, bf16/f16 or
  * fp32 out as the output buffer's dtype): no cast kernel and no TF32 (CUBLAS_COMPUTE_32F on
  * 16-bit inputs, the default math mode). Only an fp32 input (ROPESERVE_CUDA_ACT=f32) is cast.

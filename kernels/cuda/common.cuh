@@ -215,8 +215,9 @@ struct attn_params {
      * otherwise. q_shift rows of other sequences are never read. */
     const float *q_shift;        /* (n_tokens, n_heads, head_dim) or NULL */
     const int32_t *string_shift; /* (n_seqs) or NULL */
-    /* INTERFACES §3: element type of q, q_shift and out (BK_F32 today; the cache's T once
-     * activations are 16-bit). Only the sm_90a kernel reads it so far. */
+    /* INTERFACES §3: element type of q, q_shift and out: BK_F32, or the cache's T (the backend's
+     * 16-bit activations). The split-KV and sm_90a kernels read it; the sm_80 prefill kernel
+     * takes fp32 only, and backend_cuda.cu hands it fp32 staging copies of 16-bit q/out. */
     enum bk_dtype q_dtype;
     /* backend.h sliding_window of this layer: 0 = full causal; W > 0: the query at position p
      * sees keys p - W < j <= p, and keys below p - W + 1 are never read */
