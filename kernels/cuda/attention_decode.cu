@@ -34,10 +34,11 @@
  * Keys past positions[r] are never touched, so garbage or NaN in unused cache slots cannot leak
  * in. Limits: head_dim a multiple of 8, at most 256 (kv_init refuses others).
  *
- * Registers (ptxas -v, sm_80/sm_90): 72 / 96 / 128 / 180-187 at GC 1/2/4/8, no spills; the
- * pre-RoPE instantiations (inlined sincosf) reach 192 and one (f16, GC 1, sm_90) spills 4 bytes
- * around the sincosf slow path. STRING instantiations, no spills: 64-72 / 94-96 / 128 / 187-192
- * at GC 1/2/4/8, with pre-RoPE keys 96 / 116-120 / 152-167 / 193-197.
+ * Registers (ptxas -v, CUDA 13, sm_80 / sm_90), plain: 90-94 / 90, 96 / 96, 116-118 / 121,
+ * 191 / 201 at GC 1/2/4/8, no spills; STRING (sm_80) 92-94 / 111 / 118 / 194-196, no spills. The
+ * pre-RoPE instantiations (inlined sincosf) reach 195; spills only around sincosf's large-argument
+ * path: <f16, GC 1, pre-RoPE> 4 bytes (sm_90), and with STRING at GC 1 4-20 bytes (the rare
+ * CLEX + STRING + MHA combination).
  *
  * STRING (REFERENCES-rope.md §8; a template flag, so the plain instantiations are unchanged):
  * the row's keys j <= positions[r] - S are scored with q_shift, the others with q. A split's

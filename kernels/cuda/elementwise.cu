@@ -374,6 +374,7 @@ void cuda_rope_kv(void *q, const void *k, const void *v, void *q_shift, enum bk_
     if (!b->has_string) q_shift = NULL;
     if (b->n_tokens == 0) return;
     CHECK(half == 0 || (b->inv_freq && b->attn_factor), "rope_kv: the batch carries no inv_freq/attn_factor");
+    CHECK(cdt == BK_BF16 || cdt == BK_F16, "rope_kv: cache dtype %d has no store here", (int)cdt);
 #define ROPE_KV_ARGS                                                                                      \
     q, k, v, q_shift, adt, bq, bk, bv, wdt, (T *)k_cache, (T *)v_cache, b->slot_mapping, rotate_k, b->positions, \
         b->row_seq, b->inv_freq, b->attn_factor, b->q_scale, b->string_shift, b->string_local, n_heads,      \
