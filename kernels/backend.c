@@ -71,6 +71,7 @@ struct backend_params backend_default_params(void)
     p.cuda_device = 0;
     p.dtype = BK_BF16;
     p.gpu_memory_utilization = 0.95;
+    p.cuda_graphs = 1;
     return p;
 }
 

@@ -6,7 +6,8 @@
  * (host memory on the CPU, device memory on CUDA). models/ holds bk_buf handles, never raw
  * device pointers. Weights are uploaded once with weight_new(), which picks the storage dtype
  * (fp32 on the CPU; bf16/f16 on CUDA). Activations are allocated with act_new() and hold fp32
- * on the CPU (a backend may choose another activation dtype; act_read/act_write convert).
+ * on the CPU (a backend may choose another activation dtype: CUDA keeps them in its 16-bit weight
+ * dtype; act_read/act_write convert; act_new_f32, where provided, always gives fp32).
  *
  * One batch format for prefill and decode (struct bk_batch): a flat list of n_tokens new
  * tokens from n_seqs sequences, sequence s owning rows [query_start[s], query_start[s+1]).
@@ -201,6 +202,35 @@ struct backend_ops {
     enum bk_dtype (*kv_dtype_auto)(void *ctx);
     /* 0 when the cache can be stored as dt, else <0 with the reason in err. */
     int (*kv_dtype_check)(void *ctx, enum bk_dtype dt, char *err);
+    /* --- optional (NULL: the caller uses the plain ops above) --- */
+    /* An activation buffer that holds fp32 whatever the backend's activation dtype: the
+     * residual stream and the logits. */
+    bk_buf *(*act_new_f32)(void *ctx, size_t n_elems, char *err);
+    /* x (n_rows, dim) += y; out = x / rms(x) * w: exactly add() then rmsnorm(), in one pass.
+     * out must alias neither x nor y. */
+    void (*add_rmsnorm)(void *ctx, bk_buf *out, bk_buf *x, const bk_buf *y, const bk_buf *w, int n_rows, int dim,
+                        float eps);
+    /* add_bias(q, bq), add_bias(k, bk), add_bias(v, bv) (bq, bk, bv all NULL: no biases), then
+     * rope(q, k when the cache stores rotated keys else NULL, q_shift), then kv_store(layer, k, v):
+     * the same values in one pass. q (and q_shift) end as rope leaves them; k and v are only
+     * read, their biased/rotated values go to the cache alone. */
+    void (*rope_kv_store)(void *ctx, int layer, bk_buf *q, const bk_buf *k, const bk_buf *v, bk_buf *q_shift,
+                          const bk_buf *bq, const bk_buf *bk, const bk_buf *bv, int n_heads, int n_kv_heads,
+                          int head_dim);
+    /* dst (n_out, dim) = rmsnorm(src[out_rows[i]]) * w: gather_rows() then rmsnorm(), in one
+     * pass (the final norm, reading the residual stream's wanted rows); dst must not alias src. */
+    void (*gather_rmsnorm)(void *ctx, bk_buf *dst, const bk_buf *src, const bk_buf *w, int dim, float eps);
+    /* Graphs (CUDA graphs of decode steps). graph_enabled: 1 when graph_run may capture. graph_run
+     * enqueues what fn(arg) would: the first time for a key (or when the batch's shape, its
+     * metadata buffer or any allocation changed since) it runs fn under capture, then replays the
+     * captured work, so later calls with that key do not call fn at all. fn must enqueue only ops
+     * (no act_read/act_write/batch_begin/allocation) whose sizes depend on the key and the
+     * batch's shape alone (n_tokens, n_seqs, n_out, block_table_stride, rotary_dim, whether
+     * q_scale/STRING are present), never on its values: the ops read the values from the
+     * metadata batch_begin uploaded. Every row must be a single-token (decode) row. Returns 0,
+     * or <0 with err (graph instantiation failed; nothing was enqueued). */
+    int (*graph_enabled)(void *ctx);
+    int (*graph_run)(void *ctx, int key, void (*fn)(void *arg), void *arg, char *err);
 };
 
 struct backend {
@@ -214,6 +244,8 @@ struct backend_params {
     int cuda_device;       /* device ordinal */
     enum bk_dtype dtype;   /* CUDA weight/KV dtype: BK_BF16 or BK_F16 (F32 weights converted) */
     double gpu_memory_utilization; /* fraction of total device memory ropeserve may use */
+    int cuda_graphs;       /* 1 (default): decode steps run as CUDA graphs (--no-cuda-graphs: 0;
+                              the environment ROPESERVE_CUDA_GRAPHS=0 turns them off too) */
 };
 
 struct backend_params backend_default_params(void);

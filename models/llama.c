@@ -17,6 +17,21 @@
  * exceeds them is a caller bug (CHECK). For methods that store pre-RoPE keys (CLEX) only q is
  * rotated here and attention rotates keys as it reads them.
  *
+ * Fused ops (backend.h's optional ops, used where the backend has them): the residual add and
+ * the next RMSNorm run as one add_rmsnorm (after attention, and after each MLP but the last);
+ * the final norm reads the wanted rows of the residual directly (gather_rmsnorm); the q/k/v
+ * biases, RoPE and the KV-cache write are one rope_kv_store;
+ * the residual stream and the logits are act_new_f32 buffers (fp32 on a backend whose other
+ * activations are 16-bit).
+ *
+ * Graphs: a step whose rows are all decode rows (one token per sequence, each wanting logits)
+ * runs through the backend's graph_run when it has graphs on: the batch is padded to a bucket of
+ * 1, 2, 4, then a multiple of 8 sequences (at most params.graph_max_seqs rounded up to 8, and
+ * what the activations hold) and its block table to a power-of-two width, so a few captured
+ * graphs serve every decode step. Padding rows decode token 0 at position 0 through the null
+ * block with slot -1 (kv_store skips them); every op is row-wise, so they cannot touch the real
+ * rows, and only the real rows' logits are read back.
+ *
  * Rejected alternative: fused QKV / gate-up weights. Separate projections keep the loader a
  * 1:1 map of the checkpoint and cost little; a backend may fuse internally. */
 #include <math.h>
@@ -76,11 +91,19 @@ struct model {
     enum bk_dtype kv_dtype;
     float *k_scale, *v_scale; /* (n_layers, n_kv_heads) */
     int has_kv_scales;
+    /* the padded decode batch of a graph step (grown on demand) */
+    struct {
+        int cap_rows, cap_bt, cap_freq;
+        int32_t *tokens, *positions, *query_start, *seq_lens, *out_rows, *string_shift, *string_local, *block_tables;
+        int64_t *slots;
+        float *inv_freq, *attn_factor, *q_scale;
+    } pad;
 };
 
 struct model_params model_default_params(void)
 {
-    struct model_params p = {.max_batch_tokens = 2048, .max_out_rows = 256, .kv_cache_dtype = MODEL_KV_DTYPE_AUTO};
+    struct model_params p = {.max_batch_tokens = 2048, .max_out_rows = 256, .kv_cache_dtype = MODEL_KV_DTYPE_AUTO,
+                             .graph_max_seqs = 64};
     return p;
 }
 
@@ -222,6 +245,10 @@ void model_free(model_t *m)
     bk_buf **top[] = {&m->tok_emb, &m->out_norm, &m->lm_head, &m->x, &m->h, &m->q, &m->k,
                       &m->v, &m->att, &m->proj, &m->gate, &m->up, &m->xo, &m->logits};
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) free_buf(m, top[i]);
+    void *pads[] = {m->pad.tokens, m->pad.positions, m->pad.query_start, m->pad.seq_lens, m->pad.out_rows,
+                    m->pad.string_shift, m->pad.string_local, m->pad.block_tables, m->pad.slots,
+                    m->pad.inv_freq, m->pad.attn_factor, m->pad.q_scale};
+    for (size_t i = 0; i < sizeof pads / sizeof pads[0]; i++) free(pads[i]);
     rope_free(&m->rope);
     model_config_free(&m->cfg);
     free(m->k_scale);
@@ -381,7 +408,11 @@ int model_load(model_t **out, const char *dir, const struct model_config *cfg, s
         {&m->xo, O * H}, {&m->logits, O * V},
     };
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
-        *acts[i].b = ops->act_new(bx, acts[i].n, err);
+        /* the residual stream and the logits stay fp32 where the backend can say so; with an fp8
+         * KV cache every activation does (the fp8 attention kernels take fp32 q and out) */
+        const int f32 = ops->act_new_f32 &&
+                        (m->kv_dtype == BK_FP8_E4M3 || acts[i].b == &m->x || acts[i].b == &m->logits);
+        *acts[i].b = f32 ? ops->act_new_f32(bx, acts[i].n, err) : ops->act_new(bx, acts[i].n, err);
         if (!*acts[i].b) goto fail;
     }
     free(want);
@@ -422,42 +453,63 @@ int model_kv_init(model_t *m, int n_blocks, int block_size, int max_len, char *e
     return 0;
 }
 
-int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err)
+/* The ops of one forward over the batch batch_begin was given, T rows, n_out logits rows. */
+struct fwd_args {
+    model_t *m;
+    int T, n_out;
+    bk_buf *q_shift;
+};
+
+/* x += y, then out = rmsnorm(x) * w: one op where the backend fuses them */
+static void add_norm(const struct backend_ops *ops, void *bx, bk_buf *out, bk_buf *x, const bk_buf *y,
+                     const bk_buf *w, int T, int H, float eps)
 {
+    if (ops->add_rmsnorm) {
+        ops->add_rmsnorm(bx, out, x, y, w, T, H, eps);
+    } else {
+        ops->add(bx, x, y, (size_t)T * H);
+        ops->rmsnorm(bx, out, x, w, T, H, eps);
+    }
+}
+
+static void forward_ops(void *arg)
+{
+    const struct fwd_args *a = arg;
+    model_t *m = a->m;
     const struct backend_ops *ops = m->be->ops;
     void *bx = m->be->ctx;
     const struct model_config *c = &m->cfg;
-    const int T = b->n_tokens, H = c->hidden_size, F = c->intermediate_size;
+    const int T = a->T, H = c->hidden_size, F = c->intermediate_size;
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
-    CHECK(m->kv_ready, "model_forward before model_kv_init");
-    CHECK(T > 0 && T <= m->params.max_batch_tokens, "batch of %d tokens (max %d)", T, m->params.max_batch_tokens);
-    CHECK(b->n_out >= 0 && b->n_out <= m->params.max_out_rows, "%d logits rows (max %d)", b->n_out, m->params.max_out_rows);
-
-    if (ops->batch_begin(bx, b, err) < 0) return -1;
     const float scale = 1.0f / sqrtf((float)c->head_dim);
+    const float eps = c->rms_norm_eps;
     const int post_rope = m->rope.k_storage == BK_K_POST_ROPE;
-    /* STRING's shifted queries live in the gate buffer, which is free until the MLP */
-    bk_buf *q_shift = b->string_shift ? m->gate : NULL;
+    bk_buf *q_shift = a->q_shift;
 
     ops->embed(bx, m->x, m->tok_emb, H);
+    ops->rmsnorm(bx, m->h, m->x, m->layers[0].attn_norm, T, H, eps);
     for (int l = 0; l < c->n_layers; l++) {
         const struct layer_weights *w = &m->layers[l];
-        ops->rmsnorm(bx, m->h, m->x, w->attn_norm, T, H, c->rms_norm_eps);
+        /* m->h = rmsnorm(x) with this layer's attn_norm (before the loop, or fused below) */
         ops->matmul(bx, m->q, m->h, w->wq, T, H, QD);
         ops->matmul(bx, m->k, m->h, w->wk, T, H, KD);
         ops->matmul(bx, m->v, m->h, w->wv, T, H, KD);
-        if (w->bq) {
-            ops->add_bias(bx, m->q, w->bq, T, QD);
-            ops->add_bias(bx, m->k, w->bk, T, KD);
-            ops->add_bias(bx, m->v, w->bv, T, KD);
+        if (ops->rope_kv_store && m->kv_dtype != BK_FP8_E4M3) { /* the fused op stores 16-bit caches */
+            ops->rope_kv_store(bx, l, m->q, m->k, m->v, q_shift, w->bq, w->bk, w->bv, c->n_heads, c->n_kv_heads,
+                               c->head_dim);
+        } else {
+            if (w->bq) {
+                ops->add_bias(bx, m->q, w->bq, T, QD);
+                ops->add_bias(bx, m->k, w->bk, T, KD);
+                ops->add_bias(bx, m->v, w->bv, T, KD);
+            }
+            ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
+            ops->kv_store(bx, l, m->k, m->v);
         }
-        ops->rope(bx, m->q, post_rope ? m->k : NULL, q_shift, c->n_heads, c->n_kv_heads, c->head_dim);
-        ops->kv_store(bx, l, m->k, m->v);
         ops->attention(bx, m->att, m->q, q_shift, l, c->n_heads, scale);
         ops->matmul(bx, m->proj, m->att, w->wo, T, QD, H);
         if (w->bo) ops->add_bias(bx, m->proj, w->bo, T, H);
-        ops->add(bx, m->x, m->proj, (size_t)T * H);
-        ops->rmsnorm(bx, m->h, m->x, w->ffn_norm, T, H, c->rms_norm_eps);
+        add_norm(ops, bx, m->h, m->x, m->proj, w->ffn_norm, T, H, eps);
         ops->matmul(bx, m->gate, m->h, w->w_gate, T, H, F);
         ops->matmul(bx, m->up, m->h, w->w_up, T, H, F);
         if (w->b_gate) {
@@ -467,12 +519,143 @@ int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err
         ops->swiglu(bx, m->gate, m->gate, m->up, T, F);
         ops->matmul(bx, m->proj, m->gate, w->w_down, T, F, H);
         if (w->b_down) ops->add_bias(bx, m->proj, w->b_down, T, H);
-        ops->add(bx, m->x, m->proj, (size_t)T * H);
+        if (l + 1 < c->n_layers)
+            add_norm(ops, bx, m->h, m->x, m->proj, m->layers[l + 1].attn_norm, T, H, eps);
+        else
+            ops->add(bx, m->x, m->proj, (size_t)T * H);
+    }
+    if (a->n_out == 0) return;
+    if (ops->gather_rmsnorm) {
+        ops->gather_rmsnorm(bx, m->xo, m->x, m->out_norm, H, eps);
+    } else {
+        ops->gather_rows(bx, m->xo, m->x, H);
+        ops->rmsnorm(bx, m->xo, m->xo, m->out_norm, a->n_out, H, eps);
+    }
+    ops->matmul(bx, m->logits, m->xo, m->lm_head, a->n_out, H, c->vocab_size);
+}
+
+/* The graph bucket of an n-sequence decode step: 1, 2, 4, then multiples of 8, at most
+ * graph_max_seqs rounded up to 8 and what the activation buffers hold; 0 = none fits. */
+static int graph_bucket(const model_t *m, int n)
+{
+    const int lim8 = (m->params.graph_max_seqs + 7) / 8 * 8;
+    int cap = m->params.max_batch_tokens < m->params.max_out_rows ? m->params.max_batch_tokens : m->params.max_out_rows;
+    if (lim8 < cap) cap = lim8;
+    const int bucket = n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : (n + 7) / 8 * 8;
+    return m->params.graph_max_seqs > 0 && bucket <= cap ? bucket : 0;
+}
+
+static void *grow(void *p, int *cap, int want, size_t elem)
+{
+    if (want <= *cap) return p;
+    *cap = want;
+    return xrealloc(p, (size_t)want * elem);
+}
+
+/* Fill m->pad with b padded to B sequences and a block table of width sb; *pb points into it. */
+static void pad_batch(model_t *m, const struct bk_batch *b, int B, int sb, struct bk_batch *pb)
+{
+    const int n = b->n_seqs, half = b->rotary_dim / 2;
+    if (B > m->pad.cap_rows) {
+        int cap = B;
+        m->pad.tokens = xrealloc(m->pad.tokens, (size_t)cap * sizeof(int32_t));
+        m->pad.positions = xrealloc(m->pad.positions, (size_t)cap * sizeof(int32_t));
+        m->pad.query_start = xrealloc(m->pad.query_start, (size_t)(cap + 1) * sizeof(int32_t));
+        m->pad.seq_lens = xrealloc(m->pad.seq_lens, (size_t)cap * sizeof(int32_t));
+        m->pad.out_rows = xrealloc(m->pad.out_rows, (size_t)cap * sizeof(int32_t));
+        m->pad.string_shift = xrealloc(m->pad.string_shift, (size_t)cap * sizeof(int32_t));
+        m->pad.string_local = xrealloc(m->pad.string_local, (size_t)cap * sizeof(int32_t));
+        m->pad.slots = xrealloc(m->pad.slots, (size_t)cap * sizeof(int64_t));
+        m->pad.attn_factor = xrealloc(m->pad.attn_factor, (size_t)cap * sizeof(float));
+        m->pad.q_scale = xrealloc(m->pad.q_scale, (size_t)cap * sizeof(float));
+        m->pad.cap_rows = cap;
+    }
+    m->pad.block_tables = grow(m->pad.block_tables, &m->pad.cap_bt, B * sb, sizeof(int32_t));
+    if (half > 0) m->pad.inv_freq = grow(m->pad.inv_freq, &m->pad.cap_freq, B * half, sizeof(float));
+    memset(m->pad.block_tables, 0, (size_t)B * sb * sizeof(int32_t));
+    for (int s = 0; s < B; s++) {
+        const int real = s < n;
+        m->pad.tokens[s] = real ? b->tokens[s] : 0;
+        m->pad.positions[s] = real ? b->positions[s] : 0;
+        m->pad.slots[s] = real ? b->slot_mapping[s] : -1;
+        m->pad.query_start[s] = s;
+        m->pad.seq_lens[s] = real ? b->seq_lens[s] : 1;
+        m->pad.out_rows[s] = s;
+        if (real)
+            memcpy(m->pad.block_tables + (size_t)s * sb, b->block_tables + (size_t)s * b->block_table_stride,
+                   (size_t)b->block_table_stride * sizeof(int32_t));
+        if (b->inv_freq && half > 0)
+            memcpy(m->pad.inv_freq + (size_t)s * half, b->inv_freq + (size_t)(real ? s : 0) * half,
+                   (size_t)half * sizeof(float));
+        if (b->attn_factor) m->pad.attn_factor[s] = b->attn_factor[real ? s : 0];
+        if (b->q_scale) m->pad.q_scale[s] = real ? b->q_scale[s] : 1.0f;
+        if (b->string_shift) {
+            m->pad.string_shift[s] = real ? b->string_shift[s] : 0;
+            m->pad.string_local[s] = real && b->string_local ? b->string_local[s] : 0;
+        }
+    }
+    m->pad.query_start[B] = B;
+    *pb = *b;
+    pb->n_tokens = B;
+    pb->tokens = m->pad.tokens;
+    pb->positions = m->pad.positions;
+    pb->slot_mapping = m->pad.slots;
+    pb->n_seqs = B;
+    pb->query_start = m->pad.query_start;
+    pb->seq_lens = m->pad.seq_lens;
+    pb->block_tables = m->pad.block_tables;
+    pb->block_table_stride = sb;
+    pb->n_out = B;
+    pb->out_rows = m->pad.out_rows;
+    pb->inv_freq = b->inv_freq && half > 0 ? m->pad.inv_freq : b->inv_freq;
+    pb->attn_factor = b->attn_factor ? m->pad.attn_factor : NULL;
+    pb->q_scale = b->q_scale ? m->pad.q_scale : NULL;
+    pb->string_shift = b->string_shift ? m->pad.string_shift : NULL;
+    pb->string_local = b->string_shift ? m->pad.string_local : NULL;
+}
+
+/* A graph step when the backend has graphs on and b is all decode rows, each wanting logits. */
+static int graph_step(const model_t *m, const struct bk_batch *b)
+{
+    const struct backend_ops *ops = m->be->ops;
+    if (!ops->graph_run || !ops->graph_enabled || !ops->graph_enabled(m->be->ctx)) return 0;
+    if (b->n_seqs <= 0 || b->n_tokens != b->n_seqs || b->n_out != b->n_seqs) return 0;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->query_start[s] != s || b->out_rows[s] != s) return 0;
+    if (b->string_shift && !b->string_local) return 0;
+    return graph_bucket(m, b->n_seqs) > 0;
+}
+
+int model_forward(model_t *m, const struct bk_batch *b, float *logits, char *err)
+{
+    const struct backend_ops *ops = m->be->ops;
+    void *bx = m->be->ctx;
+    const struct model_config *c = &m->cfg;
+    const int T = b->n_tokens;
+    CHECK(m->kv_ready, "model_forward before model_kv_init");
+    CHECK(T > 0 && T <= m->params.max_batch_tokens, "batch of %d tokens (max %d)", T, m->params.max_batch_tokens);
+    CHECK(b->n_out >= 0 && b->n_out <= m->params.max_out_rows, "%d logits rows (max %d)", b->n_out, m->params.max_out_rows);
+
+    /* STRING's shifted queries live in the gate buffer, which is free until the MLP */
+    struct fwd_args a = {.m = m, .T = T, .n_out = b->n_out, .q_shift = b->string_shift ? m->gate : NULL};
+    if (graph_step(m, b)) {
+        const int B = graph_bucket(m, b->n_seqs);
+        int sb = 1, lg = 0;
+        while (sb < b->block_table_stride) {
+            sb <<= 1;
+            lg++;
+        }
+        struct bk_batch pb;
+        pad_batch(m, b, B, sb, &pb);
+        if (ops->batch_begin(bx, &pb, err) < 0) return -1;
+        a.T = B;
+        a.n_out = B;
+        if (ops->graph_run(bx, B * 64 + lg, forward_ops, &a, err) < 0) return -1;
+    } else {
+        if (ops->batch_begin(bx, b, err) < 0) return -1;
+        forward_ops(&a);
     }
     if (b->n_out == 0) return 0;
-    ops->gather_rows(bx, m->xo, m->x, H);
-    ops->rmsnorm(bx, m->xo, m->xo, m->out_norm, b->n_out, H, c->rms_norm_eps);
-    ops->matmul(bx, m->logits, m->xo, m->lm_head, b->n_out, H, c->vocab_size);
     ops->act_read(bx, logits, m->logits, 0, (size_t)b->n_out * c->vocab_size);
     return 0;
 }

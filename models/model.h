@@ -216,6 +216,9 @@ struct model_params {
     int max_out_rows;       /* most logits rows in one forward */
     int kv_cache_dtype;     /* --kv-cache-dtype: MODEL_KV_DTYPE_AUTO (the backend's weight
                                dtype: fp32 on the CPU, bf16/f16 on CUDA) or an enum bk_dtype */
+    int graph_max_seqs;     /* decode steps of up to this many sequences (rounded up to 8) may run
+                               as backend graphs (CUDA graphs; backend.h graph_run); 0: never.
+                               Default 64; `serve` sets --max-num-seqs */
 };
 #define MODEL_KV_DTYPE_AUTO (-1)
 

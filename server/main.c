@@ -65,6 +65,7 @@ static const struct flag flags[] = {
     {"--gpu-memory-utilization", "F", "fraction of GPU memory ropeserve may use (default 0.95)", C_RUN},
     {"--kv-cache-dtype", "auto|bf16|f16|fp8", "KV cache storage: auto = the weights' dtype (CPU: f32); fp8 (alias "
      "fp8_e4m3) = e4m3 with per-KV-head scales, 1.0 or the checkpoint's k_scale/v_scale (half the bytes of bf16)", C_RUN},
+    {"--no-cuda-graphs", NULL, "run decode steps without CUDA graphs (debugging; env ROPESERVE_CUDA_GRAPHS=0 too)", C_RUN},
     {"--kv-cache-gb", "G", "KV cache size in GiB (default: fits the longest requests; on a GPU all memory left)", C_RUN},
     {"--max-model-len", "N", "longest prompt + completion (default: derived from the RoPE method)", C_ALL},
     {"--block-size", "N", "tokens per KV block, a power of two (default 16)", C_RUN},
@@ -203,7 +204,8 @@ static void set_flag(struct opts *o, const char *f, const char *v)
     else if (IS("--kv-cache-dtype")) {
         if (model_kv_dtype_parse(v, &o->kv_cache_dtype) < 0)
             die("--kv-cache-dtype: expected auto, bf16, f16, fp8 (or fp8_e4m3) or f32, got '%s'", v);
-    } else if (IS("--kv-cache-gb")) o->ep.kv_cache_gb = parse_num(f, v, 1e-6, 1e6);
+    } else if (IS("--no-cuda-graphs")) o->bp.cuda_graphs = 0;
+    else if (IS("--kv-cache-gb")) o->ep.kv_cache_gb = parse_num(f, v, 1e-6, 1e6);
     else if (IS("--max-model-len")) o->ep.max_model_len = (int)parse_int(f, v, 1, 1 << 30);
     else if (IS("--block-size")) o->ep.block_size = (int)parse_int(f, v, 1, 1024);
     else if (IS("--max-batched-tokens")) o->ep.max_batched_tokens = (int)parse_int(f, v, 1, 1 << 20);
@@ -391,6 +393,7 @@ static void load_all(struct opts *o, struct loaded *L)
     mp.max_out_rows = o->ep.max_num_seqs > 256 ? o->ep.max_num_seqs : 256;
     if (mp.max_out_rows > mp.max_batch_tokens) mp.max_out_rows = mp.max_batch_tokens;
     mp.kv_cache_dtype = o->kv_cache_dtype;
+    mp.graph_max_seqs = o->ep.max_num_seqs;
     double t0 = now_s();
     if (model_load(&L->model, o->model, &L->cfg, &L->be, &mp, err) < 0) die("%s", err);
     const struct model_config *c = model_get_config(L->model);

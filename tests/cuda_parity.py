@@ -20,8 +20,10 @@ Tolerances. These test models have random weights and tiny widths, which amplify
 fp64 NumPy emulation of the HF forward with the GPU's storage rounding (tools/emulate_rounding.py:
 weights, matmul inputs, q/k/v rounded to the dtype, the rest exact; unrounded it reproduces the
 llama.cpp fixtures to 1.4e-4) moves the prompt-end top-20 logprobs by up to 0.031 with f16 and
-0.24 with bf16 (rand_8 .. rand_1000, all four models). The tolerance is 2x that: 6e-2 (f16),
-5e-1 (bf16); override with PARITY_LOGPROB_TOL_F16 / PARITY_LOGPROB_TOL_BF16. Wrong RoPE scaling
+0.24 with bf16 (rand_8 .. rand_1000, all four models); with the 16-bit activations of issue 11
+(`emulate_rounding.py --act16`: every GEMM output but the logits and the attention output rounded
+too, the residual stream fp32) by up to 0.040 (f16) and 0.236 (bf16). The tolerance is 2x that:
+8e-2 (f16), 5e-1 (bf16); override with PARITY_LOGPROB_TOL_F16 / PARITY_LOGPROB_TOL_BF16. Wrong RoPE scaling
 or a missing attention factor moves them by 2 .. 19 (tests/fixtures/README.md); the kernel
 checkers hold the tight per-op tolerances.
 
@@ -48,7 +50,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "build", "ropeserve")
-TOLS = {"f16": float(os.environ.get("PARITY_LOGPROB_TOL_F16", "6e-2")),
+TOLS = {"f16": float(os.environ.get("PARITY_LOGPROB_TOL_F16", "8e-2")),
         "bf16": float(os.environ.get("PARITY_LOGPROB_TOL_BF16", "5e-1"))}
 SUITE = "cuda_parity"
 passed = failed = 0

@@ -8,7 +8,7 @@
  * Each figure is the median of --reps runs. Never part of `make test`.
  *
  *   bench --model DIR [--threads N] [--pp 512,2048,8192] [--tg 128] [--streams 1,4,16]
- *         [--reps 3] [--device cpu|cuda] [--long-prefill N] [--max-batched-tokens N]
+ *         [--reps 3] [--device cpu|cuda] [--no-cuda-graphs] [--long-prefill N] [--max-batched-tokens N]
  *         [--kv-cache-dtype auto|bf16|f16|fp8] [--decode-ctx L1,L2]
  *   --decode-ctx prints one line per L: "decode_ms ctx=L kv=DTYPE ms=X" (median of --reps) */
 #include <stdio.h>
@@ -118,6 +118,7 @@ int main(int argc, char **argv)
             i++;
         }
         else if (!strcmp(a, "--device")) bp.device = !strcmp(v, "cuda") ? BK_DEVICE_CUDA : BK_DEVICE_CPU, i++;
+        else if (!strcmp(a, "--no-cuda-graphs")) bp.cuda_graphs = 0;
         else { fprintf(stderr, "bench: unknown flag %s\n", a); return 1; }
     }
     if (!model || reps < 1 || reps > 50) { fprintf(stderr, "usage: bench --model DIR [flags]\n"); return 1; }
@@ -131,6 +132,7 @@ int main(int argc, char **argv)
     struct model_params mp = model_default_params();
     mp.max_batch_tokens = ep.max_batched_tokens;
     mp.kv_cache_dtype = kv_dtype;
+    mp.graph_max_seqs = ep.max_num_seqs;
     if (model_load(&m, model, &cfg, &be, &mp, err) < 0 || engine_init(&e, &ep, m, err) < 0) { fprintf(stderr, "bench: %s\n", err); return 1; }
     const int vocab = cfg.vocab_size;
     char desc[256];

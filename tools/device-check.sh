@@ -18,7 +18,7 @@
 #   5. the sm_90a kernel's machine code (tests/test_cuda_build.sh, with cuobjdump -sass there)
 #
 # Build here first (the GPU machine has no Debian libraries), then carry build/ and .devlibs:
-#   make all build/tests/kernels/check_{attention,rope,matmul,elementwise}
+#   make all build/tests/kernels/check_{attention,rope,matmul,elementwise,decode}
 #   ../shared/device/bundle-libs.sh build/ropeserve .devlibs
 #   run: tools/device-check.sh      with carry ["build", ".devlibs"]
 # A device call lasts at most 10 minutes: run QUICK=1 first (small attention configurations, no
@@ -101,6 +101,11 @@ elif command -v compute-sanitizer >/dev/null && [ -x build/tests/kernels/check_a
         rc=$?
         say "compute-sanitizer $tool check_attention --quick: exit $rc$( [ $rc -eq 0 ] && echo ' (clean)')"
     done
+    if [ -x build/tests/kernels/check_decode ]; then # 16-bit activations, split-KV, CUDA graphs
+        echo "=================== compute-sanitizer --tool memcheck check_decode" >>"$OUT/sanitizer.log"
+        timeout "$T" compute-sanitizer --tool memcheck --error-exitcode 99 build/tests/kernels/check_decode >>"$OUT/sanitizer.log" 2>&1
+        say "compute-sanitizer memcheck check_decode: exit $?"
+    fi
     if [ -x build/tests/kernels/check_rope ]; then
         echo "=================== compute-sanitizer --tool memcheck check_rope" >>"$OUT/sanitizer.log"
         timeout "$T" compute-sanitizer --tool memcheck --error-exitcode 99 build/tests/kernels/check_rope >>"$OUT/sanitizer.log" 2>&1
@@ -131,6 +136,10 @@ if [ "${QUICK:-0}" != 1 ] && [ -x build/tools/bench ] && [ -x build/tools/make_m
     timeout "$T" build/tools/bench --model $M --device cuda --pp 512,2048,8192 --tg 128 --streams 1,4,16 --reps 3 \
         >>"$OUT/bench.txt" 2>&1
     say "engine bench: exit $?"
+    echo "# the same decode streams without CUDA graphs (--no-cuda-graphs)" >>"$OUT/bench.txt"
+    timeout "$T" build/tools/bench --model $M --device cuda --no-cuda-graphs --pp 512 --tg 128 --streams 1,4,16 --reps 3 \
+        >>"$OUT/bench.txt" 2>&1
+    say "engine bench without graphs: exit $?"
 fi
 # 4c. fp8 KV cache (issue 11, items 5 and 7): decode ms per token at a short and a 130k context
 # with a bf16 and an fp8 KV cache, on the bench shape (bf16, stretched to 131072 positions by

@@ -9,25 +9,36 @@
  * every row of the launch, so mixed lengths share one launch: a short row's late splits are
  * empty and say so with lse = -inf). Each split writes its normalized partial output and its
  * base-2 log-sum-exp; attn_merge_kernel1 combines them. With one split the kernel writes the
- * output directly. The host picks n_splits so the grid covers the SMs at least ~4 CTAs deep
- * (backend_cuda.cu, attn_pick_splits): one 128k sequence alone still fills the GPU.
+ * output directly. The host picks n_splits so the grid fills one whole wave of resident CTAs
+ * (SM count x this kernel's occupancy from the occupancy API: backend_cuda.cu,
+ * attn_pick_splits): one 128k sequence alone keeps every SM's loads in flight. The grid depends
+ * on the launch's sizes only, never on the rows' lengths (an all-decode batch sizes its splits
+ * by its block table's width), so the kernel lives inside a CUDA graph: splits past a row's
+ * keys write lse = -inf and exit at once.
  *
- * Inside a CTA. Keys are processed in chunks of DEC_CHUNK (256): (1) scores: a group of
+ * q and out are fp32 or the cache's 16-bit type (p.q_dtype: the backend's activations); the
+ * partials and every sum are fp32.
+ *
+ * Inside a CTA. Keys are processed in chunks of DEC_CHUNK (256). At the start of a chunk its
+ * block ids are copied from the block table into shared memory (bt_s), so no key load waits on
+ * a dependent global load of its block id. (1) scores: a group of
  * lanes_per_key lanes (a power of two >= head_dim / 8) holds one key row, 8 values per lane from
  * one 16-byte load, dots it with the GC query vectors kept in registers (rounded to the cache
  * dtype, pre-multiplied by scale*log2 e) and reduces over the group with xor shuffles; scores go
- * to shared memory. Each lane issues the loads of U keys (4, or 2 at GC 8 for registers) before
- * using any: the kernel is bound by load latency, so bytes in flight are what matters. (2) per
+ * to shared memory. Each lane issues the loads of U keys before using any, kept as raw 16-byte
+ * words until used (U = 8, 4 at GC 4 and 8; pre-RoPE keys, rotated on arrival in fp32, 4 / 2): the
+ * kernel is bound by load latency, so bytes in flight are what matters. (2) per
  * head, the chunk max, the running max/sum update and p = exp2(s - m) in place (fp32). (3) O +=
  * p V with the same lane-group mapping and U-deep loads, every thread accumulating fp32 partial
  * outputs for its keys; the groups and warps are summed at the end (fixed order: deterministic).
  * Keys past positions[r] are never touched, so garbage or NaN in unused cache slots cannot leak
  * in. Limits: head_dim a multiple of 8, at most 256 (kv_init refuses others).
  *
- * Registers (ptxas -v, sm_80/sm_90): 72 / 96 / 128 / 180-187 at GC 1/2/4/8, no spills; the
- * pre-RoPE instantiations (inlined sincosf) reach 192 and one (f16, GC 1, sm_90) spills 4 bytes
- * around the sincosf slow path. STRING instantiations, no spills: 64-72 / 94-96 / 128 / 187-192
- * at GC 1/2/4/8, with pre-RoPE keys 96 / 116-120 / 152-167 / 193-197.
+ * Registers (ptxas -v, CUDA 13, sm_80 / sm_90), plain: 90-94 / 90, 96 / 96, 116-118 / 121,
+ * 191 / 201 at GC 1/2/4/8, no spills; STRING (sm_80) 92-94 / 111 / 118 / 194-196, no spills. The
+ * pre-RoPE instantiations (inlined sincosf) reach 195; spills only around sincosf's large-argument
+ * path: <f16, GC 1, pre-RoPE> 4 bytes (sm_90), and with STRING at GC 1 4-20 bytes (the rare
+ * CLEX + STRING + MHA combination).
  *
  * STRING (REFERENCES-rope.md §8; a template flag, so the plain instantiations are unchanged):
  * the row's keys j <= positions[r] - S are scored with q_shift, the others with q. A split's
@@ -44,6 +55,9 @@
  * loop: k_scale is folded into the query registers and v_scale multiplies the finished output.
  * Scores, softmax and O stay fp32. (The 8-byte loads halve the bytes each lane has in flight;
  * deeper U for fp8 is left to the split-KV rework.)
+ * Not done yet (issue 11 item 4): a cp.async ring staging K/V tiles through shared memory, which
+ * would put more bytes in flight per SM than the U-deep register loads; measure first (the
+ * device script's check_decode/check_attention benches print GB/s of K/V at 5k-20k keys).
  *
  * Rejected: one warp per key with a 5-level reduction (3x the shuffles at hd 128); tensor cores
  * for decode (the kernel is bound by HBM bytes, and the GQA group of <= 8 rows would waste most
@@ -74,10 +88,17 @@ __device__ __forceinline__ void load_q8(float (&qr)[GC][8], const float *qsrc, c
 #pragma unroll
     for (int g = 0; g < GC; g++) {
         if (g < ng && lane_on) {
-            const float *qp = qsrc + (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
-            const float4 a = *reinterpret_cast<const float4 *>(qp);
-            const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
-            const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            const size_t off = (size_t)row * p.q_row_stride + (size_t)(kvh * G + g0 + g) * HD + lig * 8;
+            float v[8];
+            if (p.q_dtype == BK_F32) { /* fp32 activations */
+                const float *qp = qsrc + off;
+                const float4 a = *reinterpret_cast<const float4 *>(qp);
+                const float4 b = *reinterpret_cast<const float4 *>(qp + 4);
+                v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+                v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+            } else { /* 16-bit activations are the cache's T: one 16-byte load */
+                unpack8<T>(*reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(qsrc) + off), v);
+            }
 #pragma unroll
             for (int e = 0; e < 8; e++) qr[g][e] = round_to<T>(v[e]) * qs;
         } else {
@@ -93,6 +114,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
     __shared__ float sc[DEC_CHUNK * GC];   /* (chunk keys, GC) scores, then probabilities */
     __shared__ float red[GC * DEC_HD_MAX]; /* (GC, head_dim) cross-warp sum of O */
     __shared__ float m_run[GC], l_run[GC], alpha_s[GC];
+    __shared__ int32_t bt_s[DEC_CHUNK]; /* the block ids of the current chunk's keys */
 
     const int item = blockIdx.x;
     const int kvh = blockIdx.y / p.n_hchunks, hc = blockIdx.y - kvh * p.n_hchunks;
@@ -114,7 +136,10 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
     const int lig = lane & (TG - 1), grp = lane >> log2_tg;
     const int KPW = 32 >> log2_tg;      /* keys per warp per step */
     const int step = DEC_WARPS * KPW;   /* keys per CTA per step */
-    constexpr int U = GC >= 8 ? 2 : 4;  /* steps whose loads are issued together */
+    /* steps whose loads are issued together: rotated keys and V stay as raw 16-byte words
+     * (4 registers each) until used, so 8 (4 at GC 4 and 8, where registers run out) loads per lane are in flight; pre-RoPE
+     * keys are rotated as they arrive (8 fp32 each) and keep the older depth */
+    constexpr int U = PRE_ROPE ? (GC >= 8 ? 2 : 4) : (GC >= 4 ? 4 : 8);
     const bool lane_on = lig < NV;      /* lanes past the row's 16-byte chunks hold zeros */
     const int32_t *bt = p.block_tables + (size_t)s * p.block_table_stride;
     const T *kc = (const T *)p.k_cache + (size_t)kvh * HD;
@@ -167,6 +192,15 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
      * over both: only the scores depend on the query), and q replaces q_shift in qr at kb */
     for (int c0 = k0; c0 < k1;) {
         const int n = min(DEC_CHUNK, (STRING && c0 < kb ? kb : k1) - c0);
+        /* the chunk's block ids, prefetched into shared memory once (<= DEC_CHUNK of them: n
+         * keys span at most n blocks), so no key load waits on a dependent block-table load;
+         * the previous chunk's last barrier guarantees nobody still reads bt_s */
+        const int b_first = c0 >> p.log2_block_size;
+        {
+            const int nblk = ((c0 + n - 1) >> p.log2_block_size) - b_first + 1;
+            for (int i = threadIdx.x; i < nblk; i += DEC_THREADS) bt_s[i] = bt[b_first + i];
+        }
+        __syncthreads();
         if (STRING && c0 == kb && k0 < kb && lane_on) /* after a barrier: red holds q */
 #pragma unroll
             for (int g = 0; g < GC; g++)
@@ -178,28 +212,44 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
          * uniform over the warp so every lane reaches the shuffles; lanes whose key is past the
          * chunk carry zeros and store nothing. */
         for (int jb = warp * KPW; jb < n; jb += U * step) {
-            float kf[U][8];
+            uint4 kraw[PRE_ROPE ? 1 : U];
+            float kf[PRE_ROPE ? U : 1][8];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
                 if (jj < n && lane_on) {
                     const int j = c0 + jj;
-                    const T *krow = kc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
-                    load_key8<T>(kf[u], krow, lig, j, PRE_ROPE, p.rotary_dim, inv_freq_s, af);
+                    const T *krow = kc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
+                                             p.kv_token_stride;
+                    if constexpr (PRE_ROPE)
+                        load_key8<T>(kf[u], krow, lig, j, true, p.rotary_dim, inv_freq_s, af);
+                    else
+                        kraw[u] = raw8<T>(krow + lig * 8);
                 } else {
+                    if constexpr (PRE_ROPE) {
 #pragma unroll
-                    for (int e = 0; e < 8; e++) kf[u][e] = 0.f;
+                        for (int e = 0; e < 8; e++) kf[u][e] = 0.f;
+                    } else {
+                        kraw[u] = make_uint4(0u, 0u, 0u, 0u); /* +0.0 in bf16 and f16 */
+                    }
                 }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
+                float kv[8];
+                if constexpr (PRE_ROPE) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) kv[e] = kf[u][e];
+                } else {
+                    unpack8<T>(kraw[u], kv);
+                }
                 float sd[GC];
 #pragma unroll
                 for (int g = 0; g < GC; g++) {
                     float a = 0.f;
 #pragma unroll
-                    for (int e = 0; e < 8; e++) a += qr[g][e] * kf[u][e];
+                    for (int e = 0; e < 8; e++) a += qr[g][e] * kv[e];
                     sd[g] = a;
                 }
                 for (int off = TG >> 1; off > 0; off >>= 1)
@@ -244,28 +294,30 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
             for (int e = 0; e < 8; e++) o[g][e] *= a;
         }
         for (int jb = warp * KPW; jb < n; jb += U * step) {
-            float vf[U][8];
+            uint4 vraw[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
                 if (jj < n && lane_on) {
                     const int j = c0 + jj;
-                    const T *vrow = vc + ((size_t)bt[j >> p.log2_block_size] * bs + (j & (bs - 1))) * p.kv_token_stride;
-                    load8<T>(vrow + lig * 8, vf[u]);
+                    const T *vrow = vc + ((size_t)bt_s[(j >> p.log2_block_size) - b_first] * bs + (j & (bs - 1))) *
+                                             p.kv_token_stride;
+                    vraw[u] = raw8<T>(vrow + lig * 8);
                 } else {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) vf[u][e] = 0.f;
+                    vraw[u] = make_uint4(0u, 0u, 0u, 0u);
                 }
             }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jj = jb + u * step + grp;
                 if (jj < n) {
+                    float vf[8];
+                    unpack8<T>(vraw[u], vf);
 #pragma unroll
                     for (int g = 0; g < GC; g++) {
                         const float pj = sc[jj * GC + g];
 #pragma unroll
-                        for (int e = 0; e < 8; e++) o[g][e] += pj * vf[u][e];
+                        for (int e = 0; e < 8; e++) o[g][e] += pj * vf[e];
                     }
                 }
             }
@@ -300,7 +352,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel1(const struct 
         float val = red[idx] / l;
         if (is_fp8<T>::value) val *= p.v_scale[kvh]; /* O = v_scale * sum p e4m3(v) / l */
         if (p.n_splits == 1) {
-            p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = val;
+            st_act(p.out, p.q_dtype, (size_t)row * p.q_row_stride + (size_t)h * HD + d, val);
         } else {
             const size_t ph = ((size_t)item * p.n_heads + h) * p.n_splits + split;
             p.part_o[ph * HD + d] = val;
@@ -338,7 +390,7 @@ __global__ void __launch_bounds__(128) attn_merge_kernel1(const struct attn_para
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float acc = 0.f;
         for (int i = 0; i < ns; i++) acc += w[i] * p.part_o[(base + i) * HD + d];
-        p.out[(size_t)row * p.q_row_stride + (size_t)h * HD + d] = acc * inv_sum;
+        st_act(p.out, p.q_dtype, (size_t)row * p.q_row_stride + (size_t)h * HD + d, acc * inv_sum);
     }
 }
 
@@ -355,6 +407,35 @@ int cuda_attn_decode_heads_per_cta(int group)
 }
 
 int cuda_attn_decode_max_splits(void) { return DEC_MAX_SPLITS; }
+
+int cuda_attn_decode_ctas_per_sm(int group, enum bk_dtype dt)
+{
+    const int gc = cuda_attn_decode_heads_per_cta(group);
+    int n = 0;
+    cudaError_t e = cudaSuccess;
+#define OCC(T, G) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_kernel1<T, G, false, false>, DEC_THREADS, 0)
+    if (dt == BK_BF16) {
+        switch (gc) {
+        case 1: OCC(__nv_bfloat16, 1); break;
+        case 2: OCC(__nv_bfloat16, 2); break;
+        case 4: OCC(__nv_bfloat16, 4); break;
+        default: OCC(__nv_bfloat16, 8); break;
+        }
+    } else {
+        switch (gc) {
+        case 1: OCC(__half, 1); break;
+        case 2: OCC(__half, 2); break;
+        case 4: OCC(__half, 4); break;
+        default: OCC(__half, 8); break;
+        }
+    }
+#undef OCC
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return 4;
+    }
+    return n > 0 ? n : 1;
+}
 
 /* PRE_ROPE is a template flag: the inlined sincosf path would otherwise double the registers
  * of the common path (48 -> 96 at GC 1) and spill. STRING is one too, so that the plain
@@ -397,6 +478,8 @@ void cuda_attn_decode(const struct attn_params *pin, enum bk_dtype dt, cudaStrea
     p.lanes_per_key = tg; /* <= 32 because head_dim <= 256 */
     const dim3 grid((unsigned)p.n_items, (unsigned)(p.n_kv_heads * p.n_hchunks), (unsigned)p.n_splits);
     CHECK(!p.string_shift || p.q_shift, "STRING attention without q_shift");
+    CHECK(p.q_dtype == BK_F32 || (p.q_dtype == dt && dt != BK_FP8_E4M3),
+          "split-KV attention: q dtype %d with a dtype %d cache", (int)p.q_dtype, (int)dt);
     if (dt == BK_FP8_E4M3) {
         CHECK(p.k_scale && p.v_scale, "fp8 KV cache without scales");
         launch_decode_dt<kv_fp8>(&p, gc, grid, stream);

@@ -1,7 +1,26 @@
 /* backend_cuda.cu - the CUDA backend's vtable (kernels/backend.h): device memory, the paged KV
  * cache, batch metadata upload, cuBLAS GEMMs and the dispatch of every op to its kernel
  * (elementwise.cu, attention_decode.cu, attention_prefill.cu). Storage choices are in
- * common.cuh: bf16/f16 weights and KV cache, fp32 activations.
+ * common.cuh: bf16/f16 weights and KV cache, 16-bit activations between ops (the residual
+ * stream and the logits fp32, act_new_f32).
+ *
+ * Fused ops (backend.h's optional ops): add_rmsnorm, gather_rmsnorm (the final norm over the
+ * logits rows) and rope_kv_store (q/k/v biases + RoPE + the KV-cache write), each bit-identical
+ * to the plain ops it replaces. SiLU x mul was one kernel (swiglu) already. Sampling stays on
+ * the host: the sampler (engine/sampler.c) applies logit_bias, penalties and min_tokens to the
+ * whole row before greedy/top-k, so an on-device argmax would have to move that policy here.
+ *
+ * GEMMs: cublasGemmEx with the activations as they are (bf16/f16 in, FP32 compute, bf16/f16 or
+ * fp32 out as the output buffer's dtype): no cast kernel and no TF32 (CUBLAS_COMPUTE_32F on
+ * 16-bit inputs, the default math mode). Only an fp32 input (ROPESERVE_CUDA_ACT=f32) is cast.
+ *
+ * CUDA graphs (graph_run, backend.h): a decode step's ops are captured once per key (the model's
+ * batch-size bucket and block-table width) and replayed; what the capture baked in (the batch's
+ * shape, the metadata buffer's address, every allocation: graph_gen) is its signature, and any
+ * change recaptures. An all-decode batch's attention sizes its splits for the block table's
+ * capacity (stride x block_size) rather than the current lengths, so a captured grid serves any
+ * length that fits the table: splits past a row's keys exit at once. --no-cuda-graphs or
+ * ROPESERVE_CUDA_GRAPHS=0 turns graphs off (graph_enabled says 0: the model runs eagerly).
  *
  * One stream. Every op is enqueued on ctx->stream and nothing synchronizes except act_read
  * (which must return data), buffer frees and the rare growth of a staging buffer. batch_begin
@@ -27,7 +46,9 @@
  * does not fit the device's shared memory, that batch's rows all go to split-KV.
  *
  * Memory. cuBLAS gets a fixed 32 MiB workspace and the split-KV partials a fixed 32 MiB, both
- * allocated at init, and the matmul cast scratch grows in act_new (never inside an op), so after
+ * allocated at init, and the matmul cast scratch (fp32 activations only) and the sm_80 prefill
+ * staging (16-bit activations: 3 x the largest activation in fp32, until that kernel reads 16-bit
+ * q/out itself as the sm_90a one does) grow in act_new (never inside an op), so after
  * the engine has loaded weights and made its activations, mem_free() is exact up to the margin
  * it subtracts (512 MiB: metadata staging, cuBLAS handles, fragmentation). kv_init allocates
  * exactly what it is asked for and reports out-of-memory as an error.
@@ -101,6 +122,9 @@ static void cu_free(void *vctx)
     kv_release(c);
     if (c->part) cudaFree(c->part);
     if (c->cast_buf) cudaFree(c->cast_buf);
+    if (c->stage) cudaFree(c->stage);
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
+    free(c->graphs);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->d_meta) cudaFree(c->d_meta);
     if (c->h_meta) cudaFreeHost(c->h_meta);
@@ -121,9 +145,11 @@ static void cu_describe(void *vctx, char *buf, size_t len)
     set_device(c);
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError();
     snprintf(buf, len, "cuda: %s (sm_%d%d), %d SMs, %.1f GiB (%.1f GiB free), %s weights and KV, "
-             "fp32 activations, attention %s",
+             "%s activations (fp32 residual), CUDA graphs %s, attention %s",
              c->name, c->cc_major, c->cc_minor, c->n_sm, (double)c->total_mem / 1073741824.0,
              (double)fr / 1073741824.0, c->dtype == BK_F16 ? "f16" : "bf16",
+             c->act_dtype == BK_F32 ? "fp32" : c->act_dtype == BK_F16 ? "f16" : "bf16",
+             c->graphs_on ? "on" : "off",
              c->attn_simt_only ? "split-KV only (ROPESERVE_CUDA_ATTN=simt)"
              : c->attn_sm90   ? "wgmma (sm_90a) / mma.sync prefill + split-KV decode"
                               : "mma.sync prefill + split-KV decode");
@@ -157,6 +183,20 @@ static int cast_reserve(struct cuda_ctx *c, size_t bytes, char *err)
     c->cast_src = NULL;
     if (dev_alloc(&c->cast_buf, bytes, err, "the matmul input scratch")) return -1;
     c->cast_cap = bytes;
+    return 0;
+}
+
+/* Grow the sm_80 prefill staging to 3 x `floats` (q, q_shift, out); from act_new only. */
+static int stage_reserve(struct cuda_ctx *c, size_t floats, char *err)
+{
+    if (floats <= c->stage_cap) return 0;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->stage) CUDA_CHECK(cudaFree(c->stage));
+    c->stage = NULL;
+    c->stage_cap = 0;
+    c->graph_gen++;
+    if (dev_alloc((void **)&c->stage, 3 * floats * sizeof(float), err, "the sm_80 prefill staging")) return -1;
+    c->stage_cap = floats;
     return 0;
 }
 
@@ -202,24 +242,36 @@ static bk_buf *cu_weight_new(void *vctx, const void *src, enum bk_dtype src_dtyp
     return b;
 }
 
-static bk_buf *cu_act_new(void *vctx, size_t n, char *err)
+static bk_buf *act_alloc(struct cuda_ctx *c, size_t n, enum bk_dtype dt, char *err)
 {
-    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     set_device(c);
     bk_buf *b = (bk_buf *)xcalloc(1, sizeof *b);
-    if (dev_alloc(&b->d, n * 4, err, "an activation buffer")) {
+    if (dev_alloc(&b->d, n * dtype_size(dt), err, "an activation buffer")) {
         free(b);
         return NULL;
     }
     b->n = n;
-    b->dtype = BK_F32;
-    /* any activation may be a matmul input: keep the cast scratch as large as the largest */
-    if (cast_reserve(c, n * dtype_size(c->dtype), err)) {
+    b->dtype = dt;
+    c->graph_gen++;
+    /* an fp32 activation may be a matmul input: keep the cast scratch as large as the largest;
+     * a 16-bit one may be attention's q or out: keep the sm_80 prefill staging as large */
+    if ((dt == BK_F32 ? cast_reserve(c, n * dtype_size(c->dtype), err) : stage_reserve(c, n, err))) {
         cudaFree(b->d);
         free(b);
         return NULL;
     }
     return b;
+}
+
+static bk_buf *cu_act_new(void *vctx, size_t n, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    return act_alloc(c, n, c->act_dtype, err);
+}
+
+static bk_buf *cu_act_new_f32(void *vctx, size_t n, char *err)
+{
+    return act_alloc((struct cuda_ctx *)vctx, n, BK_F32, err);
 }
 
 static void cu_buf_free(void *vctx, bk_buf *b)
@@ -228,6 +280,7 @@ static void cu_buf_free(void *vctx, bk_buf *b)
     if (!b) return;
     set_device(c);
     if (c->cast_src == b) c->cast_src = NULL;
+    c->graph_gen++; /* a new buffer may get this address: no graph may replay onto it */
     CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* an op in flight may still read it */
     CUDA_CHECK(cudaFree(b->d));
     free(b);
@@ -236,22 +289,38 @@ static void cu_buf_free(void *vctx, bk_buf *b)
 static void cu_act_write(void *vctx, bk_buf *dst, size_t offset, const float *src, size_t n)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
-    CHECK(dst->dtype == BK_F32 && offset + n <= dst->n, "act_write: %zu + %zu > %zu", offset, n, dst->n);
+    CHECK(!dst->is_weight && offset + n <= dst->n, "act_write: %zu + %zu > %zu", offset, n, dst->n);
     if (n == 0) return;
     set_device(c);
-    /* from pageable memory: returns once src has been staged, so the caller may reuse it */
-    CUDA_CHECK(cudaMemcpyAsync((float *)dst->d + offset, src, n * 4, cudaMemcpyHostToDevice, c->stream));
+    if (dst->dtype == BK_F32) {
+        /* from pageable memory: returns once src has been staged, so the caller may reuse it */
+        CUDA_CHECK(cudaMemcpyAsync((float *)dst->d + offset, src, n * 4, cudaMemcpyHostToDevice, c->stream));
+    } else { /* round on the host (the same rounding as the kernels' stores), then a plain copy */
+        uint16_t *tmp = (uint16_t *)xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) tmp[i] = dst->dtype == BK_BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+        CUDA_CHECK(cudaMemcpyAsync((uint16_t *)dst->d + offset, tmp, n * 2, cudaMemcpyHostToDevice, c->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* tmp is freed now */
+        free(tmp);
+    }
     dst->version++;
 }
 
 static void cu_act_read(void *vctx, float *dst, const bk_buf *src, size_t offset, size_t n)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
-    CHECK(src->dtype == BK_F32 && offset + n <= src->n, "act_read: %zu + %zu > %zu", offset, n, src->n);
+    CHECK(!src->is_weight && offset + n <= src->n, "act_read: %zu + %zu > %zu", offset, n, src->n);
     if (n == 0) return;
     set_device(c);
-    CUDA_CHECK(cudaMemcpyAsync(dst, (const float *)src->d + offset, n * 4, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (src->dtype == BK_F32) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, (const float *)src->d + offset, n * 4, cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    } else {
+        uint16_t *tmp = (uint16_t *)xmalloc(n * 2);
+        CUDA_CHECK(cudaMemcpyAsync(tmp, (const uint16_t *)src->d + offset, n * 2, cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        for (size_t i = 0; i < n; i++) dst[i] = src->dtype == BK_BF16 ? bf16_to_f32(tmp[i]) : f16_to_f32(tmp[i]);
+        free(tmp);
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -327,6 +396,8 @@ static int cu_kv_init(void *vctx, const struct bk_kv_params *p, char *err)
     c->kv.k_scale = c->kv.v_scale = NULL; /* the caller's arrays may go; kv_scales holds them */
     c->kv_layer_bytes = layer_bytes;
     c->kv_ready = 1;
+    c->graph_gen++;
+    for (int i = 0; i < 4; i++) c->dec_ctas_per_sm[i] = cuda_attn_decode_ctas_per_sm(1 << i, c->dtype);
     LOG_I("cuda: KV cache %d layers x %d blocks x %d tokens x %d kv heads x %d dims, %s, %s keys: "
           "%.2f GiB",
           p->n_layers, p->n_blocks, p->block_size, p->n_kv_heads, p->head_dim,
@@ -454,6 +525,7 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
     }
     if (total > c->d_meta_cap) {
         size_t cap = c->d_meta_cap * 2 > total ? c->d_meta_cap * 2 : total;
+        c->graph_gen++; /* graphs captured with the old address are stale */
         CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* earlier kernels may still read it */
         if (c->d_meta) CUDA_CHECK(cudaFree(c->d_meta));
         c->d_meta = NULL;
@@ -545,7 +617,7 @@ static int cu_batch_begin(void *vctx, const struct bk_batch *bt, char *err)
 // ops
 
 #define CHECK_BATCH(c) CHECK((c)->have_batch, "op before the first batch_begin")
-#define CHECK_ACT(b) CHECK((b)->dtype == BK_F32, "%s: an activation (fp32) buffer was expected", __func__)
+#define CHECK_ACT(b) CHECK(!(b)->is_weight, "%s: an activation buffer was expected", __func__)
 
 static void cu_embed(void *vctx, bk_buf *x, const bk_buf *table, int dim)
 {
@@ -554,7 +626,7 @@ static void cu_embed(void *vctx, bk_buf *x, const bk_buf *table, int dim)
     CHECK(x->n >= (size_t)c->b.n_tokens * dim, "embed: x holds %zu < %d x %d", x->n, c->b.n_tokens, dim);
     CHECK_ACT(x);
     set_device(c);
-    cuda_embed((float *)x->d, table->d, table->dtype, c->b.tokens, c->b.n_tokens, dim, c->stream);
+    cuda_embed(x->d, x->dtype, table->d, table->dtype, c->b.tokens, c->b.n_tokens, dim, c->stream);
     x->version++;
 }
 
@@ -563,24 +635,62 @@ static void cu_rmsnorm(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     CHECK(x->n >= (size_t)n_rows * dim && out->n >= (size_t)n_rows * dim && w->n >= (size_t)dim,
           "rmsnorm: %d x %d", n_rows, dim);
-    CHECK(x->dtype == BK_F32 && out->dtype == BK_F32, "rmsnorm: activations must be fp32");
+    CHECK_ACT(x);
+    CHECK_ACT(out);
     set_device(c);
-    cuda_rmsnorm((float *)out->d, (const float *)x->d, w->d, w->dtype, n_rows, dim, eps, c->stream);
+    cuda_rmsnorm(out->d, out->dtype, x->d, x->dtype, w->d, w->dtype, n_rows, dim, eps, c->stream);
     out->version++;
+}
+
+static void cu_add_rmsnorm(void *vctx, bk_buf *out, bk_buf *x, const bk_buf *y, const bk_buf *w, int n_rows, int dim,
+                           float eps)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    const size_t m = (size_t)n_rows * dim;
+    CHECK(x->n >= m && y->n >= m && out->n >= m && w->n >= (size_t)dim, "add_rmsnorm: %d x %d", n_rows, dim);
+    CHECK(out->d != x->d && out->d != y->d, "add_rmsnorm: out must alias neither x nor y");
+    CHECK_ACT(x);
+    CHECK_ACT(y);
+    CHECK_ACT(out);
+    set_device(c);
+    cuda_add_rmsnorm(out->d, out->dtype, x->d, x->dtype, y->d, y->dtype, w->d, w->dtype, n_rows, dim, eps,
+                     c->stream);
+    x->version++;
+    out->version++;
+}
+
+static void cu_gather_rmsnorm(void *vctx, bk_buf *dst, const bk_buf *src, const bk_buf *w, int dim, float eps)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(dst->n >= (size_t)c->b.n_out * dim && src->n >= (size_t)c->b.n_tokens * dim && w->n >= (size_t)dim,
+          "gather_rmsnorm: sizes");
+    CHECK(dst->d != src->d, "gather_rmsnorm: dst must not alias src");
+    CHECK_ACT(dst);
+    CHECK_ACT(src);
+    set_device(c);
+    cuda_gather_rmsnorm(dst->d, dst->dtype, src->d, src->dtype, c->b.out_rows, w->d, w->dtype, c->b.n_out, dim, eps,
+                        c->stream);
+    dst->version++;
 }
 
 static void cu_matmul(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w, int n_rows, int n_in, int n_out)
 {
     struct cuda_ctx *c = (struct cuda_ctx *)vctx;
     CHECK(w->dtype == c->dtype, "matmul: weight dtype %d, backend dtype %d", (int)w->dtype, (int)c->dtype);
-    CHECK(x->dtype == BK_F32 && out->dtype == BK_F32, "matmul: activations must be fp32");
+    CHECK_ACT(x);
+    CHECK_ACT(out);
+    CHECK((x->dtype == BK_F32 || x->dtype == c->dtype) && (out->dtype == BK_F32 || out->dtype == c->dtype),
+          "matmul: activation dtypes %d -> %d with %d weights", (int)x->dtype, (int)out->dtype, (int)c->dtype);
     CHECK(x->n >= (size_t)n_rows * n_in && w->n >= (size_t)n_in * n_out && out->n >= (size_t)n_rows * n_out,
           "matmul: %d x %d . (%d x %d)^T", n_rows, n_in, n_out, n_in);
     if (n_rows == 0 || n_out == 0) return;
     set_device(c);
-    /* x -> dtype, skipped when the same unchanged x was just cast (q/k/v, gate/up share it) */
+    /* an fp32 x -> dtype, skipped when the same unchanged x was just cast (q/k/v, gate/up share
+     * it); a 16-bit x goes to cuBLAS as it is */
     const size_t n = (size_t)n_rows * n_in;
-    if (!(c->cast_src == x && c->cast_version == x->version && c->cast_n == n)) {
+    const void *xin = x->d;
+    if (x->dtype == BK_F32 && !(c->cast_src == x && c->cast_version == x->version && c->cast_n == n)) {
         CHECK(n * dtype_size(c->dtype) <= c->cast_cap, "matmul: cast scratch %zu bytes < %zu", c->cast_cap,
               n * dtype_size(c->dtype));
         cuda_cast_f32(c->cast_buf, c->dtype, (const float *)x->d, n, c->stream);
@@ -588,13 +698,14 @@ static void cu_matmul(void *vctx, bk_buf *out, const bk_buf *x, const bk_buf *w,
         c->cast_version = x->version;
         c->cast_n = n;
     }
+    if (x->dtype == BK_F32) xin = c->cast_buf;
     /* row-major out (n_rows, n_out) = x . w^T is column-major out^T (n_out, n_rows) =
      * w^T(op T of the column-major (n_in, n_out) view of w) . x (column-major (n_in, n_rows)) */
     const cudaDataType_t t = c->dtype == BK_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const cudaDataType_t to = out->dtype == BK_F32 ? CUDA_R_32F : t;
     const float alpha = 1.f, beta = 0.f;
     CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_out, n_rows, n_in, &alpha, w->d, t, n_in,
-                              c->cast_buf, t, n_in, &beta, out->d, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+                              xin, t, n_in, &beta, out->d, to, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     out->version++;
 }
 
@@ -610,8 +721,9 @@ static void cu_rope(void *vctx, bk_buf *q, bk_buf *k, bk_buf *q_shift, int n_hea
     if (k) CHECK_ACT(k);
     if (q_shift) CHECK_ACT(q_shift);
     set_device(c);
-    cuda_rope((float *)q->d, k ? (float *)k->d : NULL, q_shift ? (float *)q_shift->d : NULL, &c->b, n_heads,
-              n_kv_heads, head_dim, c->stream);
+    CHECK((!k || k->dtype == q->dtype) && (!q_shift || q_shift->dtype == q->dtype), "rope: q/k/q_shift dtypes differ");
+    cuda_rope(q->d, k ? k->d : NULL, q_shift ? q_shift->d : NULL, q->dtype, &c->b, n_heads, n_kv_heads, head_dim,
+              c->stream);
     q->version++;
     if (k) k->version++;
     if (q_shift && c->b.has_string) q_shift->version++;
@@ -627,25 +739,60 @@ static void cu_kv_store(void *vctx, int layer, const bk_buf *k, const bk_buf *v)
     CHECK_ACT(k);
     CHECK_ACT(v);
     set_device(c);
+    CHECK(k->dtype == v->dtype, "kv_store: k and v dtypes differ");
     if (c->kv.dtype == BK_FP8_E4M3) {
         const size_t o = (size_t)layer * c->kv.n_kv_heads, n = (size_t)c->kv.n_layers * c->kv.n_kv_heads;
-        cuda_kv_store_fp8(c->k_layers[layer], c->v_layers[layer], (const float *)k->d, (const float *)v->d,
-                          c->kv_scales + o, c->kv_scales + n + o, c->b.slot_mapping, c->b.n_tokens,
-                          c->kv.n_kv_heads, c->kv.head_dim, c->stream);
+        cuda_kv_store_fp8(c->k_layers[layer], c->v_layers[layer], k->d, v->d, k->dtype, c->kv_scales + o,
+                          c->kv_scales + n + o, c->b.slot_mapping, c->b.n_tokens, c->kv.n_kv_heads, c->kv.head_dim,
+                          c->stream);
         return;
     }
-    cuda_kv_store(c->k_layers[layer], c->v_layers[layer], c->dtype, (const float *)k->d, (const float *)v->d,
-                  c->b.slot_mapping, c->b.n_tokens, row, c->stream);
+    cuda_kv_store(c->k_layers[layer], c->v_layers[layer], c->dtype, k->d, v->d, k->dtype, c->b.slot_mapping,
+                  c->b.n_tokens, row, c->stream);
 }
 
-/* How many KV ranges each split-KV row is cut into: enough CTAs to cover the SMs about 4 deep
- * (>= 2 waves at the kernel's 3 CTAs per SM), at least 256 keys and one block per split of the
- * longest row, and within the partial-output buffer. */
+static void cu_rope_kv_store(void *vctx, int layer, bk_buf *q, const bk_buf *k, const bk_buf *v, bk_buf *q_shift,
+                             const bk_buf *bq, const bk_buf *bk, const bk_buf *bv, int n_heads, int n_kv_heads,
+                             int head_dim)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(c->kv_ready && layer >= 0 && layer < c->kv.n_layers, "rope_kv_store: layer %d", layer);
+    CHECK(n_kv_heads == c->kv.n_kv_heads && head_dim == c->kv.head_dim, "rope_kv_store: %d x %d, cache %d x %d",
+          n_kv_heads, head_dim, c->kv.n_kv_heads, c->kv.head_dim);
+    const size_t nt = (size_t)c->b.n_tokens, qd = (size_t)n_heads * head_dim, kd = (size_t)n_kv_heads * head_dim;
+    CHECK(q->n >= nt * qd && k->n >= nt * kd && v->n >= nt * kd, "rope_kv_store: sizes");
+    CHECK(!q_shift || (q_shift->n >= nt * qd && q_shift->d != q->d), "rope_kv_store: q_shift sizes / aliasing");
+    CHECK((!bq && !bk && !bv) || (bq && bk && bv), "rope_kv_store: biases all or none");
+    if (bq)
+        CHECK(bq->is_weight && bk->is_weight && bv->is_weight && bq->dtype == c->dtype && bk->dtype == c->dtype &&
+                  bv->dtype == c->dtype && bq->n >= qd && bk->n >= kd && bv->n >= kd,
+              "rope_kv_store: the biases must be weights of %zu / %zu values", qd, kd);
+    CHECK_ACT(q);
+    CHECK_ACT(k);
+    CHECK_ACT(v);
+    if (q_shift) CHECK_ACT(q_shift);
+    CHECK(k->dtype == q->dtype && v->dtype == q->dtype && (!q_shift || q_shift->dtype == q->dtype),
+          "rope_kv_store: q/k/v/q_shift dtypes differ");
+    set_device(c);
+    cuda_rope_kv(q->d, k->d, v->d, q_shift ? q_shift->d : NULL, q->dtype, bq ? bq->d : NULL, bk ? bk->d : NULL,
+                 bv ? bv->d : NULL, c->dtype, c->k_layers[layer], c->v_layers[layer], c->kv.dtype,
+                 c->kv.k_storage == BK_K_POST_ROPE, &c->b, n_heads, n_kv_heads, head_dim, c->stream);
+    q->version++;
+    if (q_shift && c->b.has_string) q_shift->version++;
+}
+
+/* How many KV ranges each split-KV row is cut into: enough CTAs for one full wave of resident
+ * CTAs (the SM count times the kernel's occupancy, from the occupancy API at kv_init: every SM
+ * holds as many CTAs, so as many loads in flight, as it can), at least 256 keys and one block
+ * per split of the longest row, and within the partial-output buffer. */
 static int attn_pick_splits(const struct cuda_ctx *c, int n_items, int n_heads, int group, int max_ctx)
 {
     const int gc = cuda_attn_decode_heads_per_cta(group);
+    const int gi = gc == 1 ? 0 : gc == 2 ? 1 : gc == 4 ? 2 : 3;
+    const int occ = c->dec_ctas_per_sm[gi] > 0 ? c->dec_ctas_per_sm[gi] : 4;
     const long long base = (long long)n_items * c->kv.n_kv_heads * ((group + gc - 1) / gc);
-    const long long target = 4LL * c->n_sm;
+    const long long target = (long long)occ * c->n_sm;
     long long ns = base >= target ? 1 : (target + base - 1) / base;
     const long long max_nb = ceil_div(max_ctx, c->kv.block_size);
     if (ns > max_nb) ns = max_nb;
@@ -723,7 +870,9 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
 
     struct attn_params p;
     memset(&p, 0, sizeof p);
-    p.out = (float *)out->d;
+    CHECK(q->dtype == out->dtype && (!b->has_string || q_shift->dtype == q->dtype),
+          "attention: q, q_shift and out must share a dtype");
+    p.out = (float *)out->d; /* of dtype p.q_dtype: the kernels cast */
     p.q = (const float *)q->d;
     p.k_cache = c->k_layers[layer];
     p.v_cache = c->v_layers[layer];
@@ -753,7 +902,7 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         p.q_shift = (const float *)q_shift->d;
         p.string_shift = b->string_shift;
     }
-    p.q_dtype = BK_F32;
+    p.q_dtype = q->dtype;
     p.sliding_window = c->sliding_window ? c->sliding_window[layer] : 0;
     const int kv8 = c->kv.dtype == BK_FP8_E4M3; /* fp8 cache: its scales; the sm_80 kernels (sm_90a has no fp8 path) */
     if (kv8) {
@@ -773,25 +922,51 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
     CHECK(p.sliding_window == 0 || (sm90 && b->n_dec == 0),
           "attention: layer %d has a sliding window (%d), which only the sm_90a prefill kernel implements so far, "
           "and this batch has %s", layer, p.sliding_window, sm90 ? "decode rows" : "rows for another kernel");
-    const int n_items = tc ? b->n_dec : b->n_tokens;
-    if (n_items > 0) {
-        p.items = b->items;
-        p.n_items = n_items;
-        p.n_splits = attn_pick_splits(c, n_items, n_heads, group, tc ? b->max_ctx_dec : b->max_ctx_all);
-        p.part_o = c->part;
-        p.part_lse = c->part + (size_t)n_items * n_heads * p.n_splits * hd;
-        cuda_attn_decode(&p, c->kv.dtype, c->stream);
-    }
+    /* prefill rows first: with 16-bit activations the sm_80 kernel runs on fp32 staging copies
+     * and its output is converted back over all rows, which the split-KV kernel's rows then
+     * overwrite */
     if (tc && b->n_tokens > b->n_dec) {
         const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : ATTN_PREFILL_BLOCK_M;
         if (c->tiles_group != group || c->tiles_bm != bm) build_tiles(c, group, bm);
         p.tiles = c->d_tiles;
-        if (sm90)
+        if (sm90) {
             cuda_attn_prefill_sm90(&p, c->n_tiles, c->dtype, c->stream);
-        else if (kv8)
+        } else if (kv8) { /* the fp8 kernels take fp32 q: kv_init keeps fp32 activations for an fp8 cache */
+            CHECK(q->dtype == BK_F32, "attention: an fp8 cache with q dtype %d", (int)q->dtype);
             cuda_attn_prefill_fp8(&p, c->n_tiles, c->dtype, c->stream);
-        else
+        } else if (q->dtype == BK_F32) {
             cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
+        } else {
+            const size_t nq = (size_t)b->n_tokens * n_heads * hd;
+            CHECK(nq <= c->stage_cap, "attention: sm_80 staging %zu < %zu floats", c->stage_cap, nq);
+            float *q32 = c->stage, *qs32 = c->stage + c->stage_cap, *o32 = c->stage + 2 * c->stage_cap;
+            struct attn_params ps = p;
+            cuda_convert(q32, BK_F32, q->d, q->dtype, nq, c->stream);
+            ps.q = q32;
+            if (b->has_string) {
+                cuda_convert(qs32, BK_F32, q_shift->d, q_shift->dtype, nq, c->stream);
+                ps.q_shift = qs32;
+            }
+            ps.out = o32;
+            ps.q_dtype = BK_F32;
+            cuda_attn_prefill(&ps, c->n_tiles, c->dtype, c->stream);
+            cuda_convert(out->d, out->dtype, o32, BK_F32, nq, c->stream);
+        }
+    }
+    const int n_items = tc ? b->n_dec : b->n_tokens;
+    if (n_items > 0) {
+        p.items = b->items;
+        p.n_items = n_items;
+        /* an all-decode batch sizes its splits for the block table's capacity (stride x
+         * block_size): a captured graph's grid then covers any length the table can hold, and
+         * an eager step with the same table width picks the same splits (the graph checker
+         * compares the two bit for bit); the engine's tables are as wide as the longest row */
+        const int max_ctx = b->n_dec == b->n_tokens ? b->block_table_stride * c->kv.block_size
+                            : tc ? b->max_ctx_dec : b->max_ctx_all;
+        p.n_splits = attn_pick_splits(c, n_items, n_heads, group, max_ctx);
+        p.part_o = c->part;
+        p.part_lse = c->part + (size_t)n_items * n_heads * p.n_splits * hd;
+        cuda_attn_decode(&p, c->kv.dtype, c->stream);
     }
     out->version++;
 }
@@ -805,7 +980,7 @@ static void cu_swiglu(void *vctx, bk_buf *out, const bk_buf *gate, const bk_buf 
     CHECK_ACT(gate);
     CHECK_ACT(up);
     set_device(c);
-    cuda_swiglu((float *)out->d, (const float *)gate->d, (const float *)up->d, m, c->stream);
+    cuda_swiglu(out->d, out->dtype, gate->d, gate->dtype, up->d, up->dtype, m, c->stream);
     out->version++;
 }
 
@@ -816,7 +991,7 @@ static void cu_add(void *vctx, bk_buf *x, const bk_buf *y, size_t n)
     CHECK_ACT(x);
     CHECK_ACT(y);
     set_device(c);
-    cuda_add((float *)x->d, (const float *)y->d, n, c->stream);
+    cuda_add(x->d, x->dtype, y->d, y->dtype, n, c->stream);
     x->version++;
 }
 
@@ -827,7 +1002,7 @@ static void cu_add_bias(void *vctx, bk_buf *x, const bk_buf *b, int n_rows, int 
     CHECK(b->is_weight && b->dtype == c->dtype, "add_bias: the bias must be a weight");
     CHECK_ACT(x);
     set_device(c);
-    cuda_add_bias((float *)x->d, b->d, b->dtype, n_rows, n, c->stream);
+    cuda_add_bias(x->d, x->dtype, b->d, b->dtype, n_rows, n, c->stream);
     x->version++;
 }
 
@@ -840,7 +1015,7 @@ static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
     CHECK_ACT(dst);
     CHECK_ACT(src);
     set_device(c);
-    cuda_gather_rows((float *)dst->d, (const float *)src->d, c->b.out_rows, c->b.n_out, dim, c->stream);
+    cuda_gather_rows(dst->d, dst->dtype, src->d, src->dtype, c->b.out_rows, c->b.n_out, dim, c->stream);
     dst->version++;
 }
 
@@ -856,6 +1031,82 @@ static int cu_kv_dtype_check(void *vctx, enum bk_dtype dt, char *err)
     if (dt == c->dtype || dt == BK_FP8_E4M3) return 0;
     return set_err(err, -1, "the CUDA backend stores the KV cache as the weights' dtype (%s, --dtype) or fp8, "
                    "not %s", bk_dtype_name(c->dtype), bk_dtype_name(dt));
+}
+
+// ------------------------------------------------------------------------------------------------
+// CUDA graphs of decode steps
+
+static int cu_graph_enabled(void *vctx) { return ((struct cuda_ctx *)vctx)->graphs_on; }
+
+static struct cuda_graph_sig graph_sig(const struct cuda_ctx *c)
+{
+    struct cuda_graph_sig g;
+    memset(&g, 0, sizeof g); /* compared with memcmp: no uninitialised padding */
+    g.n_tokens = c->b.n_tokens;
+    g.n_seqs = c->b.n_seqs;
+    g.n_out = c->b.n_out;
+    g.block_table_stride = c->b.block_table_stride;
+    g.rotary_dim = c->b.rotary_dim;
+    g.has_string = c->b.has_string;
+    g.has_q_scale = c->b.q_scale != NULL;
+    g.n_dec = c->b.n_dec;
+    g.d_meta = c->d_meta;
+    g.gen = c->graph_gen;
+    return g;
+}
+
+static int cu_graph_run(void *vctx, int key, void (*fn)(void *arg), void *arg, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK_BATCH(c);
+    CHECK(c->b.n_dec == c->b.n_tokens, "graph_run: %d of %d rows are not decode rows", c->b.n_tokens - c->b.n_dec,
+          c->b.n_tokens);
+    set_device(c);
+    c->cast_src = NULL; /* replayed ops write buffers without bumping their versions */
+    if (!c->graphs_on) {
+        fn(arg);
+        return 0;
+    }
+    const struct cuda_graph_sig sig = graph_sig(c);
+    struct cuda_graph_entry *g = NULL;
+    for (int i = 0; i < c->n_graphs; i++)
+        if (c->graphs[i].key == key) g = &c->graphs[i];
+    if (g && memcmp(&g->sig, &sig, sizeof sig) == 0) {
+        CUDA_CHECK(cudaGraphLaunch(g->exec, c->stream));
+        return 0;
+    }
+    if (!g && c->n_graphs == CUDA_MAX_GRAPHS) { /* full (many block-table widths): run eagerly */
+        fn(arg);
+        return 0;
+    }
+    if (g) { /* stale: recapture in place */
+        CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+        g->exec = NULL;
+    }
+    cudaGraph_t graph = NULL;
+    CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    fn(arg);
+    const cudaError_t ce = cudaStreamEndCapture(c->stream, &graph);
+    c->cast_src = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = ce;
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (g) *g = c->graphs[--c->n_graphs]; /* drop the stale entry */
+        return set_err(err, -1, "cuda: capturing the decode step as a graph (key %d) failed: %s; "
+                       "--no-cuda-graphs runs without graphs", key, cudaGetErrorString(e));
+    }
+    if (!g) {
+        if (!c->graphs) c->graphs = (struct cuda_graph_entry *)xcalloc(CUDA_MAX_GRAPHS, sizeof *c->graphs);
+        g = &c->graphs[c->n_graphs++];
+    }
+    g->key = key;
+    g->sig = sig;
+    g->exec = exec;
+    CUDA_CHECK(cudaGraphLaunch(g->exec, c->stream));
+    return 0;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -887,6 +1138,12 @@ static const struct backend_ops cuda_ops = {
     /* .add_bias = */ cu_add_bias,
     /* .kv_dtype_auto = */ cu_kv_dtype_auto,
     /* .kv_dtype_check = */ cu_kv_dtype_check,
+    /* .act_new_f32 = */ cu_act_new_f32,
+    /* .add_rmsnorm = */ cu_add_rmsnorm,
+    /* .rope_kv_store = */ cu_rope_kv_store,
+    /* .gather_rmsnorm = */ cu_gather_rmsnorm,
+    /* .graph_enabled = */ cu_graph_enabled,
+    /* .graph_run = */ cu_graph_run,
 };
 
 extern "C" int backend_cuda_device_count(void)
@@ -946,6 +1203,21 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
                 c->name, c->cc_major, c->cc_minor);
         goto fail;
     }
+
+    /* ROPESERVE_CUDA_ACT=f32|auto: fp32 activations between ops (the kernel checkers' fp32 mode) */
+    mode = getenv("ROPESERVE_CUDA_ACT");
+    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "f32")) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_ACT=%s: expected f32 or auto", mode);
+        goto fail;
+    }
+    c->act_dtype = mode && strcmp(mode, "f32") == 0 ? BK_F32 : c->dtype;
+    /* ROPESERVE_CUDA_GRAPHS=0|1 overrides --no-cuda-graphs either way */
+    mode = getenv("ROPESERVE_CUDA_GRAPHS");
+    if (mode && *mode && strcmp(mode, "0") && strcmp(mode, "1")) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_GRAPHS=%s: expected 0 or 1", mode);
+        goto fail;
+    }
+    c->graphs_on = mode && *mode ? mode[0] == '1' : p->cuda_graphs != 0;
 
     if ((e = cudaStreamCreate(&c->stream)) != cudaSuccess) goto fail_cuda; /* blocking: see common.cuh */
     if ((e = cudaEventCreateWithFlags(&c->meta_ev, cudaEventDisableTiming)) != cudaSuccess) goto fail_cuda;

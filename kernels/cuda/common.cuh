@@ -6,17 +6,22 @@
  *   weights      bf16 or f16 (ctx->dtype, from backend_params.dtype); F32 checkpoint tensors are
  *                rounded to it on upload. Norm and embedding weights too: weight_new cannot tell
  *                a norm vector from a matrix, and HF bf16 checkpoints store them in bf16 anyway.
- *   activations  fp32. act_read/act_write are plain copies, the residual stream and RMSNorm stay
- *                fp32, and only the GEMM inputs are rounded (x -> bf16/f16 scratch, cuBLAS with
- *                FP32 accumulation and an FP32 output). Rejected: bf16 activations (half the
- *                activation bandwidth, but the residual stream would be rounded every layer and
- *                every op would need a dtype switch; activations are < 5% of a 7B step's bytes).
+ *   activations  16-bit between ops, the weights' dtype (act_new): q/k/v, attention output,
+ *                projections, gate/up, the normed GEMM inputs. GEMMs take them as they are and
+ *                write 16-bit outputs (cuBLAS, FP32 accumulation, no cast kernel, no TF32). fp32
+ *                only inside kernels (norm sums, softmax, accumulators) and in the buffers the
+ *                model asks fp32 for (act_new_f32: the residual stream, which is added to once
+ *                per sub-layer and would drift if rounded each time, and the logits).
+ *                act_read/act_write convert. ROPESERVE_CUDA_ACT=f32 (read at init) makes
+ *                act_new fp32 again, with a cast to 16 bits before each GEMM: the kernel
+ *                checkers use it to compare each op with fp32 tolerances.
+ *                An fp8 KV cache runs with fp32 activations (the fp8 kernels take fp32 q).
  *   KV cache     bf16 or f16 (ctx->dtype), or fp8 e4m3 (--kv-cache-dtype fp8: __nv_fp8_e4m3
  *                codes of x / scale, one scale per (layer, KV head) for k and one for v), per
  *                layer k[n_blocks][block_size][n_kv_heads][head_dim] and the same for v
  *                (backend.h's layout): one block of one head is block_size rows of head_dim
  *                contiguous values. The attention kernels take the cache's element type as a
- *                template parameter and read 8 elements at a time with load8 (16 bytes of
+ *                template parameter and read 8 elements at a time (load8/raw8: 16 bytes of
  *                bf16/f16, 8 bytes of fp8); fp8 is dequantised in the kernels (code x scale,
  *                fp32), accumulation stays fp32.
  *
@@ -68,7 +73,7 @@ extern "C" {
 struct bk_buf {
     void *d;              /* device memory */
     size_t n;             /* elements */
-    enum bk_dtype dtype;  /* BK_F32 for activations; ctx->dtype for weights */
+    enum bk_dtype dtype;  /* weights: ctx->dtype; activations: ctx->act_dtype or BK_F32 */
     int is_weight;
     uint64_t version;     /* bumped by every op that writes the buffer (matmul cast cache) */
 };
@@ -150,7 +155,36 @@ struct cuda_ctx {
     /* split-KV partial results */
     float *part;                 /* (n_items, n_heads, n_splits, head_dim) then (n_items, n_heads, n_splits) lse */
     size_t part_cap;             /* floats */
+    int dec_ctas_per_sm[4];      /* occupancy of the split-KV kernel at GC 1, 2, 4, 8 (kv_init) */
+
+    /* activations: act_new gives act_dtype (the 16-bit dtype, or BK_F32 with ROPESERVE_CUDA_ACT=f32),
+     * act_new_f32 always fp32 (the residual stream, logits) */
+    enum bk_dtype act_dtype;
+    /* fp32 staging for the sm_80 prefill kernel, which reads fp32 q and writes fp32 out: q,
+     * q_shift, out, each stage_cap floats (reserved by act_new, never inside an op) */
+    float *stage;
+    size_t stage_cap;
+
+    /* CUDA graphs of decode steps (graph_run): a small table keyed by the caller's key, each
+     * entry valid only for the batch signature it was captured with */
+    int graphs_on;               /* backend_params.cuda_graphs and not ROPESERVE_CUDA_GRAPHS=0 */
+    uint64_t graph_gen;          /* bumped by every allocation change that graphs may have baked in */
+    struct cuda_graph_entry *graphs;
+    int n_graphs;
 };
+
+/* What a captured graph baked in: any difference means recapture. */
+struct cuda_graph_sig {
+    int n_tokens, n_seqs, n_out, block_table_stride, rotary_dim, has_string, has_q_scale, n_dec;
+    const void *d_meta;
+    uint64_t gen;
+};
+struct cuda_graph_entry {
+    int key;
+    struct cuda_graph_sig sig;
+    cudaGraphExec_t exec;
+};
+#define CUDA_MAX_GRAPHS 128
 
 static inline size_t dtype_size(enum bk_dtype t) { return t == BK_F32 ? 4 : 2; }
 
@@ -189,8 +223,9 @@ struct attn_params {
      * otherwise. q_shift rows of other sequences are never read. */
     const float *q_shift;        /* (n_tokens, n_heads, head_dim) or NULL */
     const int32_t *string_shift; /* (n_seqs) or NULL */
-    /* INTERFACES §3: element type of q, q_shift and out (BK_F32 today; the cache's T once
-     * activations are 16-bit). Only the sm_90a kernel reads it so far. */
+    /* INTERFACES §3: element type of q, q_shift and out: BK_F32, or the cache's T (the backend's
+     * 16-bit activations). The split-KV and sm_90a kernels read it; the sm_80 prefill kernel
+     * takes fp32 only, and backend_cuda.cu hands it fp32 staging copies of 16-bit q/out. */
     enum bk_dtype q_dtype;
     /* backend.h sliding_window of this layer: 0 = full causal; W > 0: the query at position p
      * sees keys p - W < j <= p, and keys below p - W + 1 are never read */
@@ -214,6 +249,21 @@ template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return
 
 /* x rounded to T and back: the value a T-typed tensor would hold */
 template <typename T> __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
+
+/* One activation element of runtime dtype dt (BK_F32, BK_BF16, BK_F16) as fp32, and the store
+ * that rounds it once. dt is uniform over a launch, so the switch costs no divergence. */
+__device__ __forceinline__ float ld_act(const void *p, int dt, size_t i)
+{
+    if (dt == BK_BF16) return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+    if (dt == BK_F16) return __half2float(static_cast<const __half *>(p)[i]);
+    return static_cast<const float *>(p)[i];
+}
+__device__ __forceinline__ void st_act(void *p, int dt, size_t i, float v)
+{
+    if (dt == BK_BF16) static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v);
+    else if (dt == BK_F16) static_cast<__half *>(p)[i] = __float2half_rn(v);
+    else static_cast<float *>(p)[i] = v;
+}
 
 /* Two floats -> one 32-bit register of two T (lo in the low half, as mma/ldmatrix expect). */
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
@@ -268,6 +318,28 @@ template <typename T> __device__ __forceinline__ void load8(const T *p, float *f
 {
     unpack8<T>(*reinterpret_cast<const uint4 *>(p), f);
 }
+/* 8 consecutive cache elements at p as raw bits, converted later by unpack8<T> (the split-KV
+ * kernel keeps several loads in flight before it converts any): 16 bytes of bf16/f16, or the
+ * 8 bytes of fp8 codes in .x/.y */
+template <typename T> __device__ __forceinline__ uint4 raw8(const T *p) { return *reinterpret_cast<const uint4 *>(p); }
+template <> __device__ __forceinline__ uint4 raw8<kv_fp8>(const kv_fp8 *p)
+{
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    return make_uint4(u.x, u.y, 0u, 0u);
+}
+template <> __device__ __forceinline__ void unpack8<kv_fp8>(const uint4 u, float *f)
+{
+    const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const __half2 v2 = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> (16 * h)), __NV_E4M3));
+            const float2 v = __half22float2(v2);
+            f[4 * i + 2 * h] = v.x;
+            f[4 * i + 2 * h + 1] = v.y;
+        }
+}
 template <> __device__ __forceinline__ void load8<kv_fp8>(const kv_fp8 *p, float *f)
 {
     const uint2 u = *reinterpret_cast<const uint2 *>(p);
@@ -315,30 +387,49 @@ __device__ __forceinline__ void load_key8(float *f, const T *row, int c, int j, 
 // ------------------------------------------------------------------------------------------------
 // launchers (all enqueue on `stream`, none synchronizes)
 
-/* elementwise.cu */
+/* elementwise.cu. Activations are void * with their element type (BK_F32, or the 16-bit
+ * BK_BF16/BK_F16 of ctx->act_dtype): every kernel loads through ld_act and stores through
+ * st_act (a warp-uniform switch), computes in fp32 and rounds once on the store. */
 void cuda_cast_f32(void *dst, enum bk_dtype dt, const float *src, size_t n, cudaStream_t stream);
-void cuda_embed(float *x, const void *table, enum bk_dtype tdt, const int32_t *tokens, int n_tokens,
-                int dim, cudaStream_t stream);
-void cuda_rmsnorm(float *out, const float *x, const void *w, enum bk_dtype wdt, int n_rows, int dim,
-                  float eps, cudaStream_t stream);
+/* dst (n) = src (n) converted between any two of f32/bf16/f16 (dst != src) */
+void cuda_convert(void *dst, enum bk_dtype ddt, const void *src, enum bk_dtype sdt, size_t n, cudaStream_t stream);
+void cuda_embed(void *x, enum bk_dtype xdt, const void *table, enum bk_dtype tdt, const int32_t *tokens,
+                int n_tokens, int dim, cudaStream_t stream);
+void cuda_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt, const void *w,
+                  enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream);
+/* out (n_rows, dim) = rmsnorm(x[rows[i]]) * w: gather_rows + rmsnorm in one pass (out != x) */
+void cuda_gather_rmsnorm(void *out, enum bk_dtype odt, const void *x, enum bk_dtype xdt, const int32_t *rows,
+                         const void *w, enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream);
+/* x (n_rows, dim) += y, rounded to x's dtype; out = rmsnorm(x as stored) * w: exactly add then
+ * rmsnorm, one pass. out must alias neither x nor y. */
+void cuda_add_rmsnorm(void *out, enum bk_dtype odt, void *x, enum bk_dtype xdt, const void *y, enum bk_dtype ydt,
+                      const void *w, enum bk_dtype wdt, int n_rows, int dim, float eps, cudaStream_t stream);
 /* q, k rotated in place, q rows times b->q_scale; q_shift (may be NULL) filled for the rows of
- * STRING sequences only (backend.h, rope) */
-void cuda_rope(float *q, float *k, float *q_shift, const struct cuda_batch *b, int n_heads,
+ * STRING sequences only (backend.h, rope); all three of dtype adt */
+void cuda_rope(void *q, void *k, void *q_shift, enum bk_dtype adt, const struct cuda_batch *b, int n_heads,
                int n_kv_heads, int head_dim, cudaStream_t stream);
-void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const float *k, const float *v,
+/* add_bias (bq/bk/bv, NULL: none) + rope (k rotated when rotate_k) + kv_store in one pass; the
+ * k and v activations are only read (backend.h rope_kv_store) */
+void cuda_rope_kv(void *q, const void *k, const void *v, void *q_shift, enum bk_dtype adt, const void *bq,
+                  const void *bk, const void *bv, enum bk_dtype wdt, void *k_cache, void *v_cache, enum bk_dtype cdt,
+                  int rotate_k, const struct cuda_batch *b, int n_heads, int n_kv_heads, int head_dim,
+                  cudaStream_t stream);
+void cuda_kv_store(void *k_cache, void *v_cache, enum bk_dtype dt, const void *k, const void *v, enum bk_dtype adt,
                    const int64_t *slot_mapping, int n_tokens, int row_elems, cudaStream_t stream);
 /* the fp8 cache: code = e4m3(x / scale[kv head]) (IEEE division, round to nearest even,
- * saturating to +-448: bk_fp8_e4m3_from_f32 bit for bit); k_scale, v_scale (n_kv_heads) of the
- * layer, device memory */
-void cuda_kv_store_fp8(void *k_cache, void *v_cache, const float *k, const float *v, const float *k_scale,
-                       const float *v_scale, const int64_t *slot_mapping, int n_tokens, int n_kv_heads,
-                       int head_dim, cudaStream_t stream);
-void cuda_swiglu(float *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
-void cuda_add(float *x, const float *y, size_t n, cudaStream_t stream);
+ * saturating to +-448: bk_fp8_e4m3_from_f32 bit for bit); k, v activations of dtype adt;
+ * k_scale, v_scale (n_kv_heads) of the layer, device memory */
+void cuda_kv_store_fp8(void *k_cache, void *v_cache, const void *k, const void *v, enum bk_dtype adt,
+                       const float *k_scale, const float *v_scale, const int64_t *slot_mapping, int n_tokens,
+                       int n_kv_heads, int head_dim, cudaStream_t stream);
+void cuda_swiglu(void *out, enum bk_dtype odt, const void *gate, enum bk_dtype gdt, const void *up,
+                 enum bk_dtype udt, size_t n, cudaStream_t stream);
+void cuda_add(void *x, enum bk_dtype xdt, const void *y, enum bk_dtype ydt, size_t n, cudaStream_t stream);
 /* x (n_rows, n) += b (n), b stored as bdt (BK_BF16 or BK_F16, the weights' dtype) */
-void cuda_add_bias(float *x, const void *b, enum bk_dtype bdt, int n_rows, int n, cudaStream_t stream);
-void cuda_gather_rows(float *dst, const float *src, const int32_t *rows, int n_out, int dim,
-                      cudaStream_t stream);
+void cuda_add_bias(void *x, enum bk_dtype xdt, const void *b, enum bk_dtype bdt, int n_rows, int n,
+                   cudaStream_t stream);
+void cuda_gather_rows(void *dst, enum bk_dtype ddt, const void *src, enum bk_dtype sdt, const int32_t *rows,
+                      int n_out, int dim, cudaStream_t stream);
 
 /* attention_decode.cu: split-KV kernel over p->n_items rows, then the merge when n_splits > 1.
  * STRING (p->string_shift set) takes its own instantiations; the plain ones are unchanged.
@@ -348,6 +439,8 @@ void cuda_attn_decode(const struct attn_params *p, enum bk_dtype dt, cudaStream_
 int cuda_attn_decode_heads_per_cta(int group);
 int cuda_attn_decode_supported(int head_dim); /* head_dim % 8 == 0 && head_dim <= 256 */
 int cuda_attn_decode_max_splits(void);
+/* resident CTAs per SM of the plain split-KV instantiation for this GQA group (occupancy API) */
+int cuda_attn_decode_ctas_per_sm(int group, enum bk_dtype dt);
 
 /* attention_prefill.cu: tensor-core kernel over p->tiles (n_tiles of them). STRING launches
  * (p->string_shift set) take their own instantiations, which hold a second Q tile in shared

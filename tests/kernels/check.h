@@ -191,6 +191,8 @@ static inline struct backend ck_cpu_backend(void)
     return b;
 }
 
+static int ck_act16 = 0; /* ck_cuda_backend_act's switch, read by ck_cuda_backend_mode */
+
 /* mode: the attention path, ROPESERVE_CUDA_ATTN = "auto", "simt" (every row through the split-KV
  * kernel), "sm80" or "sm90" (that prefill kernel for the multi-token rows) */
 static inline struct backend ck_cuda_backend_mode(enum bk_dtype dt, const char *mode)
@@ -206,11 +208,24 @@ static inline struct backend ck_cuda_backend_mode(enum bk_dtype dt, const char *
     p.device = BK_DEVICE_CUDA;
     p.dtype = dt;
     setenv("ROPESERVE_CUDA_ATTN", mode, 1);
+    /* fp32 activations, so each op is compared with fp32 tolerances; check_decode tests the
+     * production 16-bit activations (ck_cuda_backend_act) */
+    setenv("ROPESERVE_CUDA_ACT", ck_act16 ? "auto" : "f32", 1);
     if (backend_cuda_init(&b, &p, err)) {
         fprintf(stderr, "cuda backend: %s\n", err);
         abort();
     }
     unsetenv("ROPESERVE_CUDA_ATTN");
+    unsetenv("ROPESERVE_CUDA_ACT");
+    return b;
+}
+
+/* act16 1: the production activations (16-bit, the weights' dtype) instead of fp32 */
+static inline struct backend ck_cuda_backend_act(enum bk_dtype dt, int act16)
+{
+    ck_act16 = act16;
+    struct backend b = ck_cuda_backend_mode(dt, "auto");
+    ck_act16 = 0;
     return b;
 }
 
