@@ -62,7 +62,14 @@
  * and, as a full-scale check, compares every path's output with the first one's (no CPU
  * reference at that size: the configurations above carry the correctness).
  *
- * Usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]
+ * The 128-row sm_80 kernel (attention_prefill_fa2.cu) takes the configurations with multi-token
+ * rows at head_dim 64/128 and rotated keys on every device ("auto"/"sm80"), sliding windows
+ * included; those that are not big also run with ROPESERVE_CUDA_ATTN=sm80v1, the 64-row kernel
+ * (which keeps pre-RoPE keys and the other head dims).
+ *
+ * Usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING] [--paths a,b]
+ *   --paths  bench only: the ROPESERVE_CUDA_ATTN paths to time (default sm90,sm80 on compute
+ *            capability 9.0, else sm80)
  *   --quick  skips the 128k and bench-size configurations
  *   --only   runs the configurations (or bench cases) whose name contains SUBSTRING */
 #include <string>
@@ -100,10 +107,19 @@ static std::vector<std::string> gpu_paths(const attn_config &cf)
     if (cf.simt) return {"simt"};
     int multi = 0;
     for (auto &s : cf.seqs) multi |= s.n_new > 1;
-    const int sm90 = ck_hopper && multi && !cf.pre_rope && (cf.head_dim == 64 || cf.head_dim == 128);
-    if (cf.window > 0) return sm90 ? std::vector<std::string>{"sm90"} : std::vector<std::string>{};
-    if (sm90) return {"sm80", "sm90"};
-    return {"auto"};
+    /* the 128-row sm_80 kernel (attention_prefill_fa2.cu) and the sm_90a one take the same batches */
+    const int fa2 = multi && !cf.pre_rope && (cf.head_dim == 64 || cf.head_dim == 128);
+    const int sm90 = ck_hopper && fa2;
+    if (cf.window > 0) {
+        std::vector<std::string> v;
+        if (fa2) v.push_back("sm80");
+        if (sm90) v.push_back("sm90");
+        return v;
+    }
+    std::vector<std::string> v = {sm90 ? "sm80" : "auto"};
+    if (sm90) v.push_back("sm90");
+    if (fa2 && !cf.big) v.push_back("sm80v1"); /* the 64-row kernel stays tested (pre-RoPE keys use it) */
+    return v;
 }
 
 /* The stored (rounded) K and V rows of the slots a window reference reads: slot -> row. */
@@ -333,7 +349,7 @@ static void run_config(const attn_config &cf)
     for (auto &pa : paths) printf(" %s", pa.c_str());
     printf("\n");
     if (paths.empty()) {
-        printf("    SKIP: sliding windows need the sm_90a kernel (compute capability 9.0)\n");
+        printf("    SKIP: sliding windows need the sm_90a or the 128-row sm_80 kernel (head_dim 64/128, rotated keys)\n");
         return;
     }
 
@@ -597,7 +613,7 @@ struct bench_case {
     int ctx_before, n_new;
 };
 
-static int bench_main(const char *only, int reps_arg)
+static int bench_main(const char *only, int reps_arg, const char *paths_arg)
 {
     const bench_case cases[] = {
         {"prefill2048_ctx0", 0, 2048},        {"prefill2048_ctx32k", 32768, 2048},
@@ -606,8 +622,17 @@ static int bench_main(const char *only, int reps_arg)
     };
     const int n_kv_heads = 32, group = 1, hd = 128, bs = 16, row = n_kv_heads * hd, n_heads = n_kv_heads * group;
     const enum bk_dtype dt = BK_BF16;
-    const std::vector<std::string> paths = ck_hopper ? std::vector<std::string>{"sm90", "sm80"}
-                                                     : std::vector<std::string>{"auto"};
+    std::vector<std::string> paths = ck_hopper ? std::vector<std::string>{"sm90", "sm80"}
+                                               : std::vector<std::string>{"sm80"};
+    if (paths_arg) { /* --paths a,b,.. */
+        paths.clear();
+        for (const char *c = paths_arg; *c;) {
+            const char *e = strchr(c, ',');
+            paths.push_back(e ? std::string(c, e - c) : std::string(c));
+            if (!e) break;
+            c = e + 1;
+        }
+    }
     std::string json = "{";
     std::vector<std::string> per_path(paths.size());
     ck_seed(7);
@@ -715,9 +740,11 @@ int main(int argc, char **argv)
 {
     if (check_skip_without_device("check_attention")) return 0;
     int quick = 0, bench = 0, reps = 0;
-    const char *only = NULL;
+    const char *only = NULL, *paths_arg = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) {
+        if (strcmp(argv[i], "--paths") == 0 && i + 1 < argc) {
+            paths_arg = argv[++i];
+        } else if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
         } else if (strcmp(argv[i], "--bench") == 0) {
             bench = 1;
@@ -726,7 +753,7 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
         } else {
-            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]\n");
+            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING] [--paths a,b]\n");
             return 2;
         }
     }
@@ -739,7 +766,7 @@ int main(int argc, char **argv)
                ck_hopper ? " (the sm_90a kernel is tested beside the sm_80 one)" : "");
     }
 #endif
-    if (bench) return bench_main(only, reps);
+    if (bench) return bench_main(only, reps, paths_arg);
     ck_seed(2024);
     const enum bk_dtype B = BK_BF16, F = BK_F16;
     const std::vector<attn_seq> mix = {{0, 37}, {100, 1}, {250, 1}, {0, 1}, {31, 64}, {600, 7}, {1000, 1}, {15, 2}};
