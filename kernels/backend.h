@@ -169,6 +169,17 @@ struct backend_ops {
     void (*gather_rows)(void *ctx, bk_buf *dst, const bk_buf *src, int dim);
     /* x (n_rows, n) += b (n) on every row; b is a weight (weight_new): the bias of a projection */
     void (*add_bias)(void *ctx, bk_buf *x, const bk_buf *b, int n_rows, int n);
+
+    /* --- timing hook (optional: all three NULL when the backend cannot time its ops) ---
+     * Used by kernels/profile.h (bench --profile), never by the engine. Marks are timestamps in
+     * the op order: prof_mark(slot) stands after every op enqueued before it and before every op
+     * enqueued after it. prof_reserve makes slots 0 .. n_slots - 1 usable (it only grows; call it
+     * when no mark is pending); prof_elapsed_ms returns the milliseconds from mark a to mark b,
+     * waiting for b to complete. CPU: clock_gettime (its ops are synchronous); CUDA: events
+     * recorded on the op stream, so a mark costs no synchronization. */
+    int (*prof_reserve)(void *ctx, int n_slots, char *err);
+    void (*prof_mark)(void *ctx, int slot);
+    double (*prof_elapsed_ms)(void *ctx, int a, int b);
 };
 
 struct backend {

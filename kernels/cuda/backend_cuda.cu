@@ -103,6 +103,8 @@ static void cu_free(void *vctx)
     if (c->h_tiles) cudaFreeHost(c->h_tiles);
     if (c->meta_ev) cudaEventDestroy(c->meta_ev);
     if (c->tiles_ev) cudaEventDestroy(c->tiles_ev);
+    for (int i = 0; i < c->prof_n; i++) cudaEventDestroy(c->prof_ev[i]);
+    free(c->prof_ev);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     cudaGetLastError();
@@ -726,12 +728,15 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
      * the sm_90a kernel on compute capability 9.0 where it supports the batch, else the sm_80 one */
     const int sm90 = c->attn_sm90 && cuda_attn_prefill_sm90_supported(hd, c->dtype, p.pre_rope, b->has_string,
                                                                       c->smem_optin);
-    const int tc = sm90 || (!c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
-                            (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
-    /* only the sm_90a kernel implements sliding windows so far */
-    CHECK(p.sliding_window == 0 || (sm90 && b->n_dec == 0),
-          "attention: layer %d has a sliding window (%d), which only the sm_90a prefill kernel implements so far, "
-          "and this batch has %s", layer, p.sliding_window, sm90 ? "decode rows" : "rows for another kernel");
+    const int fa2 = !sm90 && c->attn_fa2 &&
+                    cuda_attn_prefill_fa2_supported(hd, c->dtype, p.pre_rope, b->has_string, c->smem_optin);
+    const int tc = sm90 || fa2 || (!c->attn_simt_only && cuda_attn_prefill_supported(hd) &&
+                                   (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
+    /* only the sm_90a and the 128-row sm_80 prefill kernels implement sliding windows so far */
+    CHECK(p.sliding_window == 0 || ((sm90 || fa2) && b->n_dec == 0),
+          "attention: layer %d has a sliding window (%d), which only the sm_90a and 128-row sm_80 prefill kernels "
+          "implement so far, and this batch has %s", layer, p.sliding_window,
+          sm90 || fa2 ? "decode rows" : "rows for another kernel");
     const int n_items = tc ? b->n_dec : b->n_tokens;
     if (n_items > 0) {
         p.items = b->items;
@@ -742,11 +747,13 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
         cuda_attn_decode(&p, c->dtype, c->stream);
     }
     if (tc && b->n_tokens > b->n_dec) {
-        const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : ATTN_PREFILL_BLOCK_M;
+        const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : fa2 ? ATTN_PREFILL_FA2_BLOCK_M : ATTN_PREFILL_BLOCK_M;
         if (c->tiles_group != group || c->tiles_bm != bm) build_tiles(c, group, bm);
         p.tiles = c->d_tiles;
         if (sm90)
             cuda_attn_prefill_sm90(&p, c->n_tiles, c->dtype, c->stream);
+        else if (fa2)
+            cuda_attn_prefill_fa2(&p, c->n_tiles, c->dtype, c->stream);
         else
             cuda_attn_prefill(&p, c->n_tiles, c->dtype, c->stream);
     }
@@ -802,6 +809,42 @@ static void cu_gather_rows(void *vctx, bk_buf *dst, const bk_buf *src, int dim)
 }
 
 // ------------------------------------------------------------------------------------------------
+// the timing hook (backend.h prof_*): events recorded on the op stream, read when complete
+
+static int cu_prof_reserve(void *vctx, int n, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    if (n <= c->prof_n) return 0;
+    set_device(c);
+    c->prof_ev = (cudaEvent_t *)xrealloc(c->prof_ev, sizeof(cudaEvent_t) * n);
+    for (; c->prof_n < n; c->prof_n++) {
+        const cudaError_t e = cudaEventCreate(&c->prof_ev[c->prof_n]);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            return set_err(err, -1, "cuda: timing events: %s", cudaGetErrorString(e));
+        }
+    }
+    return 0;
+}
+
+static void cu_prof_mark(void *vctx, int slot)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(slot >= 0 && slot < c->prof_n, "prof_mark: slot %d of %d", slot, c->prof_n);
+    CUDA_CHECK(cudaEventRecord(c->prof_ev[slot], c->stream));
+}
+
+static double cu_prof_elapsed_ms(void *vctx, int a, int b)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(a >= 0 && b >= 0 && a < c->prof_n && b < c->prof_n, "prof_elapsed_ms: slots %d, %d", a, b);
+    CUDA_CHECK(cudaEventSynchronize(c->prof_ev[b]));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[a], c->prof_ev[b]));
+    return ms;
+}
+
+// ------------------------------------------------------------------------------------------------
 // the table and init
 
 static const struct backend_ops cuda_ops = {
@@ -828,6 +871,9 @@ static const struct backend_ops cuda_ops = {
     /* .add = */ cu_add,
     /* .gather_rows = */ cu_gather_rows,
     /* .add_bias = */ cu_add_bias,
+    /* .prof_reserve = */ cu_prof_reserve,
+    /* .prof_mark = */ cu_prof_mark,
+    /* .prof_elapsed_ms = */ cu_prof_elapsed_ms,
 };
 
 extern "C" int backend_cuda_device_count(void)
@@ -874,14 +920,18 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
         if (p->dtype != BK_BF16) LOG_I("cuda: weights and KV cache stored as bf16 (fp32 is not a GPU storage dtype)");
         c->dtype = BK_BF16;
     }
-    /* ROPESERVE_CUDA_ATTN=simt|sm80|sm90|auto (INTERFACES §4): forces an attention path */
+    /* ROPESERVE_CUDA_ATTN=simt|sm80|sm80v1|sm90|auto (INTERFACES §4): forces an attention path
+     * (sm80: the 128-row kernel where it applies, else the 64-row one; sm80v1: the 64-row one) */
     mode = getenv("ROPESERVE_CUDA_ATTN");
-    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "simt") && strcmp(mode, "sm80") && strcmp(mode, "sm90")) {
-        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=%s: expected simt, sm80, sm90 or auto", mode);
+    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "simt") && strcmp(mode, "sm80") &&
+        strcmp(mode, "sm80v1") && strcmp(mode, "sm90")) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=%s: expected simt, sm80, sm80v1, sm90 or auto", mode);
         goto fail;
     }
     c->attn_simt_only = mode && strcmp(mode, "simt") == 0;
-    c->attn_sm90 = c->cc_major == 9 && c->cc_minor == 0 && !c->attn_simt_only && !(mode && strcmp(mode, "sm80") == 0);
+    c->attn_sm90 = c->cc_major == 9 && c->cc_minor == 0 && !c->attn_simt_only &&
+                   !(mode && (strcmp(mode, "sm80") == 0 || strcmp(mode, "sm80v1") == 0));
+    c->attn_fa2 = !c->attn_simt_only && !(mode && strcmp(mode, "sm80v1") == 0);
     if (mode && strcmp(mode, "sm90") == 0 && !c->attn_sm90) {
         set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=sm90 needs compute capability 9.0 (H100/H200); %s is sm_%d%d",
                 c->name, c->cc_major, c->cc_minor);
@@ -904,6 +954,7 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
     c->part_cap = PART_CAP_FLOATS;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     if (cuda_attn_prefill_init(c->smem_optin, err)) goto fail;
+    if (cuda_attn_prefill_fa2_init(c->smem_optin, err)) goto fail;
     if (c->attn_sm90 && cuda_attn_prefill_sm90_init(c->smem_optin, err)) goto fail;
 
     b->ops = &cuda_ops;
