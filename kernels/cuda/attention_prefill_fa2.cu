@@ -27,7 +27,8 @@
  *
  * Shared memory (T = 2 bytes): (BM [+ BM for STRING] + 2 ST BN) x HD x 2 bytes:
  *   hd 128, BN 64, 3 stages: 128 KiB (STRING 160 KiB)  -- the default
- *   hd 128, BN 32, 4 stages:  96 KiB (STRING 128 KiB)  -- ROPESERVE_CUDA_FA2_BN=32
+ *   hd 128, BN 32, 4 stages:  96 KiB (STRING 128 KiB)  -- where BN 64 does not fit (sm_86/89),
+ *                                                          or ROPESERVE_CUDA_FA2_BN=32
  *   hd 64,  BN 64, 3 stages:  64 KiB (STRING  80 KiB)
  * Registers/spills: tests/test_cuda_build.sh reads build/kernels/cuda/fa2/ptxas.log (no spills). */
 #include <limits.h>
@@ -97,6 +98,14 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait()
 {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* 2^x on the SFU (ex2.approx.ftz: 2 ulp, far below the rounding of P to bf16/f16; -inf -> 0) */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 /* byte offset of 16-byte chunk c of row r in a swizzled tile of HD-element rows */
@@ -339,17 +348,17 @@ __global__ void __launch_bounds__(FA2_THREADS, 1) attn_prefill_fa2_kernel(const 
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
         const float ms_a = mn_a == -INFINITY ? 0.f : mn_a;
         const float ms_b = mn_b == -INFINITY ? 0.f : mn_b;
-        const float al_a = exp2f(m_a - ms_a), al_b = exp2f(m_b - ms_b);
+        const float al_a = fast_exp2(m_a - ms_a), al_b = fast_exp2(m_b - ms_b);
         m_a = mn_a;
         m_b = mn_b;
 
         float rs_a = 0.f, rs_b = 0.f;
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
-            sacc[nt][0] = round_to<T>(exp2f(sacc[nt][0] - ms_a));
-            sacc[nt][1] = round_to<T>(exp2f(sacc[nt][1] - ms_a));
-            sacc[nt][2] = round_to<T>(exp2f(sacc[nt][2] - ms_b));
-            sacc[nt][3] = round_to<T>(exp2f(sacc[nt][3] - ms_b));
+            sacc[nt][0] = round_to<T>(fast_exp2(sacc[nt][0] - ms_a));
+            sacc[nt][1] = round_to<T>(fast_exp2(sacc[nt][1] - ms_a));
+            sacc[nt][2] = round_to<T>(fast_exp2(sacc[nt][2] - ms_b));
+            sacc[nt][3] = round_to<T>(fast_exp2(sacc[nt][3] - ms_b));
             rs_a += sacc[nt][0] + sacc[nt][1];
             rs_b += sacc[nt][2] + sacc[nt][3];
         }
@@ -410,13 +419,13 @@ __global__ void __launch_bounds__(FA2_THREADS, 1) attn_prefill_fa2_kernel(const 
 // ------------------------------------------------------------------------------------------------
 // host side
 
-static int fa2_bn = 64; /* ROPESERVE_CUDA_FA2_BN at init: 64 (3 stages) or 32 (4 stages) at hd 128 */
+/* The key tile at head_dim 128: ROPESERVE_CUDA_FA2_BN (read at init) forces 64 (3 stages) or 32
+ * (4 stages); by default 64 where it fits the device's shared memory, else 32 (sm_86/89: 99 KiB). */
+static int fa2_bn_forced = 0;
+static size_t fa2_optin = 0;
 
-static int fa2_pick_bn(int head_dim) { return head_dim == 128 ? fa2_bn : 64; }
-
-static size_t fa2_smem(int head_dim, int string)
+static size_t fa2_smem_bn(int head_dim, int bn, int string)
 {
-    const int bn = fa2_pick_bn(head_dim);
     if (head_dim == 64) return string ? fa2::smem_bytes<64, 64, true>() : fa2::smem_bytes<64, 64, false>();
     if (head_dim == 128 && bn == 64)
         return string ? fa2::smem_bytes<128, 64, true>() : fa2::smem_bytes<128, 64, false>();
@@ -424,12 +433,25 @@ static size_t fa2_smem(int head_dim, int string)
     return 0;
 }
 
+static int fa2_pick_bn(int head_dim, int string, size_t smem_optin)
+{
+    if (head_dim != 128) return 64;
+    if (fa2_bn_forced) return fa2_bn_forced;
+    return fa2_smem_bn(128, 64, string) <= smem_optin ? 64 : 32;
+}
+
+static size_t fa2_smem(int head_dim, int string, size_t smem_optin)
+{
+    return fa2_smem_bn(head_dim, fa2_pick_bn(head_dim, string, smem_optin), string);
+}
+
 int cuda_attn_prefill_fa2_supported(int head_dim, enum bk_dtype kv_dtype, int pre_rope, int string, size_t smem_optin)
 {
     if (head_dim != 64 && head_dim != 128) return 0;
     if (kv_dtype != BK_BF16 && kv_dtype != BK_F16) return 0;
     if (pre_rope) return 0; /* attention_prefill.cu rotates keys on the way */
-    return fa2_smem(head_dim, string) <= smem_optin;
+    const size_t need = fa2_smem(head_dim, string, smem_optin);
+    return need > 0 && need <= smem_optin;
 }
 
 template <typename T, typename QT, int HD, int BN, bool STR>
@@ -453,8 +475,9 @@ int cuda_attn_prefill_fa2_init(size_t smem_optin, char *err)
     if (bn && *bn) {
         if (strcmp(bn, "64") && strcmp(bn, "32"))
             return set_err(err, -1, "cuda: ROPESERVE_CUDA_FA2_BN=%s: expected 64 or 32", bn);
-        fa2_bn = atoi(bn);
+        fa2_bn_forced = atoi(bn);
     }
+    fa2_optin = smem_optin;
     cudaError_t e = cudaSuccess;
 #define X(T, QT, HD, BN)                                                          \
     if (e == cudaSuccess) e = fa2_set_smem<T, QT, HD, BN, false>(smem_optin);     \
@@ -487,7 +510,7 @@ static void fa2_launch_hd(const struct attn_params *p, int n_tiles, cudaStream_t
 {
     if (p->head_dim == 64)
         fa2_launch<T, QT, 64, 64>(p, n_tiles, stream);
-    else if (p->head_dim == 128 && fa2_bn == 64)
+    else if (p->head_dim == 128 && fa2_pick_bn(128, p->string_shift != NULL, fa2_optin) == 64)
         fa2_launch<T, QT, 128, 64>(p, n_tiles, stream);
     else if (p->head_dim == 128)
         fa2_launch<T, QT, 128, 32>(p, n_tiles, stream);

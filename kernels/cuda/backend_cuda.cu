@@ -14,10 +14,15 @@
  * rows of sequences with several (prefill chunks) go to the tensor-core kernel, both in the same
  * attention() call on disjoint output rows. The tensor-core kernel is the sm_90a one
  * (attention_prefill_sm90.cu) on compute capability 9.0 where it supports the batch (head_dim
- * 64/128, rotated keys), else the sm_80 one. Head dims without a tensor-core instantiation, and
- * ROPESERVE_CUDA_ATTN=simt (read at init; =sm80 and =sm90 force those prefill kernels: the
- * checkers use it to test each path), send every row to the split-KV kernel, which is correct
- * for any row, only slower for long prefills.
+ * 64/128, rotated keys), else the 128-row sm_80 one (attention_prefill_fa2.cu) where it does
+ * (head_dim 64/128, rotated keys, its shared memory fits), else the 64-row sm_80 one
+ * (attention_prefill.cu: pre-RoPE keys, other head dims). Head dims without a tensor-core
+ * instantiation, and ROPESERVE_CUDA_ATTN=simt (read at init; =sm80, =sm80v1 (the 64-row kernel)
+ * and =sm90 force those prefill kernels: the checkers use it to test each path), send every row
+ * to the split-KV kernel, which is correct for any row, only slower for long prefills.
+ *
+ * Timing hook (backend.h prof_*, for kernels/profile.h): one timing event per mark, recorded on
+ * the stream; nothing synchronizes until prof_elapsed_ms.
  * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
  * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
  * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile

@@ -335,7 +335,7 @@ void cuda_attn_prefill_sm90(const struct attn_params *p, int n_tiles, enum bk_dt
  * packed rows, on any sm_80+ device, for batches cuda_attn_prefill_fa2_supported() accepts:
  * head_dim 64 or 128, a bf16/f16 cache, rotated keys (pre-RoPE keys take attention_prefill.cu),
  * STRING where its second Q tile fits smem_optin. Implements p->sliding_window and p->q_dtype.
- * ROPESERVE_CUDA_FA2_BN=32|64 (read at init) picks the key tile at head_dim 128. */
+ * ROPESERVE_CUDA_FA2_BN=32|64 (read at init) forces the key tile at head_dim 128. */
 int cuda_attn_prefill_fa2_supported(int head_dim, enum bk_dtype kv_dtype, int pre_rope, int string,
                                     size_t smem_optin);
 int cuda_attn_prefill_fa2_init(size_t smem_optin, char *err); /* once; raises smem limits */

@@ -9,7 +9,8 @@
  * Decode rows (one new token) and prefill rows (several, on top of cached context or not) are
  * mixed in one batch; GQA groups 1, 2, 4, 6, 8, 16; head_dim 16 (the test fixtures), 32, 64,
  * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; pre-RoPE keys (CLEX); the split-KV
- * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens; STRING (below).
+ * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens, prefill chunks over a
+ * 131072-token paged prefix (GQA, MHA, STRING, pre-RoPE keys); STRING (below).
  *
  * Reference and tolerance. Three runs: the GPU with fp32 inputs (it rounds q, k, v to the
  * cache dtype itself), the CPU on inputs rounded to that dtype (the naive bf16 run: same
@@ -818,6 +819,11 @@ int main(int argc, char **argv)
         {"decode 131072, gqa4 hd128 bs64", B, 64, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
         {"decode 131072 MHA (7B shape) hd128 bs16", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
         {"decode 131072 pre-RoPE gqa4 hd128 bs16", B, 16, 8, 4, 128, 1, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        /* prefill over a 128k paged prefix (the 128-row sm_80 and the sm_90a kernels; pre-RoPE keys: the 64-row one) */
+        {"chunked prefill 128 over 131072 cached, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 128}, {5000, 70}}},
+        {"chunked prefill 64 over 131008 cached, MHA hd128 bs32 f16", F, 32, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131008, 64}}},
+        {"STRING chunked prefill 128 over 131072 cached, gqa4 hd128, S 43253", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 128}}, 43253, 1},
+        {"pre-RoPE keys: chunked prefill 64 over 131072 cached, gqa4 hd128", B, 16, 8, 4, 128, 1, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 64}}},
         /* throughput shapes */
         {"batch decode 64 x 4096, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, decodes(64, 4096)},
         {"prefill 1024 at 0, 32 heads gqa4 hd128", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 1024}}},
