@@ -155,7 +155,8 @@ s_serve() {
             --log-level info >"$OUT/serve.log" 2>&1 &
         pid=$!
         for i in $(seq 1 $((T / 2))); do
-            curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+            "$py" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" \
+                >/dev/null 2>&1 && break
             kill -0 "$pid" 2>/dev/null || break
             sleep 2
         done
