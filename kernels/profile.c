@@ -42,7 +42,8 @@ struct prof {
     struct gemm_shape gemm[MAX_CLASSES]; /* class N_FIXED + i */
     /* the step in flight */
     int in_step, kind, n_pend, cap_pend, slots;
-    int *pend;               /* (cap_pend) class of op i, marks 2i and 2i + 1 */
+    int *pend;               /* (2 cap_pend) class and step kind of pending op i, marks 2i, 2i + 1;
+                                kept across steps without logits until an act_read */
     double t_step, t_end;    /* host clock at batch_begin, at the end of the last step */
     /* accumulated */
     struct prof_row rows[N_KINDS][MAX_CLASSES];
@@ -63,14 +64,15 @@ static void begin_op(struct prof *pr, int cls)
     if (!pr->in_step) return; /* outside a step (weight upload, kv_init): not profiled */
     if (pr->n_pend == pr->cap_pend) {
         pr->cap_pend = pr->cap_pend ? 2 * pr->cap_pend : 256;
-        pr->pend = xrealloc(pr->pend, sizeof(int) * pr->cap_pend);
+        pr->pend = xrealloc(pr->pend, 2 * sizeof(int) * pr->cap_pend);
     }
     if (2 * pr->cap_pend > pr->slots) {
         char err[ERR_LEN];
         CHECK(IN(pr)->prof_reserve(ICTX(pr), 2 * pr->cap_pend, err) == 0, "profile: %s", err);
         pr->slots = 2 * pr->cap_pend;
     }
-    pr->pend[pr->n_pend] = cls;
+    pr->pend[2 * pr->n_pend] = cls;
+    pr->pend[2 * pr->n_pend + 1] = pr->kind;
     IN(pr)->prof_mark(ICTX(pr), 2 * pr->n_pend);
 }
 
@@ -81,19 +83,27 @@ static void end_op(struct prof *pr)
     pr->n_pend++;
 }
 
-/* resolve the marks of the step in flight and close it */
+/* close the step in flight (host clock only: no synchronization) */
 static void end_step(struct prof *pr)
 {
     if (!pr->in_step) return;
+    pr->t_end = now_s();
+    pr->wall[pr->kind] += (pr->t_end - pr->t_step) * 1e3;
+    pr->in_step = 0;
+}
+
+/* turn the pending marks into milliseconds. Called after an act_read (the device has finished
+ * every op before it, so nothing waits) and by reset/report; a step without logits (a prompt
+ * chunk before the last) stays pending until then, so profiling never makes the host wait for
+ * the device between two chunks. */
+static void resolve(struct prof *pr)
+{
     for (int i = 0; i < pr->n_pend; i++) {
-        struct prof_row *r = &pr->rows[pr->kind][pr->pend[i]];
+        struct prof_row *r = &pr->rows[pr->pend[2 * i + 1]][pr->pend[2 * i]];
         r->ms += IN(pr)->prof_elapsed_ms(ICTX(pr), 2 * i, 2 * i + 1);
         r->calls++;
     }
     pr->n_pend = 0;
-    pr->t_end = now_s();
-    pr->wall[pr->kind] += (pr->t_end - pr->t_step) * 1e3;
-    pr->in_step = 0;
 }
 
 static int gemm_class(struct prof *pr, int n_in, int n_out)
@@ -139,6 +149,7 @@ static void w_act_read(void *v, float *dst, const bk_buf *src, size_t off, size_
     IN(pr)->act_read(ICTX(pr), dst, src, off, n);
     end_op(pr);
     end_step(pr); /* the logits are the end of a step (model_forward reads nothing else) */
+    resolve(pr);
 }
 static int w_kv_init(void *v, const struct bk_kv_params *p, char *err) { return IN(P(v))->kv_init(ICTX(P(v)), p, err); }
 static void w_kv_copy_blocks(void *v, const int32_t *src, const int32_t *dst, int n)
@@ -290,6 +301,7 @@ void bk_profile_reset(struct backend *b)
     if (!is_wrapped(b)) return;
     struct prof *pr = P(b->ctx);
     end_step(pr);
+    resolve(pr);
     memset(pr->rows, 0, sizeof pr->rows);
     memset(pr->wall, 0, sizeof pr->wall);
     memset(pr->between, 0, sizeof pr->between);
@@ -320,6 +332,7 @@ void bk_profile_report(struct backend *b, FILE *f)
     if (!is_wrapped(b)) return;
     struct prof *pr = P(b->ctx);
     end_step(pr);
+    resolve(pr);
     char desc[256], name[128];
     IN(pr)->describe(ICTX(pr), desc, sizeof desc);
     fprintf(f, "profile: time per op class and step kind (%s; %s)\n", desc,

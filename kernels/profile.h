@@ -9,10 +9,10 @@
  * bk_profile_name_gemm, e.g. "wq/wo"), attention, norms, RoPE, KV write, SwiGLU, residual adds,
  * embedding, batch upload, logits copy; then "host overhead" (the step's wall time not covered
  * by any op: launch and scheduling gaps on a GPU, the model's own host work on the CPU) and
- * "sampling + scheduling" (host time from the end of one step to the start of the next: the
- * engine samples, streams and schedules there). The shares of one kind sum to 100% of its wall
- * time. Marks are resolved at the end of each step, so timing never adds a synchronization
- * inside a step. */
+ * "sampling + scheduling + idle" (host time from the end of one step to the start of the next:
+ * the engine samples, streams and schedules there, or waits for work). The shares of one kind
+ * sum to 100% of its wall time. Marks are resolved after the next act_read (which waits for the
+ * device anyway), so profiling adds no synchronization, not even between prompt chunks. */
 #ifndef ROPESERVE_PROFILE_H
 #define ROPESERVE_PROFILE_H
 
