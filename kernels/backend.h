@@ -231,6 +231,16 @@ struct backend_ops {
      * or <0 with err (graph instantiation failed; nothing was enqueued). */
     int (*graph_enabled)(void *ctx);
     int (*graph_run)(void *ctx, int key, void (*fn)(void *arg), void *arg, char *err);
+    /* --- timing hook (optional: all three NULL when the backend cannot time its ops) ---
+     * Used by kernels/profile.h (bench --profile), never by the engine. Marks are timestamps in
+     * the op order: prof_mark(slot) stands after every op enqueued before it and before every op
+     * enqueued after it. prof_reserve makes slots 0 .. n_slots - 1 usable (it only grows, and
+     * keeps the marks already taken); prof_elapsed_ms returns the milliseconds from mark a to mark b,
+     * waiting for b to complete. CPU: clock_gettime (its ops are synchronous); CUDA: events
+     * recorded on the op stream, so a mark costs no synchronization. */
+    int (*prof_reserve)(void *ctx, int n_slots, char *err);
+    void (*prof_mark)(void *ctx, int slot);
+    double (*prof_elapsed_ms)(void *ctx, int a, int b);
 };
 
 struct backend {

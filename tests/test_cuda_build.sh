@@ -14,6 +14,8 @@
 # (bits 0-11) of each 128-bit sm_90 instruction; the values were found by compiling probe
 # kernels with nvcc 13.0 that differ in one instruction: 0x9f0 HGMMA (A from shared memory),
 # 0xdf0 HGMMA (A from registers), 0xfae LDGSTS, 0x9c8 USETMAXREG, 0x387 STL, 0x983 LDL.
+# It also reads build/kernels/cuda/fa2/ptxas.log (the 128-row sm_80 prefill kernel,
+# attention_prefill_fa2.cu): every instantiation for sm_80 and sm_90 without stack or spills.
 # Skips when the build has no CUDA objects (no nvcc, or make NVCC=). The GPU machine runs it on
 # the carried build (tools/device-check.sh), where cuobjdump exists.
 cd "$(dirname "$0")/.." || exit 1
@@ -26,7 +28,7 @@ CUOBJDUMP=$(command -v cuobjdump 2>/dev/null || { test -x /usr/local/cuda/bin/cu
 py=/usr/bin/python3; [ -x "$py" ] || py=$(command -v python3)
 
 "$py" - "$dir/ptxas.log" "$cubin" "$CUOBJDUMP" <<'EOF'
-import collections, re, struct, subprocess, sys
+import collections, os, re, struct, subprocess, sys
 
 log_path, cubin, cuobjdump = sys.argv[1], sys.argv[2], sys.argv[3]
 passed = failed = 0
@@ -123,6 +125,39 @@ if cubin:
               % (short, c["hgmma"], c["ldgsts"], c["setmaxnreg"], c["stl"], c["ldl"]))
         check(c["hgmma"] >= 16 and c["ldgsts"] > 0 and c["setmaxnreg"] >= 2, "%s: HGMMA, LDGSTS, setmaxnreg" % short)
         check(c["stl"] == 0 and c["ldl"] == 0, "%s: no local memory (STL/LDL)" % short)
+
+# --- the 128-row sm_80 prefill kernel (attention_prefill_fa2.cu): ptxas report of every
+# instantiation for sm_80 and sm_90, no stack frame and no spills
+fa2_log = os.path.join(os.path.dirname(os.path.dirname(log_path)), "fa2", "ptxas.log")
+try:
+    flog = open(fa2_log).read()
+except OSError:
+    flog = ""
+check(flog != "", "ptxas report %s exists" % fa2_log)
+fent, cur = {}, None
+for line in flog.splitlines():
+    m = re.search(r"Compiling entry function '(\S+)' for '(sm_\w+)'", line)
+    if m:
+        cur = (m.group(1), m.group(2))
+        fent[cur] = {}
+        continue
+    if cur is None:
+        continue
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+    if m:
+        fent[cur]["stack"], fent[cur]["st"], fent[cur]["ld"] = map(int, m.groups())
+    m = re.search(r"Used (\d+) registers", line)
+    if m:
+        fent[cur]["regs"] = int(m.group(1))
+FA2_EXPECTED = 24  # {bf16, f16} x {q float, q T} x {hd 64 BN 64, hd 128 BN 64, hd 128 BN 32} x {plain, STRING}
+for arch in ("sm_80", "sm_90"):
+    ks = {k: v for k, v in fent.items() if k[1] == arch and "attn_prefill_fa2_kernel" in k[0]}
+    check(len(ks) == FA2_EXPECTED, "%d %s instantiations of the FA2 kernel (found %d)" % (FA2_EXPECTED, arch, len(ks)))
+    for (fn, _), v in sorted(ks.items()):
+        short = fn.replace("_ZN3fa223attn_prefill_fa2_kernelI", "").replace("EEEv11attn_params", "")
+        print("  fa2 %s %-34s registers %s, stack %s, spill stores %s, spill loads %s"
+              % (arch, short, v.get("regs"), v.get("stack"), v.get("st"), v.get("ld")))
+        check(v.get("stack") == 0 and v.get("st") == 0 and v.get("ld") == 0, "fa2 %s %s: no stack, no spills" % (arch, short))
 
 print("test_cuda_build: %d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)

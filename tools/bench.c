@@ -5,11 +5,16 @@
  *   ttft under load: a short request submitted while a long prefill runs
  *   decode at context L (--decode-ctx): a prompt of L tokens, then --tg tokens; milliseconds per
  *   decode step after the first token (the issue's decode_ms; with --kv-cache-dtype fp8 too)
- * Each figure is the median of --reps runs. Never part of `make test`.
+ * Each figure is the median of --reps runs. Never part of `make test` (but tests/test_profile.sh
+ * runs --profile on a tiny model to check the table's shape, never its times).
+ *
+ * --profile: the backend is wrapped by kernels/profile.h, and after the runs the time of every
+ * op class per step kind (prefill chunks, decodes) is printed, with the GEMMs named after the
+ * model's weights (CUDA events on the GPU, the host clock on the CPU), then PROFILE_JSON.
  *
  *   bench --model DIR [--threads N] [--pp 512,2048,8192] [--tg 128] [--streams 1,4,16]
  *         [--reps 3] [--device cpu|cuda] [--no-cuda-graphs] [--long-prefill N] [--max-batched-tokens N]
- *         [--kv-cache-dtype auto|bf16|f16|fp8] [--decode-ctx L1,L2]
+ *         [--kv-cache-dtype auto|bf16|f16|fp8] [--decode-ctx L1,L2] [--profile]
  *   --decode-ctx prints one line per L: "decode_ms ctx=L kv=DTYPE ms=X" (median of --reps) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +23,7 @@
 #include "../common/common.h"
 #include "../engine/engine.h"
 #include "../kernels/backend.h"
+#include "../kernels/profile.h"
 #include "../models/model.h"
 
 static int cmp_double(const void *a, const void *b)
@@ -95,7 +101,7 @@ int main(int argc, char **argv)
 {
     const char *model = NULL;
     int pp[8] = {512, 2048, 8192}, n_pp = 3, tg = 128, streams[8] = {1, 4, 16}, n_streams = 0, reps = 3;
-    int long_prefill = 0;
+    int long_prefill = 0, profile = 0;
     int kv_dtype = MODEL_KV_DTYPE_AUTO;
     int decode_ctx[8], n_decode_ctx = 0;
     struct backend_params bp = backend_default_params();
@@ -119,6 +125,7 @@ int main(int argc, char **argv)
         }
         else if (!strcmp(a, "--device")) bp.device = !strcmp(v, "cuda") ? BK_DEVICE_CUDA : BK_DEVICE_CPU, i++;
         else if (!strcmp(a, "--no-cuda-graphs")) bp.cuda_graphs = 0;
+        else if (!strcmp(a, "--profile")) profile = 1;
         else { fprintf(stderr, "bench: unknown flag %s\n", a); return 1; }
     }
     if (!model || reps < 1 || reps > 50) { fprintf(stderr, "usage: bench --model DIR [flags]\n"); return 1; }
@@ -128,7 +135,19 @@ int main(int argc, char **argv)
     struct backend be;
     model_t *m;
     engine_t *e;
-    if (model_config_load(&cfg, model, err) < 0 || backend_init(&be, &bp, err) < 0) { fprintf(stderr, "bench: %s\n", err); return 1; }
+    if (model_config_load(&cfg, model, err) < 0 || backend_init(&be, &bp, err) < 0 ||
+        (profile && bk_profile_attach(&be, err) < 0)) { fprintf(stderr, "bench: %s\n", err); return 1; }
+    if (profile) { /* name the GEMMs after the weights of one layer (shapes may coincide) */
+        const int H = cfg.hidden_size, QD = cfg.n_heads * cfg.head_dim, KD = cfg.n_kv_heads * cfg.head_dim;
+        bk_profile_name_gemm(&be, H, QD, "wq");
+        bk_profile_name_gemm(&be, H, KD, "wk");
+        bk_profile_name_gemm(&be, H, KD, "wv");
+        bk_profile_name_gemm(&be, QD, H, "wo");
+        bk_profile_name_gemm(&be, H, cfg.intermediate_size, "gate");
+        bk_profile_name_gemm(&be, H, cfg.intermediate_size, "up");
+        bk_profile_name_gemm(&be, cfg.intermediate_size, H, "down");
+        bk_profile_name_gemm(&be, H, cfg.vocab_size, "lm_head");
+    }
     struct model_params mp = model_default_params();
     mp.max_batch_tokens = ep.max_batched_tokens;
     mp.kv_cache_dtype = kv_dtype;
@@ -143,6 +162,7 @@ int main(int argc, char **argv)
 
     /* warm-up: one small request */
     drain(submit(e, vocab, 64, 2), &tf, &tl);
+    bk_profile_reset(&be);
     for (int i = 0; i < n_pp; i++) {
         if (pp[i] + 1 > engine_max_model_len(e)) { printf("pp%-6d skipped (max_model_len %d)\n", pp[i], engine_max_model_len(e)); continue; }
         for (int r = 0; r < reps; r++) {
@@ -201,6 +221,7 @@ int main(int argc, char **argv)
         printf("ttft of a 32-token request during a %d-token prefill: %.3f s\n", long_prefill, median(v, reps));
     }
     engine_free(e);
+    if (profile) bk_profile_report(&be, stdout);
     model_free(m);
     backend_free(&be);
     model_config_free(&cfg);

@@ -7,7 +7,18 @@
  *              [--theta F] [--eps F] [--rope-scaling-json '{...}'|null] [--dtype f32|f16|bf16]
  *              [--tie] [--attention-bias] [--mlp-bias] [--sliding-window N|0]
  *              [--max-window-layers N] [--shard-bytes N] [--seed N] [--tokenizer PATH|none]
- *              [--threads N]
+ *              [--threads N] [--init default|stable] [--perturb-layer0 REL]
+ *
+ * --init stable (issue 10 item 6): an init whose deep stacks are not chaotic, so two backends'
+ * logprobs can be compared on it at 7B scale. Residual-branch output projections (o_proj,
+ * down_proj) are scaled by 1/sqrt(2 n_layers), so the residual stream grows by O(1) over the
+ * whole stack instead of per layer; q and k get sigma 0.5/sqrt(hidden), so attention logits have a
+ * standard deviation of about 0.25 (instead of ~100 with the default 0.2, where every softmax is
+ * one-hot and flips on the smallest change); norm weights 1 +- 0.02, biases 0.02. The default init
+ * (tests/fixtures' scales) is unchanged.
+ * --perturb-layer0 REL multiplies every value of layer 0's tensors by (1 + REL * N(0, 1)) from a
+ * stream of their own (the other values are unchanged): the nudge test (tests/test_stable_init.c,
+ * tools/nudge_test.py) compares the logprobs of a model with its nudged twin.
  *
  * Architectures (config.json as transformers' config classes write them): llama (attention_bias
  * puts random biases on q, k, v, o; mlp_bias on gate, up, down), mistral (sliding_window in every
@@ -95,6 +106,8 @@ struct mm_config {
     int tie;
     uint64_t shard_bytes;     /* 0 = one model.safetensors */
     uint64_t seed;
+    int init_stable;          /* --init stable */
+    double perturb_layer0;    /* --perturb-layer0 REL (0: none) */
 };
 
 struct preset {
@@ -163,6 +176,9 @@ static void usage(FILE *f)
         "  --tokenizer PATH     copy this tokenizer.model ('none': no tokenizer files); default\n"
         "                       " DEFAULT_TOKENIZER " when vocab is 512 and it exists\n"
         "  --threads N          generator threads (default: online CPUs; output unchanged)\n"
+        "  --init default|stable  stable: residual outputs / sqrt(2 layers), attention logits ~0.25\n"
+        "                       (not chaotic at depth: backends can be compared on it)\n"
+        "  --perturb-layer0 REL multiply layer 0's values by (1 + REL N(0,1)) (the nudge test)\n"
         "presets:\n"
         "  demo      vocab 512, hidden 256, 4 layers, 8 heads, 4 kv, ffn 688, max_pos 8192,\n"
         "            yarn x4 over 2048, bf16\n"
@@ -488,6 +504,7 @@ struct mm_tensor {
     size_t n;             /* elements */
     size_t nbytes;
     double mean, sigma;   /* value = mean + sigma * N(0, 1) */
+    double perturb;       /* then times (1 + perturb * N(0, 1)) from a second stream; 0: none */
     uint64_t key;         /* PRNG key: f(seed, name) */
     int shard;            /* 0-based */
     size_t offset;        /* byte offset in its shard's data section */
@@ -523,6 +540,7 @@ static void add_tensor(struct mm_tensor *t, int *n, const struct mm_config *c, c
     x->sigma = sigma;
     uint64_t s = c->seed;
     x->key = splitmix64(&s) ^ fnv1a64(name);
+    if (c->perturb_layer0 > 0 && strncmp(name, "model.layers.0.", 15) == 0) x->perturb = c->perturb_layer0;
 }
 
 /* The tensors of LlamaForCausalLM (MistralForCausalLM, Qwen2ForCausalLM) in state-dict order,
@@ -534,6 +552,11 @@ static int build_tensors(struct mm_tensor *t, const struct mm_config *c)
     long long H = c->hidden, F = c->ffn, V = c->vocab;
     long long q_dim = (long long)c->n_heads * c->head_dim, kv_dim = (long long)c->n_kv_heads * c->head_dim;
     double s_h = 1.0 / sqrt((double)H), s_out = 3.0 / sqrt((double)H);
+    /* --init stable (see the top of the file); else tests/fixtures/README.md's scales */
+    const int st = c->init_stable;
+    const double res = st ? 1.0 / sqrt(2.0 * c->n_layers) : 1.0;
+    const double s_qk = st ? 0.5 * s_h : 0.2, s_norm = st ? 0.02 : 0.1;
+    const double b_qk = st ? 0.02 : 0.5, b_v = st ? 0.02 : 0.2, b_o = st ? 0.02 : 0.1;
     char name[96];
     /* tied: the embedding is also the output matrix, so it gets lm_head's scale */
     add_tensor(t, &n, c, "model.embed_tokens.weight", V, H, 0.0, c->tie ? s_out : 1.0);
@@ -544,25 +567,25 @@ static int build_tensors(struct mm_tensor *t, const struct mm_config *c)
             add_tensor(t, &n, c, name, rows, cols, mean, sigma);                 \
         } while (0)
         const int qkv_bias = c->arch == ARCH_QWEN2 || c->attention_bias;
-        LAYER("self_attn.q_proj.weight", q_dim, H, 0.0, 0.2);  /* (heads*hd, hidden) */
-        if (qkv_bias) LAYER("self_attn.q_proj.bias", q_dim, 0, 0.0, 0.5);
-        LAYER("self_attn.k_proj.weight", kv_dim, H, 0.0, 0.2); /* (kv*hd, hidden) */
-        if (qkv_bias) LAYER("self_attn.k_proj.bias", kv_dim, 0, 0.0, 0.5);
+        LAYER("self_attn.q_proj.weight", q_dim, H, 0.0, s_qk); /* (heads*hd, hidden) */
+        if (qkv_bias) LAYER("self_attn.q_proj.bias", q_dim, 0, 0.0, b_qk);
+        LAYER("self_attn.k_proj.weight", kv_dim, H, 0.0, s_qk); /* (kv*hd, hidden) */
+        if (qkv_bias) LAYER("self_attn.k_proj.bias", kv_dim, 0, 0.0, b_qk);
         LAYER("self_attn.v_proj.weight", kv_dim, H, 0.0, s_h); /* (kv*hd, hidden) */
-        if (qkv_bias) LAYER("self_attn.v_proj.bias", kv_dim, 0, 0.0, 0.2);
-        LAYER("self_attn.o_proj.weight", H, q_dim, 0.0, 1.0 / sqrt((double)q_dim)); /* (hidden, heads*hd) */
-        if (c->attention_bias) LAYER("self_attn.o_proj.bias", H, 0, 0.0, 0.1);
+        if (qkv_bias) LAYER("self_attn.v_proj.bias", kv_dim, 0, 0.0, b_v);
+        LAYER("self_attn.o_proj.weight", H, q_dim, 0.0, res / sqrt((double)q_dim)); /* (hidden, heads*hd) */
+        if (c->attention_bias) LAYER("self_attn.o_proj.bias", H, 0, 0.0, b_o);
         LAYER("mlp.gate_proj.weight", F, H, 0.0, s_h);         /* (ffn, hidden) */
-        if (c->mlp_bias) LAYER("mlp.gate_proj.bias", F, 0, 0.0, 0.1);
+        if (c->mlp_bias) LAYER("mlp.gate_proj.bias", F, 0, 0.0, b_o);
         LAYER("mlp.up_proj.weight", F, H, 0.0, s_h);           /* (ffn, hidden) */
-        if (c->mlp_bias) LAYER("mlp.up_proj.bias", F, 0, 0.0, 0.1);
-        LAYER("mlp.down_proj.weight", H, F, 0.0, 1.0 / sqrt((double)F)); /* (hidden, ffn) */
-        if (c->mlp_bias) LAYER("mlp.down_proj.bias", H, 0, 0.0, 0.1);
-        LAYER("input_layernorm.weight", H, 0, 1.0, 0.1);       /* (hidden,) */
-        LAYER("post_attention_layernorm.weight", H, 0, 1.0, 0.1);
+        if (c->mlp_bias) LAYER("mlp.up_proj.bias", F, 0, 0.0, b_o);
+        LAYER("mlp.down_proj.weight", H, F, 0.0, res / sqrt((double)F)); /* (hidden, ffn) */
+        if (c->mlp_bias) LAYER("mlp.down_proj.bias", H, 0, 0.0, b_o);
+        LAYER("input_layernorm.weight", H, 0, 1.0, s_norm);    /* (hidden,) */
+        LAYER("post_attention_layernorm.weight", H, 0, 1.0, s_norm);
 #undef LAYER
     }
-    add_tensor(t, &n, c, "model.norm.weight", H, 0, 1.0, 0.1);
+    add_tensor(t, &n, c, "model.norm.weight", H, 0, 1.0, s_norm);
     if (!c->tie) add_tensor(t, &n, c, "lm_head.weight", V, H, 0.0, s_out); /* (vocab, hidden) */
     return n;
 }
@@ -672,13 +695,22 @@ static inline void store_value(uint8_t *out, size_t i, enum st_dtype dt, float v
 static void fill_chunk(const struct mm_tensor *t, size_t chunk, size_t n, enum st_dtype dt,
                        uint8_t *out)
 {
-    struct rng r;
+    struct rng r, rp;
     rng_seed(&r, t->key, chunk);
+    rng_seed(&rp, t->key ^ 0x6a09e667f3bcc909ull, chunk); /* the nudge's own stream */
     for (size_t i = 0; i < n; i += 2) {
-        double z0, z1;
+        double z0, z1, v0, v1;
         rng_gauss2(&r, &z0, &z1);
-        store_value(out, i, dt, (float)(t->mean + t->sigma * z0));
-        if (i + 1 < n) store_value(out, i + 1, dt, (float)(t->mean + t->sigma * z1));
+        v0 = t->mean + t->sigma * z0;
+        v1 = t->mean + t->sigma * z1;
+        if (t->perturb > 0) {
+            double p0, p1;
+            rng_gauss2(&rp, &p0, &p1);
+            v0 *= 1.0 + t->perturb * p0;
+            v1 *= 1.0 + t->perturb * p1;
+        }
+        store_value(out, i, dt, (float)v0);
+        if (i + 1 < n) store_value(out, i + 1, dt, (float)v1);
     }
 }
 
@@ -955,6 +987,8 @@ int main(int argc, char **argv)
     double theta = 0, eps = 0;
     int dtype = -1;
     uint64_t shard_bytes = 0, seed = 1234;
+    int init_stable = 0;
+    double perturb = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -980,6 +1014,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--shard-bytes")) shard_bytes = parse_size(a, v);
         else if (!strcmp(a, "--seed")) seed = (uint64_t)parse_int(a, v, 0, INT64_MAX);
         else if (!strcmp(a, "--tokenizer")) tokenizer = v;
+        else if (!strcmp(a, "--init")) {
+            if (strcmp(v, "default") && strcmp(v, "stable")) die("--init: expected default or stable, got '%s'", v);
+            init_stable = !strcmp(v, "stable");
+        }
+        else if (!strcmp(a, "--perturb-layer0")) {
+            perturb = parse_double(a, v);
+            if (perturb >= 1) die("--perturb-layer0: a relative nudge below 1, got '%s'", v);
+        }
         else if (!strcmp(a, "--threads")) n_threads = (int)parse_int(a, v, 1, MAX_THREADS);
         else if (!strcmp(a, "--sliding-window")) sliding_window = (int)parse_int(a, v, 0, 1 << 30);
         else if (!strcmp(a, "--max-window-layers")) max_window_layers = (int)parse_int(a, v, 0, 4096);
@@ -1029,6 +1071,11 @@ int main(int argc, char **argv)
     if (c.arch != ARCH_QWEN2 && max_window_layers >= 0) die("--max-window-layers: qwen2 only");
     c.shard_bytes = shard_bytes;
     c.seed = seed;
+    c.init_stable = init_stable;
+    c.perturb_layer0 = perturb;
+    if (perturb > 0 && c.dtype != DT_F32)
+        fprintf(stderr, "make_model: warning: --perturb-layer0 %g below %s precision: use --dtype f32\n", perturb,
+                dtype_flag[c.dtype]);
     if (head_dim) {
         c.head_dim = head_dim;
     } else if (hidden || heads) {

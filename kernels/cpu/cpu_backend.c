@@ -289,7 +289,36 @@ static void cpu_free(void *ctx)
     free(c->seq_max_pos);
     free(c->rope_table);
     free(c->rope_table_off);
+    free(c->prof_t);
     free(c);
+}
+
+/* the timing hook: every op returns when its work is done, so the host clock at a mark is the
+ * mark's time */
+static int cpu_prof_reserve(void *ctx, int n, char *err)
+{
+    struct cpu_ctx *c = ctx;
+    (void)err;
+    if (n > c->prof_n) {
+        c->prof_t = xrealloc(c->prof_t, sizeof(double) * n);
+        for (int i = c->prof_n; i < n; i++) c->prof_t[i] = 0;
+        c->prof_n = n;
+    }
+    return 0;
+}
+
+static void cpu_prof_mark(void *ctx, int slot)
+{
+    struct cpu_ctx *c = ctx;
+    CHECK(slot >= 0 && slot < c->prof_n, "prof_mark: slot %d of %d", slot, c->prof_n);
+    c->prof_t[slot] = now_s();
+}
+
+static double cpu_prof_elapsed_ms(void *ctx, int a, int b)
+{
+    struct cpu_ctx *c = ctx;
+    CHECK(a >= 0 && b >= 0 && a < c->prof_n && b < c->prof_n, "prof_elapsed_ms: slots %d, %d", a, b);
+    return (c->prof_t[b] - c->prof_t[a]) * 1e3;
 }
 
 static void cpu_describe(void *ctx, char *buf, size_t len)
@@ -327,6 +356,9 @@ static const struct backend_ops cpu_ops = {
     .add_bias = cpu_add_bias,
     .kv_dtype_auto = cpu_kv_dtype_auto,
     .kv_dtype_check = cpu_kv_dtype_check,
+    .prof_reserve = cpu_prof_reserve,
+    .prof_mark = cpu_prof_mark,
+    .prof_elapsed_ms = cpu_prof_elapsed_ms,
 };
 
 int backend_cpu_init(struct backend *b, const struct backend_params *p, char *err)

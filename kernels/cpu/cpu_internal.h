@@ -100,6 +100,10 @@ struct cpu_ctx {
     size_t rope_table_cap;
     size_t *rope_table_off;   /* (n_seqs) */
     int rope_table_off_cap;
+
+    /* timing hook (backend.h prof_*): the host clock at each mark, seconds */
+    double *prof_t;
+    int prof_n;
 };
 
 /* ---------------------------------------------------------------------------------------------

@@ -40,6 +40,15 @@
  * An fp8 KV cache (--kv-cache-dtype fp8) runs the split-KV kernel's and the sm_80 prefill
  * kernel's fp8 instantiations (head_dim 64/128; other head dims send every row to split-KV),
  * never the sm_90a kernel; kv_init copies the per-(layer, head) scales to the device.
+ * 64/128, rotated keys), else the 128-row sm_80 one (attention_prefill_fa2.cu) where it does
+ * (head_dim 64/128, rotated keys, its shared memory fits), else the 64-row sm_80 one
+ * (attention_prefill.cu: pre-RoPE keys, other head dims). Head dims without a tensor-core
+ * instantiation, and ROPESERVE_CUDA_ATTN=simt (read at init; =sm80, =sm80v1 (the 64-row kernel)
+ * and =sm90 force those prefill kernels: the checkers use it to test each path), send every row
+ * to the split-KV kernel, which is correct for any row, only slower for long prefills.
+ *
+ * Timing hook (backend.h prof_*, for kernels/profile.h): one timing event per mark, recorded on
+ * the stream; nothing synchronizes until prof_elapsed_ms.
  * A batch with a STRING sequence (string_shift[s] > 0) launches both kernels' STRING
  * instantiations (they treat S = 0 rows as plain); a batch without one never reads q_shift,
  * and its string arrays are not even uploaded. Where the STRING prefill kernel's second Q tile
@@ -132,6 +141,8 @@ static void cu_free(void *vctx)
     if (c->h_tiles) cudaFreeHost(c->h_tiles);
     if (c->meta_ev) cudaEventDestroy(c->meta_ev);
     if (c->tiles_ev) cudaEventDestroy(c->tiles_ev);
+    for (int i = 0; i < c->prof_n; i++) cudaEventDestroy(c->prof_ev[i]);
+    free(c->prof_ev);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     cudaGetLastError();
@@ -915,23 +926,30 @@ static void cu_attention(void *vctx, bk_buf *out, const bk_buf *q, const bk_buf 
      * the sm_90a kernel on compute capability 9.0 where it supports the batch, else the sm_80 one */
     const int sm90 = c->attn_sm90 && cuda_attn_prefill_sm90_supported(hd, c->kv.dtype, p.pre_rope, b->has_string,
                                                                       c->smem_optin);
-    const int tc = sm90 || (!c->attn_simt_only &&
-                            (kv8 ? cuda_attn_prefill_fp8_supported(hd) : cuda_attn_prefill_supported(hd)) &&
-                            (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
-    /* only the sm_90a kernel implements sliding windows so far */
-    CHECK(p.sliding_window == 0 || (sm90 && b->n_dec == 0),
-          "attention: layer %d has a sliding window (%d), which only the sm_90a prefill kernel implements so far, "
-          "and this batch has %s", layer, p.sliding_window, sm90 ? "decode rows" : "rows for another kernel");
-    /* prefill rows first: with 16-bit activations the sm_80 kernel runs on fp32 staging copies
-     * and its output is converted back over all rows, which the split-KV kernel's rows then
-     * overwrite */
+    /* the 128-row sm_80 kernel: 16-bit caches (an fp8 one takes the 64-row kernel's fp8 path) */
+    const int fa2 = !sm90 && !kv8 && c->attn_fa2 &&
+                    cuda_attn_prefill_fa2_supported(hd, c->kv.dtype, p.pre_rope, b->has_string, c->smem_optin);
+    const int tc = sm90 || fa2 ||
+                   (!c->attn_simt_only &&
+                    (kv8 ? cuda_attn_prefill_fp8_supported(hd) : cuda_attn_prefill_supported(hd)) &&
+                    (!b->has_string || cuda_attn_prefill_string_supported(hd, c->smem_optin)));
+    /* only the sm_90a and the 128-row sm_80 prefill kernels implement sliding windows so far */
+    CHECK(p.sliding_window == 0 || ((sm90 || fa2) && b->n_dec == 0),
+          "attention: layer %d has a sliding window (%d), which only the sm_90a and 128-row sm_80 prefill kernels "
+          "implement so far, and this batch has %s", layer, p.sliding_window,
+          sm90 || fa2 ? "decode rows" : "rows for another kernel");
+    /* prefill rows first: with 16-bit activations the 64-row sm_80 kernel runs on fp32 staging
+     * copies and its output is converted back over all rows, which the split-KV kernel's rows
+     * then overwrite */
     if (tc && b->n_tokens > b->n_dec) {
-        const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : ATTN_PREFILL_BLOCK_M;
+        const int bm = sm90 ? ATTN_PREFILL_SM90_BLOCK_M : fa2 ? ATTN_PREFILL_FA2_BLOCK_M : ATTN_PREFILL_BLOCK_M;
         if (c->tiles_group != group || c->tiles_bm != bm) build_tiles(c, group, bm);
         p.tiles = c->d_tiles;
         if (sm90) {
             cuda_attn_prefill_sm90(&p, c->n_tiles, c->dtype, c->stream);
-        } else if (kv8) { /* the fp8 kernels take fp32 q: kv_init keeps fp32 activations for an fp8 cache */
+        } else if (fa2) { /* reads q/q_shift and writes out in their own dtypes */
+            cuda_attn_prefill_fa2(&p, c->n_tiles, c->dtype, c->stream);
+        } else if (kv8) { /* the fp8 kernels take fp32 q: an fp8 cache keeps fp32 activations */
             CHECK(q->dtype == BK_F32, "attention: an fp8 cache with q dtype %d", (int)q->dtype);
             cuda_attn_prefill_fp8(&p, c->n_tiles, c->dtype, c->stream);
         } else if (q->dtype == BK_F32) {
@@ -1109,6 +1127,41 @@ static int cu_graph_run(void *vctx, int key, void (*fn)(void *arg), void *arg, c
     return 0;
 }
 
+// the timing hook (backend.h prof_*): events recorded on the op stream, read when complete
+
+static int cu_prof_reserve(void *vctx, int n, char *err)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    if (n <= c->prof_n) return 0;
+    set_device(c);
+    c->prof_ev = (cudaEvent_t *)xrealloc(c->prof_ev, sizeof(cudaEvent_t) * n);
+    for (; c->prof_n < n; c->prof_n++) {
+        const cudaError_t e = cudaEventCreate(&c->prof_ev[c->prof_n]);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            return set_err(err, -1, "cuda: timing events: %s", cudaGetErrorString(e));
+        }
+    }
+    return 0;
+}
+
+static void cu_prof_mark(void *vctx, int slot)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(slot >= 0 && slot < c->prof_n, "prof_mark: slot %d of %d", slot, c->prof_n);
+    CUDA_CHECK(cudaEventRecord(c->prof_ev[slot], c->stream));
+}
+
+static double cu_prof_elapsed_ms(void *vctx, int a, int b)
+{
+    struct cuda_ctx *c = (struct cuda_ctx *)vctx;
+    CHECK(a >= 0 && b >= 0 && a < c->prof_n && b < c->prof_n, "prof_elapsed_ms: slots %d, %d", a, b);
+    CUDA_CHECK(cudaEventSynchronize(c->prof_ev[b]));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[a], c->prof_ev[b]));
+    return ms;
+}
+
 // ------------------------------------------------------------------------------------------------
 // the table and init
 
@@ -1144,6 +1197,9 @@ static const struct backend_ops cuda_ops = {
     /* .gather_rmsnorm = */ cu_gather_rmsnorm,
     /* .graph_enabled = */ cu_graph_enabled,
     /* .graph_run = */ cu_graph_run,
+    /* .prof_reserve = */ cu_prof_reserve,
+    /* .prof_mark = */ cu_prof_mark,
+    /* .prof_elapsed_ms = */ cu_prof_elapsed_ms,
 };
 
 extern "C" int backend_cuda_device_count(void)
@@ -1190,14 +1246,18 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
         if (p->dtype != BK_BF16) LOG_I("cuda: weights and KV cache stored as bf16 (fp32 is not a GPU storage dtype)");
         c->dtype = BK_BF16;
     }
-    /* ROPESERVE_CUDA_ATTN=simt|sm80|sm90|auto (INTERFACES §4): forces an attention path */
+    /* ROPESERVE_CUDA_ATTN=simt|sm80|sm80v1|sm90|auto (INTERFACES §4): forces an attention path
+     * (sm80: the 128-row kernel where it applies, else the 64-row one; sm80v1: the 64-row one) */
     mode = getenv("ROPESERVE_CUDA_ATTN");
-    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "simt") && strcmp(mode, "sm80") && strcmp(mode, "sm90")) {
-        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=%s: expected simt, sm80, sm90 or auto", mode);
+    if (mode && *mode && strcmp(mode, "auto") && strcmp(mode, "simt") && strcmp(mode, "sm80") &&
+        strcmp(mode, "sm80v1") && strcmp(mode, "sm90")) {
+        set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=%s: expected simt, sm80, sm80v1, sm90 or auto", mode);
         goto fail;
     }
     c->attn_simt_only = mode && strcmp(mode, "simt") == 0;
-    c->attn_sm90 = c->cc_major == 9 && c->cc_minor == 0 && !c->attn_simt_only && !(mode && strcmp(mode, "sm80") == 0);
+    c->attn_sm90 = c->cc_major == 9 && c->cc_minor == 0 && !c->attn_simt_only &&
+                   !(mode && (strcmp(mode, "sm80") == 0 || strcmp(mode, "sm80v1") == 0));
+    c->attn_fa2 = !c->attn_simt_only && !(mode && strcmp(mode, "sm80v1") == 0);
     if (mode && strcmp(mode, "sm90") == 0 && !c->attn_sm90) {
         set_err(err, -1, "cuda: ROPESERVE_CUDA_ATTN=sm90 needs compute capability 9.0 (H100/H200); %s is sm_%d%d",
                 c->name, c->cc_major, c->cc_minor);
@@ -1235,6 +1295,7 @@ extern "C" int backend_cuda_init(struct backend *b, const struct backend_params 
     c->part_cap = PART_CAP_FLOATS;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     if (cuda_attn_prefill_init(c->smem_optin, err)) goto fail;
+    if (cuda_attn_prefill_fa2_init(c->smem_optin, err)) goto fail;
     if (c->attn_sm90 && cuda_attn_prefill_sm90_init(c->smem_optin, err)) goto fail;
 
     b->ops = &cuda_ops;

@@ -112,6 +112,9 @@ struct cuda_ctx {
     enum bk_dtype dtype;         /* weights and KV cache: BK_BF16 or BK_F16 */
     double gpu_memory_utilization;
     int attn_simt_only;          /* ROPESERVE_CUDA_ATTN=simt: every row through the split-KV kernel */
+    int attn_fa2;                /* not ROPESERVE_CUDA_ATTN=sm80v1|simt: the 128-row sm_80 kernel
+                                    (attention_prefill_fa2.cu) takes the batches it supports that
+                                    the sm_90a kernel does not */
     int attn_sm90;               /* compute capability 9.0 and not ROPESERVE_CUDA_ATTN=sm80|simt: the
                                     sm_90a prefill kernel takes the batches it supports */
     size_t smem_optin;           /* max dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin) */
@@ -171,6 +174,10 @@ struct cuda_ctx {
     uint64_t graph_gen;          /* bumped by every allocation change that graphs may have baked in */
     struct cuda_graph_entry *graphs;
     int n_graphs;
+
+    /* timing hook (backend.h prof_*, kernels/profile.h): one timing event per mark slot */
+    cudaEvent_t *prof_ev;
+    int prof_n;
 };
 
 /* What a captured graph baked in: any difference means recapture. */
@@ -470,5 +477,17 @@ int cuda_attn_prefill_sm90_supported(int head_dim, enum bk_dtype kv_dtype, int p
 int cuda_attn_prefill_sm90_init(size_t smem_optin, char *err);
 void cuda_attn_prefill_sm90(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream);
 #define ATTN_PREFILL_SM90_BLOCK_M 128 /* packed rows per CTA (two consumer warpgroups of 64) */
+
+/* attention_prefill_fa2.cu: the sm_80 prefill kernel at FlashAttention-2 quality (128-row tiles,
+ * swizzled shared memory, a 3-4 stage cp.async ring) over p->tiles of ATTN_PREFILL_FA2_BLOCK_M
+ * packed rows, on any sm_80+ device, for batches cuda_attn_prefill_fa2_supported() accepts:
+ * head_dim 64 or 128, a bf16/f16 cache, rotated keys (pre-RoPE keys take attention_prefill.cu),
+ * STRING where its second Q tile fits smem_optin. Implements p->sliding_window and p->q_dtype.
+ * ROPESERVE_CUDA_FA2_BN=32|64 (read at init) forces the key tile at head_dim 128. */
+int cuda_attn_prefill_fa2_supported(int head_dim, enum bk_dtype kv_dtype, int pre_rope, int string,
+                                    size_t smem_optin);
+int cuda_attn_prefill_fa2_init(size_t smem_optin, char *err); /* once; raises smem limits */
+void cuda_attn_prefill_fa2(const struct attn_params *p, int n_tiles, enum bk_dtype dt, cudaStream_t stream);
+#define ATTN_PREFILL_FA2_BLOCK_M 128 /* packed rows per CTA (8 warps of 16) */
 
 #endif

@@ -9,8 +9,9 @@
  * Decode rows (one new token) and prefill rows (several, on top of cached context or not) are
  * mixed in one batch; GQA groups 1, 2, 4, 6, 8, 16; head_dim 16 (the test fixtures), 32, 64,
  * 80, 96, 128, 256; block sizes 16, 32, 64; bf16 and f16; an fp8 (e4m3) cache with per-head
- * scales (below); pre-RoPE keys (CLEX); the split-KV
- * fallback for every row (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens; STRING (below).
+ * scales (below); pre-RoPE keys (CLEX); the split-KV fallback for every row
+ * (ROPESERVE_CUDA_ATTN=simt); decode at 131072 tokens, prefill chunks over a 131072-token paged
+ * prefix (GQA, MHA, STRING, pre-RoPE keys); STRING (below).
  *
  * Reference and tolerance. Three runs: the GPU with fp32 inputs (it rounds q, k, v to the
  * cache dtype itself), the CPU on inputs rounded to that dtype (the naive bf16 run: same
@@ -71,7 +72,14 @@
  * and, as a full-scale check, compares every path's output with the first one's (no CPU
  * reference at that size: the configurations above carry the correctness).
  *
- * Usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]
+ * The 128-row sm_80 kernel (attention_prefill_fa2.cu) takes the configurations with multi-token
+ * rows at head_dim 64/128 and rotated keys on every device ("auto"/"sm80"), sliding windows
+ * included; those that are not big also run with ROPESERVE_CUDA_ATTN=sm80v1, the 64-row kernel
+ * (which keeps pre-RoPE keys and the other head dims).
+ *
+ * Usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING] [--paths a,b]
+ *   --paths  bench only: the ROPESERVE_CUDA_ATTN paths to time (default sm90,sm80 on compute
+ *            capability 9.0, else sm80)
  *   --quick  skips the 128k and bench-size configurations
  *   --only   runs the configurations (or bench cases) whose name contains SUBSTRING */
 #include <string>
@@ -124,10 +132,20 @@ static std::vector<std::string> gpu_paths(const attn_config &cf)
     if (cf.simt) return {"simt"};
     int multi = 0;
     for (auto &s : cf.seqs) multi |= s.n_new > 1;
-    const int sm90 = ck_hopper && multi && !cf.pre_rope && (cf.head_dim == 64 || cf.head_dim == 128);
-    if (cf.window > 0) return sm90 ? std::vector<std::string>{"sm90"} : std::vector<std::string>{};
-    if (sm90 && !cf.kv_fp8) return {"sm80", "sm90"};
-    return {"auto"};
+    /* the 128-row sm_80 kernel (attention_prefill_fa2.cu) and the sm_90a one take the same batches
+     * (16-bit caches: an fp8 cache runs the 64-row kernel's fp8 path and split-KV, "auto") */
+    const int fa2 = multi && !cf.pre_rope && !cf.kv_fp8 && (cf.head_dim == 64 || cf.head_dim == 128);
+    const int sm90 = ck_hopper && fa2;
+    if (cf.window > 0) {
+        std::vector<std::string> v;
+        if (fa2) v.push_back("sm80");
+        if (sm90) v.push_back("sm90");
+        return v;
+    }
+    std::vector<std::string> v = {sm90 ? "sm80" : "auto"};
+    if (sm90) v.push_back("sm90");
+    if (fa2 && !cf.big) v.push_back("sm80v1"); /* the 64-row kernel stays tested (pre-RoPE keys use it) */
+    return v;
 }
 
 /* The stored (rounded) K and V rows of the slots a window reference reads: slot -> row. */
@@ -357,7 +375,7 @@ static void run_config(const attn_config &cf)
     for (auto &pa : paths) printf(" %s", pa.c_str());
     printf("\n");
     if (paths.empty()) {
-        printf("    SKIP: sliding windows need the sm_90a kernel (compute capability 9.0)\n");
+        printf("    SKIP: sliding windows need the sm_90a or the 128-row sm_80 kernel (head_dim 64/128, rotated keys)\n");
         return;
     }
 
@@ -647,7 +665,7 @@ struct bench_case {
     int ctx_before, n_new;
 };
 
-static int bench_main(const char *only, int reps_arg)
+static int bench_main(const char *only, int reps_arg, const char *paths_arg)
 {
     const bench_case cases[] = {
         {"prefill2048_ctx0", 0, 2048},        {"prefill2048_ctx32k", 32768, 2048},
@@ -656,8 +674,17 @@ static int bench_main(const char *only, int reps_arg)
     };
     const int n_kv_heads = 32, group = 1, hd = 128, bs = 16, row = n_kv_heads * hd, n_heads = n_kv_heads * group;
     const enum bk_dtype dt = BK_BF16;
-    const std::vector<std::string> paths = ck_hopper ? std::vector<std::string>{"sm90", "sm80"}
-                                                     : std::vector<std::string>{"auto"};
+    std::vector<std::string> paths = ck_hopper ? std::vector<std::string>{"sm90", "sm80"}
+                                               : std::vector<std::string>{"sm80"};
+    if (paths_arg) { /* --paths a,b,.. */
+        paths.clear();
+        for (const char *c = paths_arg; *c;) {
+            const char *e = strchr(c, ',');
+            paths.push_back(e ? std::string(c, e - c) : std::string(c));
+            if (!e) break;
+            c = e + 1;
+        }
+    }
     std::string json = "{";
     std::vector<std::string> per_path(paths.size());
     ck_seed(7);
@@ -765,9 +792,11 @@ int main(int argc, char **argv)
 {
     if (check_skip_without_device("check_attention")) return 0;
     int quick = 0, bench = 0, reps = 0;
-    const char *only = NULL;
+    const char *only = NULL, *paths_arg = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) {
+        if (strcmp(argv[i], "--paths") == 0 && i + 1 < argc) {
+            paths_arg = argv[++i];
+        } else if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
         } else if (strcmp(argv[i], "--bench") == 0) {
             bench = 1;
@@ -776,7 +805,7 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
         } else {
-            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING]\n");
+            fprintf(stderr, "usage: check_attention [--quick] [--only SUBSTRING] | --bench [--reps N] [--only SUBSTRING] [--paths a,b]\n");
             return 2;
         }
     }
@@ -789,7 +818,7 @@ int main(int argc, char **argv)
                ck_hopper ? " (the sm_90a kernel is tested beside the sm_80 one)" : "");
     }
 #endif
-    if (bench) return bench_main(only, reps);
+    if (bench) return bench_main(only, reps, paths_arg);
     ck_seed(2024);
     const enum bk_dtype B = BK_BF16, F = BK_F16;
     const std::vector<attn_seq> mix = {{0, 37}, {100, 1}, {250, 1}, {0, 1}, {31, 64}, {600, 7}, {1000, 1}, {15, 2}};
@@ -841,6 +870,11 @@ int main(int argc, char **argv)
         {"decode 131072, gqa4 hd128 bs64", B, 64, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
         {"decode 131072 MHA (7B shape) hd128 bs16", B, 16, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
         {"decode 131072 pre-RoPE gqa4 hd128 bs16", B, 16, 8, 4, 128, 1, 0, 0, 1, 6.f, 1, 1, 0, {{131071, 1}}},
+        /* prefill over a 128k paged prefix (the 128-row sm_80 and the sm_90a kernels; pre-RoPE keys: the 64-row one) */
+        {"chunked prefill 128 over 131072 cached, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 128}, {5000, 70}}},
+        {"chunked prefill 64 over 131008 cached, MHA hd128 bs32 f16", F, 32, 32, 1, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131008, 64}}},
+        {"STRING chunked prefill 128 over 131072 cached, gqa4 hd128, S 43253", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 128}}, 43253, 1},
+        {"pre-RoPE keys: chunked prefill 64 over 131072 cached, gqa4 hd128", B, 16, 8, 4, 128, 1, 0, 0, 1, 6.f, 1, 1, 0, {{131072, 64}}},
         /* throughput shapes */
         {"batch decode 64 x 4096, gqa4 hd128 bs16", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, decodes(64, 4096)},
         {"prefill 1024 at 0, 32 heads gqa4 hd128", B, 16, 8, 4, 128, 0, 0, 0, 1, 6.f, 1, 1, 0, {{0, 1024}}},
