@@ -349,17 +349,7 @@ template <> __device__ __forceinline__ void unpack8<kv_fp8>(const uint4 u, float
 }
 template <> __device__ __forceinline__ void load8<kv_fp8>(const kv_fp8 *p, float *f)
 {
-    const uint2 u = *reinterpret_cast<const uint2 *>(p);
-    const uint32_t w[2] = {u.x, u.y};
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const __half2 v2 = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> (16 * h)), __NV_E4M3));
-            const float2 v = __half22float2(v2);
-            f[4 * i + 2 * h] = v.x;
-            f[4 * i + 2 * h + 1] = v.y;
-        }
+    unpack8<kv_fp8>(raw8<kv_fp8>(p), f);
 }
 
 /* Elements [8c, 8c+8) of a cached key row (head_dim values of T, 16-byte aligned). With
