@@ -1946,6 +1946,11 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
             struct node *key;
             if (args.n == 1) key = args.v[0];
             else {
+                /* Jinja builds a tuple holding slice objects here, which indexes nothing it
+                   renders (a list, a string or a dict raises); found by tests/fuzz/fuzz_jinja */
+                for (int i = 0; i < args.n; i++)
+                    if (args.v[i]->k == N_SLICE)
+                        pfail(P, "a slice in a subscript of several items (x[a:b, c]) is not supported");
                 key = mk(P, N_TUPLE);
                 key->v = args.v;
                 key->nv = args.n;

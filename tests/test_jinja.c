@@ -75,6 +75,9 @@ static void test_load_errors(void)
     TEST_COND("assign to loop", fails("{% set loop = 1 %}", NULL, "cannot assign to 'loop'"));
     TEST_COND("invalid UTF-8 template", fails("\xff", NULL, "not valid UTF-8"));
     TEST_COND("star args refused", fails("{{ f(*x) }}", NULL, "*args"));
+    TEST_COND("slice in a multi-item subscript refused (a fuzz finding: it evaluated a NULL node)",
+              fails("{{ x[::, 2] }}", NULL, "a slice in a subscript of several items"));
+    TEST_COND("slice after an item refused too", fails("{{ x[1, 2:] }}", NULL, "a slice in a subscript"));
 }
 
 static void test_render_errors(void)
