@@ -595,7 +595,7 @@ void chat_templates_set_tokenizer(struct chat_templates *ct, const tokenizer_t *
     for (int i = 0; i < 4; i++) add_marker(ct, tok, *toks[i]);
     /* longest first: where two markers start at the same place the longer one wins */
     char **m = xmalloc(sizeof *m * (size_t)(ct->n_markers + 1));
-    memcpy(m, ct->markers, sizeof *m * (size_t)ct->n_markers);
+    if (ct->n_markers) memcpy(m, ct->markers, sizeof *m * (size_t)ct->n_markers); /* NULL when none */
     qsort(m, (size_t)ct->n_markers, sizeof *m, by_length_desc);
     for (int i = 0; i < ct->n_markers; i++) {
         ct->markers[i] = m[i];
