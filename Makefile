@@ -107,7 +107,7 @@ RUN_MODEL ?= models/demo-pose
 # accesses fail `make test` (tests/test_asan.sh runs them on a short workload).
 ASAN_CFLAGS := $(filter-out -DROPESERVE_CUDA -O3 $(OPT),$(CFLAGS)) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_OBJ := $(LIB_C:%.c=$(B)/asan/%.o) $(LIB_CC:%.cc=$(B)/asan/%.o)
-ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine $(B)/asan/test_tokenizer_bpe $(B)/asan/test_arch $(B)/asan/test_jinja
+ASAN_BIN := $(B)/asan/test_batching $(B)/asan/test_engine $(B)/asan/test_tokenizer_bpe $(B)/asan/test_arch $(B)/asan/test_jinja $(B)/asan/test_door
 .SECONDARY: $(ASAN_OBJ)
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c) with ASan + UBSan, built with clang: the modules they

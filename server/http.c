@@ -6,17 +6,20 @@
  * that thread and the engine thread only ever sees engine_submit()/engine_cancel(). Many
  * connections can wait at once; the engine queues them (--max-queue, then 429).
  *
- * Slow and hostile clients (a thread each): --max-connections bounds the threads,
- * --max-connections-per-ip what one address holds (libmicrohttpd closes the excess at accept),
- * and the watch thread (conn_watch) closes, with a 408, every connection whose request head and
- * body did not arrive within --request-read-timeout of its request line, and without a word one
- * that sent no request line within --idle-timeout of its opening or previous response:
- * libmicrohttpd's own idle timeout restarts with every byte, so a client trickling a header
- * line every few seconds would hold its thread for ever. (--idle-timeout's 75 s outlasts
- * nginx's 60 s upstream keep-alive, so nginx closes its idle connections first.) A request line libmicrohttpd cannot
- * parse: a 400 from libmicrohttpd (a bad version, ...) or, when it has no space at all, the
- * connection closed at once (libmicrohttpd sends nothing then, and shuts the socket down before
- * telling us); lines it skips as blank (leading NUL bytes) meet the read deadline.
+ * Slow and hostile clients: the door (door.c) accepts and holds a connection, without a thread,
+ * until its first request line shows a method and a space (or answers 400: a line libmicrohttpd
+ * would close without a word), then hands it over. From there it has a thread:
+ * --max-connections bounds the threads, --max-connections-per-ip what one address holds
+ * (libmicrohttpd closes the excess at hand-over; the door applies the same two limits to the
+ * connections it holds), and the watch thread (conn_watch) closes, with a 408, every connection
+ * whose request head and body did not arrive within --request-read-timeout of its request line,
+ * and without a word one that sent no request line within --idle-timeout of its opening (the
+ * door) or previous response: libmicrohttpd's own idle timeout restarts with every byte, so a
+ * client trickling a header line every few seconds would hold its thread for ever.
+ * (--idle-timeout's 75 s outlasts nginx's 60 s upstream keep-alive, so nginx closes its idle
+ * connections first.) A request line libmicrohttpd cannot use (a bad version, ...) gets its 400;
+ * on a keep-alive connection's second request, one with no space is closed without a word (the
+ * door sees only a connection's first request).
  *
  * Request lifecycle (libmicrohttpd's access-handler protocol, as in chunked_example.c):
  *   call 1       allocate struct req_ctx; refuse a declared Content-Length over the limit (413)
@@ -279,6 +282,23 @@ static void *conn_watch(void *arg)
     return NULL;
 }
 
+/* Refusals at accept (the door's and libmicrohttpd's): one warning per 10 s, with a count. */
+static void note_limit_hit(struct server *s, const char *msg)
+{
+    pthread_mutex_lock(&s->conn_mu);
+    s->limit_hits++;
+    double t = now_s();
+    int say = t - s->limit_log_t >= 10;
+    long long hits = s->limit_hits;
+    if (say) {
+        s->limit_log_t = t;
+        s->limit_hits = 0;
+    }
+    pthread_mutex_unlock(&s->conn_mu);
+    if (say) LOG_W("HTTP: %lld connection(s) refused at accept (--max-connections %d, --max-connections-per-ip %d): %s",
+                   hits, s->p.max_connections, s->p.max_connections_per_ip, msg);
+}
+
 /* libmicrohttpd's messages: a client that hangs up mid-response is routine (debug; our own
  * line says which request), connection-limit refusals are summed (one line per 10 s), trouble
  * of the server's own (threads, memory, sockets) is a warning. */
@@ -291,18 +311,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
     if (strstr(msg, "connection limit") || strstr(msg, "Connection limit") || strstr(msg, "per-IP") ||
         strstr(msg, "too many") || strstr(msg, "Failed to create a thread")) {
-        pthread_mutex_lock(&s->conn_mu);
-        s->limit_hits++;
-        double t = now_s();
-        int say = t - s->limit_log_t >= 10;
-        long long hits = s->limit_hits;
-        if (say) {
-            s->limit_log_t = t;
-            s->limit_hits = 0;
-        }
-        pthread_mutex_unlock(&s->conn_mu);
-        if (say) LOG_W("HTTP: %lld connection(s) refused at accept (--max-connections %d, --max-connections-per-ip %d): %s",
-                       hits, s->p.max_connections, s->p.max_connections_per_ip, msg);
+        note_limit_hit(s, msg);
         return;
     }
     /* the rest is per-connection news (a client hung up, a malformed request line, a reset):
@@ -312,6 +321,27 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
         LOG_W("HTTP: %s", msg);
     else
         LOG_D("HTTP: %s", msg);
+}
+
+/* the door (door.c): a connection whose request line has begun goes to libmicrohttpd, which
+ * closes it when over --max-connections(-per-ip) (its log line: note_limit_hit) */
+static void door_handoff(void *cls, int fd, const struct sockaddr *addr, unsigned addrlen)
+{
+    struct server *s = cls;
+    if (MHD_add_connection(s->daemon, fd, addr, (socklen_t)addrlen) != MHD_YES)
+        LOG_D("HTTP: connection not taken: %s", strerror(errno));
+}
+
+static void door_refused(void *cls, int status, const char *why)
+{
+    struct server *s = cls;
+    metrics_count_http(s->metrics, status);
+    LOG_I("HTTP %d: %s", status, why);
+}
+
+static void door_limited(void *cls, const char *why)
+{
+    note_limit_hit(cls, why);
 }
 
 struct hdr_count {
@@ -1067,12 +1097,12 @@ int server_start(server_t **out, const struct server_params *p, char *err)
         set_err(err, -1, "--host %s: %s", s->p.host, gai_strerror(gai));
         goto fail;
     }
+    /* libmicrohttpd gets its connections from the door (door.c), which answers the request
+     * lines it would drop without a word */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->daemon = MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s,
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, /* first: all its lines */
-                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                                  MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                                  MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
@@ -1080,16 +1110,29 @@ int server_start(server_t **out, const struct server_params *p, char *err)
                                  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->p.max_connections_per_ip,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                                  MHD_OPTION_END);
-    freeaddrinfo(ai);
     if (!s->daemon) {
-        set_err(err, -1, "cannot listen on %s:%d (address in use or not permitted?)", s->p.host,
-                p->port);
+        freeaddrinfo(ai);
+        set_err(err, -1, "cannot start libmicrohttpd (threads or memory?)");
         goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : p->port;
+    struct door_params dp = {
+        .max_pending = s->p.max_connections,
+        .max_pending_per_ip = s->p.max_connections_per_ip,
+        .idle_timeout_s = s->p.idle_timeout_s,
+        .handoff = door_handoff,
+        .refused = door_refused,
+        .limited = door_limited,
+        .cls = s,
+    };
+    char derr[160];
+    int drc = door_open(&s->door, ai->ai_addr, (unsigned)ai->ai_addrlen, &dp, derr);
+    freeaddrinfo(ai);
+    if (drc) {
+        set_err(err, -1, "cannot listen on %s:%d: %s", s->p.host, p->port, derr);
+        goto fail;
+    }
+    s->port = door_port(s->door);
     if (pthread_create(&s->watch, NULL, conn_watch, s) != 0) {
         set_err(err, -1, "cannot start the connection watch thread");
         goto fail;
@@ -1206,6 +1249,7 @@ void server_stop(server_t *s)
         pthread_mutex_unlock(&s->conn_mu);
         pthread_join(s->watch, NULL);
     }
+    door_close(s->door); /* no new connection for the daemon from here */
     if (s->daemon) MHD_stop_daemon(s->daemon); /* joins the connection threads */
     pthread_cond_destroy(&s->conn_cv);
     pthread_mutex_destroy(&s->conn_mu);

@@ -2,6 +2,8 @@
  *
  *   http.c     libmicrohttpd glue: lifecycle, routes, auth, CORS, body limits, the blocking
  *              (non-streaming) request loop
+ *   door.c     the listening socket: accept, wait for a request line's method, hand the
+ *              connection to libmicrohttpd; a line that is not HTTP gets a 400
  *   openai.c   cJSON <-> C structs: request parsing/validation (struct oai_request), error and
  *              response rendering; a growable string buffer
  *   chat.c     chat templates: the checkpoint's Jinja template or a built-in one (llama-2
@@ -434,9 +436,37 @@ enum server_state {
     SERVER_STOPPING,    /* server_stop: streams end now */
 };
 
+/* ---------------------------------------------------------------------------------------------
+ * door.c: the listening socket in front of libmicrohttpd */
+
+struct sockaddr;
+struct door;
+struct door_params {
+    int max_pending;            /* connections waiting for their request line, in all */
+    int max_pending_per_ip;     /* ... from one address (0: no limit) */
+    double idle_timeout_s;      /* no request line this long after the accept: closed (0: never) */
+    /* the request line's method has arrived: take fd (nonblocking; its bytes unread) */
+    void (*handoff)(void *cls, int fd, const struct sockaddr *addr, unsigned addrlen);
+    void (*refused)(void *cls, int status, const char *why); /* a 400 went out */
+    void (*limited)(void *cls, const char *why);             /* closed at accept */
+    void *cls;
+};
+/* What a connection's first bytes (buf, n of them, peeked) call for. more: the client may still
+ * send (0 once it shut its side). DOOR_SKIP: *skip bytes of blank lines (CRLF, LF) to consume
+ * first. A method is 1..DOOR_METHOD_MAX-1 token characters (RFC 9110 tchar) then a space. */
+#define DOOR_METHOD_MAX 32
+enum door_verdict { DOOR_WAIT, DOOR_SKIP, DOOR_HANDOFF, DOOR_REFUSE };
+enum door_verdict door_verdict(const char *buf, size_t n, int more, size_t *skip);
+/* Bind and listen on addr, serve from a thread of its own. Fills err ("bind: Address in use"). */
+int door_open(struct door **out, const struct sockaddr *addr, unsigned addrlen, const struct door_params *p,
+              char *err);
+int door_port(const struct door *d); /* the bound port (--port 0) */
+void door_close(struct door *d);     /* stops accepting; closes the connections still waiting */
+
 struct server {
     struct server_params p;
     struct MHD_Daemon *daemon;
+    struct door *door;               /* accepts, hands connections to daemon */
     int port;
     volatile int state;              /* enum server_state, read by every thread */
     engine_t *eng;
