@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -714,10 +715,29 @@ static void signals_init(void)
     pthread_detach(th);
 }
 
+/* Every connection is a descriptor (--max-connections in libmicrohttpd's threads, as many again
+ * waiting at the door for a request line): raise the soft limit to the hard one, as nginx's
+ * worker_rlimit_nofile would, and say so when even that is short. */
+static void raise_nofile(const struct server_params *p)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t want = 2 * (rlim_t)(p->max_connections > 0 ? p->max_connections : 1024) + 64;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+        LOG_W("open files limit %llu is under the %llu that --max-connections %d may take: connections past it "
+              "are refused at accept (raise it with ulimit -n or docker run --ulimit nofile=...)",
+              (unsigned long long)rl.rlim_cur, (unsigned long long)want, p->max_connections);
+}
+
 static int cmd_serve(struct opts *o)
 {
     char err[ERR_LEN];
     signals_init();
+    raise_nofile(&o->sp);
 
     server_t *srv;
     if (server_start(&srv, &o->sp, err) < 0) die("%s", err);
