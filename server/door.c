@@ -102,21 +102,25 @@ static void drop(struct door *d, struct waiting *w, int keep_fd)
     free(w);
 }
 
-/* The 400: what the client sent so far is read (a close with unread bytes would reset the
- * connection, and the reset can destroy the answer in flight), then the answer, then SHUT_WR. */
+/* Read and drop what the client sent, 64 KB at most (a flood waits its turn): a close with
+ * unread bytes would be a reset. Returns the last recv's result (0: EOF). */
+static ssize_t drain(int fd)
+{
+    char buf[DOOR_PEEK];
+    ssize_t k = 1;
+    for (int i = 0; i < 16 && (k = recv(fd, buf, sizeof buf, 0)) > 0; i++) {}
+    return k;
+}
+
+/* The 400 (the refused callback sends it): what the client sent so far is read first (a reset
+ * could destroy the answer in flight), then SHUT_WR once it is out. */
 static void refuse(struct door *d, struct waiting *w)
 {
-    char buf[DOOR_PEEK], body[256], out[512];
-    for (int i = 0; i < 16 && recv(w->fd, buf, sizeof buf, 0) > 0; i++) {}
-    int bl = snprintf(body, sizeof body, "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\","
-                      "\"param\":null,\"code\":400}}", BAD_LINE);
-    int n = snprintf(out, sizeof out, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", bl, body);
-    if (send(w->fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* the client is gone: fine */ }
+    drain(w->fd);
+    d->p.refused(d->p.cls, w->fd, BAD_LINE);
     shutdown(w->fd, SHUT_WR);
     w->closing = 1;
     w->t0 = now_s();
-    if (d->p.refused) d->p.refused(d->p.cls, 400, BAD_LINE);
 }
 
 /* Data (or EOF) on a waiting connection: consume blank lines, then decide. */
@@ -124,8 +128,7 @@ static void examine(struct door *d, struct waiting *w, unsigned events)
 {
     char buf[DOOR_PEEK];
     if (w->closing) {
-        ssize_t k = 1;
-        for (int i = 0; i < 16 && (k = recv(w->fd, buf, sizeof buf, 0)) > 0; i++) {} /* a flood waits its turn */
+        ssize_t k = drain(w->fd);
         if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) drop(d, w, 0);
         return;
     }
@@ -242,8 +245,7 @@ static void *door_main(void *arg)
             if (limit <= 0 || t - w->t0 < limit) continue;
             /* idle: closed without a word (what it sent is read first: a close with unread
              * bytes would be a reset) */
-            char buf[DOOR_PEEK];
-            for (int j = 0; j < 16 && recv(w->fd, buf, sizeof buf, 0) > 0; j++) {}
+            drain(w->fd);
             drop(d, w, 0);
         }
     }

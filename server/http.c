@@ -332,11 +332,12 @@ static void door_handoff(void *cls, int fd, const struct sockaddr *addr, unsigne
         LOG_D("HTTP: connection not taken: %s", strerror(errno));
 }
 
-static void door_refused(void *cls, int status, const char *why)
+static void door_refused(void *cls, int fd, const char *why)
 {
     struct server *s = cls;
-    metrics_count_http(s->metrics, status);
-    LOG_I("HTTP %d: %s", status, why);
+    send_raw(fd, 400, "Bad Request", why);
+    metrics_count_http(s->metrics, 400);
+    LOG_I("HTTP 400: %s", why);
 }
 
 static void door_limited(void *cls, const char *why)

@@ -447,7 +447,7 @@ struct door_params {
     double idle_timeout_s;      /* no request line this long after the accept: closed (0: never) */
     /* the request line's method has arrived: take fd (nonblocking; its bytes unread) */
     void (*handoff)(void *cls, int fd, const struct sockaddr *addr, unsigned addrlen);
-    void (*refused)(void *cls, int status, const char *why); /* a 400 went out */
+    void (*refused)(void *cls, int fd, const char *why);     /* send fd the 400 (why: its message) */
     void (*limited)(void *cls, const char *why);             /* closed at accept */
     void *cls;
 };

@@ -86,8 +86,13 @@ static void on_handoff(void *cls, int fd, const struct sockaddr *a, unsigned al)
     else close(fd);
     pthread_mutex_unlock(&mu);
 }
-static void on_refused(void *cls, int status, const char *why)
+/* what http.c's send_raw sends, in short */
+static void on_refused(void *cls, int fd, const char *why)
 {
+    char out[512];
+    int n = snprintf(out, sizeof out, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n{\"error\":{\"message\":\"%s\"}}", strlen(why) + 24, why);
+    send(fd, out, (size_t)n, MSG_NOSIGNAL);
     pthread_mutex_lock(&mu);
     n_refused++;
     pthread_mutex_unlock(&mu);

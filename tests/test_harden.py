@@ -292,16 +292,10 @@ def test_slow_and_malformed(tmp):
             check("garbage request line (%s): 400 JSON and closed" % what, bad_line(out, closed), out[:200])
         out, closed = s.raw(b"hello world foo bar baz\r\n\r\n")
         check("garbage request line (bad version): 400 and closed", status_of(out) == 400 and closed, out[:200])
-        # what the door holds back must still reach libmicrohttpd: blank lines first, a method
-        # trickled a byte at a time, a line split after its CR
+        # what the door holds back must still reach libmicrohttpd: blank lines first (a method
+        # trickled a byte at a time: test_auth, whose server has the default --idle-timeout)
         out, closed = s.raw(b"\r\n\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         check("blank lines before the request line: skipped, 200", status_of(out) == 200 and b'"ok"' in out, out[:200])
-        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
-        for piece in (b"\r", b"\nG", b"E", b"T", b" /hea", b"lth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
-            c.sendall(piece)
-            time.sleep(0.05)  # not a timing assertion: sends the pieces as separate segments
-        out = read_all(c)
-        check("a request line trickled in pieces through the door: 200", status_of(out) == 200 and b'"ok"' in out, out[:200])
         # a method that never ends: 400 once the client shuts its side, closed at --idle-timeout
         # (no reset: what it sent was read) when it does not
         c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
@@ -403,6 +397,14 @@ def test_auth(tmp):
         check("--api-key: /v1/health open", s.get("/v1/health")[0] == 200)
         check("--api-key: /metrics needs the key", s.get("/metrics")[0] == 401 and s.get("/metrics", key)[0] == 200)
         check("--api-key: /version needs the key", s.get("/version")[0] == 401 and s.get("/version", key)[0] == 200)
+        # the door: a line split after its CR and a method trickled in pieces still reach
+        # libmicrohttpd (here --idle-timeout is 75 s, so a stalled test process cannot time it out)
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        for piece in (b"\r", b"\nG", b"E", b"T", b" /hea", b"lth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
+            c.sendall(piece)
+            time.sleep(0.05)  # not a timing assertion: sends the pieces as separate segments
+        out = read_all(c)
+        check("a request line trickled in pieces through the door: 200", status_of(out) == 200 and b'"ok"' in out, out[:200])
     finally:
         s.stop()
     s = Server(tmp, "authm", "--api-key", "k3y", "--metrics-public")
